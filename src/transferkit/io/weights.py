@@ -1,0 +1,117 @@
+"""Save and load state dicts: safetensors by default, ``torch.load(weights_only=True)`` only."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from transferkit.errors import CheckpointError
+from transferkit.io.files import atomic_write
+
+SAFETENSORS_SUFFIXES = (".safetensors",)
+TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+
+
+def save_state_dict(
+    state: Mapping[str, torch.Tensor],
+    path: str | os.PathLike,
+    metadata: Mapping[str, str] | None = None,
+) -> Path:
+    """Save tensors to ``path`` as safetensors, atomically.
+
+    Tensors are made contiguous and detached; shared storage is cloned (safetensors refuses aliases).
+    """
+    tensors: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for name, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(
+                f"state entry {name!r} is a {type(value).__name__}, not a tensor; "
+                "only tensors can be saved as weights"
+            )
+        t = value.detach().cpu().contiguous()
+        ptr = t.data_ptr()
+        if ptr in seen and t.numel() > 0:
+            t = t.clone()
+        seen.add(t.data_ptr())
+        tensors[name] = t
+    meta = {str(k): str(v) for k, v in (metadata or {}).items()}
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta or None))
+
+
+def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Load a state dict from a ``.safetensors`` file or a ``.pt``/``.pth`` file of tensors.
+
+    ``.pt`` files go through ``torch.load(weights_only=True)``: a file holding code (pickled classes)
+    is refused. A checkpoint that nests its weights (``{"state_dict": ...}`` or ``{"model": ...}``)
+    is unwrapped.
+
+    Raises:
+        CheckpointError: the file is missing, empty, corrupt, or holds something other than tensors.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist; check the path")
+    if path.is_dir():
+        raise CheckpointError(
+            f"{str(path)!r} is a folder; pass the weights file inside it "
+            "(or use transferkit.models.load_model for a model folder)"
+        )
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {str(path)!r} is empty (0 bytes); write it again")
+    suffix = path.suffix.lower()
+    if suffix in SAFETENSORS_SUFFIXES:
+        try:
+            return dict(load_file(str(path)))
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} is not a valid safetensors file ({exc}); "
+                "it is corrupt or truncated: save it again"
+            ) from exc
+    if suffix in TORCH_SUFFIXES:
+        return _load_torch_file(path)
+    raise CheckpointError(
+        f"unsupported checkpoint type {suffix!r} for {str(path)!r}; "
+        f"use one of {', '.join(SAFETENSORS_SUFFIXES + TORCH_SUFFIXES)}"
+    )
+
+
+def _load_torch_file(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"{str(path)!r} holds pickled code or objects, not only tensors, and is refused "
+            "(torch.load with weights_only=True). Re-save it as a state dict "
+            "(torch.save(model.state_dict(), ...)) or as safetensors"
+        ) from exc
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} could not be read ({type(exc).__name__}: {exc}); "
+            "it is corrupt or truncated: save it again"
+        ) from exc
+    return _unwrap_state(obj, path)
+
+
+def _unwrap_state(obj: object, path: Path) -> dict[str, torch.Tensor]:
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model_state_dict", "model", "module", "weights"):
+            inner = obj.get(key)
+            if isinstance(inner, Mapping) and inner and all(
+                isinstance(v, torch.Tensor) for v in inner.values()
+            ):
+                return dict(inner)
+        tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+        if tensors:
+            return {str(k): v for k, v in tensors.items()}
+    raise CheckpointError(
+        f"{str(path)!r} holds a {type(obj).__name__} without tensors; "
+        "expected a state dict (name -> tensor)"
+    )

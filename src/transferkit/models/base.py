@@ -1,0 +1,194 @@
+"""The model wrapper transferkit builds around every backbone.
+
+A :class:`TransferNet` is ``head(backbone(input_adapter(x)))``:
+
+* ``input_adapter`` (:class:`InputAdapter`, no parameters) resizes, converts gray<->RGB and normalises
+  the raw ``[0, 1]`` input to what the backbone was trained on, so datasets stay at native size;
+* ``backbone`` maps the adapted input to a feature vector ``(N, feature_dim)``;
+* ``head`` is the classifier (``nn.Linear(feature_dim, num_classes)``).
+
+Because every model has the same three parts, freezing the backbone, linear probes, per-layer learning
+rates and head replacement are generic. ``info`` records how the model was built (architecture name and
+arguments) so a saved folder can be rebuilt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from transferkit.errors import ShapeError
+
+
+@dataclass
+class ModelInfo:
+    """How a :class:`TransferNet` was built, saved as ``config.json`` beside its weights.
+
+    Attributes:
+        arch: Registered architecture name (``"small_cnn"``, ``"efficientnet_lite0"``, ``"timm:resnet18"``).
+        kwargs: Arguments the architecture's builder was called with (JSON-serialisable).
+        num_classes: Size of the head's output.
+        feature_dim: Size of the backbone's output.
+        input_size: The backbone's native input ``(C, H, W)`` (or ``(D,)`` for vectors).
+        mean: Per-channel mean the backbone's input is normalised with (after scaling to [0, 1]).
+        std: Per-channel std the backbone's input is normalised with.
+        data_shape: Shape of the raw data the adapter accepts (``None`` = same as ``input_size``).
+        source: Where the weights came from ("pretrained:imagenet", a path, ...).
+    """
+
+    arch: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    num_classes: int = 0
+    feature_dim: int = 0
+    input_size: tuple[int, ...] = ()
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    data_shape: tuple[int, ...] | None = None
+    source: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for key in ("input_size", "mean", "std", "data_shape"):
+            if d[key] is not None:
+                d[key] = list(d[key])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelInfo:
+        d = dict(d)
+        for key in ("input_size", "mean", "std", "data_shape"):
+            if d.get(key) is not None:
+                d[key] = tuple(d[key])
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+class InputAdapter(nn.Module):
+    """Turns raw ``[0, 1]`` inputs into what a backbone expects. Holds no parameters or buffers.
+
+    Steps, each only when needed: reshape flat vectors to images, gray->RGB (repeat) or RGB->gray
+    (luma weights), resize (bilinear) to the backbone's ``(H, W)``, normalise ``(x - mean) / std``, and
+    flatten for vector backbones.
+
+    Args:
+        input_size: The backbone's input: ``(C, H, W)`` for images or ``(D,)`` for vectors.
+        mean: Per-channel mean (length C, or 1 to broadcast); ``None`` skips normalisation.
+        std: Per-channel std; ``None`` skips normalisation.
+        data_shape: Raw data's per-example shape, used to reshape flat input to an image; optional.
+    """
+
+    def __init__(
+        self,
+        input_size: tuple[int, ...],
+        mean: tuple[float, ...] | None = None,
+        std: tuple[float, ...] | None = None,
+        data_shape: tuple[int, ...] | None = None,
+    ) -> None:
+        super().__init__()
+        self.input_size = tuple(int(s) for s in input_size)
+        self.mean = tuple(float(m) for m in mean) if mean is not None else None
+        self.std = tuple(float(s) for s in std) if std is not None else None
+        self.data_shape = tuple(int(s) for s in data_shape) if data_shape is not None else None
+
+    def extra_repr(self) -> str:
+        return f"input_size={self.input_size}, mean={self.mean}, std={self.std}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if len(self.input_size) == 1:  # vector backbone
+            x = x.reshape(x.shape[0], -1)
+            if x.shape[1] != self.input_size[0]:
+                raise ShapeError(
+                    f"input has {x.shape[1]} values per example but the model takes "
+                    f"{self.input_size[0]}; resize the data or build the model with "
+                    f"in_features={x.shape[1]}"
+                )
+            return self._normalise(x, vector=True)
+        c, h, w = self.input_size
+        if x.ndim == 2:
+            shape = self.data_shape or _square_image_shape(x.shape[1])
+            if shape is None or int(torch.tensor(shape).prod()) != x.shape[1]:
+                raise ShapeError(
+                    f"got flat inputs of {x.shape[1]} values, which is not an image; "
+                    f"the model takes images of shape {self.input_size}"
+                )
+            x = x.reshape(x.shape[0], *shape)
+        if x.ndim == 3:
+            x = x.unsqueeze(1)
+        if x.ndim != 4:
+            raise ShapeError(
+                f"expected images of shape (N, C, H, W), got {tuple(x.shape)}; "
+                f"the model takes {self.input_size}"
+            )
+        if x.shape[1] != c:
+            if x.shape[1] == 1:
+                x = x.expand(-1, c, -1, -1)
+            elif c == 1 and x.shape[1] == 3:
+                lum = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype, device=x.device)
+                x = (x * lum.view(1, 3, 1, 1)).sum(1, keepdim=True)
+            else:
+                raise ShapeError(
+                    f"input has {x.shape[1]} channels, the model takes {c}; only gray<->RGB "
+                    "conversion is automatic: convert the data or change the model's in_channels"
+                )
+        if tuple(x.shape[2:]) != (h, w):
+            x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
+        return self._normalise(x, vector=False)
+
+    def _normalise(self, x: torch.Tensor, vector: bool) -> torch.Tensor:
+        if self.mean is None or self.std is None:
+            return x
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device)
+        if not vector:
+            mean, std = mean.view(1, -1, 1, 1), std.view(1, -1, 1, 1)
+        return (x - mean) / std
+
+
+def _square_image_shape(n: int) -> tuple[int, int, int] | None:
+    for ch in (1, 3):
+        side = int(round((n / ch) ** 0.5))
+        if side * side * ch == n:
+            return (ch, side, side)
+    return None
+
+
+class TransferNet(nn.Module):
+    """``head(backbone(input_adapter(x)))`` with metadata; see the module docstring.
+
+    Args:
+        backbone: Maps adapted inputs to features ``(N, feature_dim)``.
+        head: The classifier, usually ``nn.Linear(feature_dim, num_classes)``.
+        info: How the model was built.
+        input_adapter: Defaults to one built from ``info``.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        head: nn.Module,
+        info: ModelInfo,
+        input_adapter: InputAdapter | None = None,
+    ) -> None:
+        super().__init__()
+        self.input_adapter = input_adapter or InputAdapter(
+            info.input_size, info.mean, info.std, info.data_shape
+        )
+        self.backbone = backbone
+        self.head = head
+        self.info = info
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Backbone features of raw inputs, shape ``(N, feature_dim)``."""
+        return self.backbone(self.input_adapter(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits, shape ``(N, num_classes)``."""
+        return self.head(self.forward_features(x))
+
+    @property
+    def num_classes(self) -> int:
+        return self.info.num_classes
