@@ -1,1 +1,24 @@
-"""transferkit.evaluation."""
+"""Evaluation: metrics, comparison with a from-scratch baseline, and reports.
+
+* :func:`evaluate` / :func:`predict` / :func:`classification_metrics` -> :class:`Metrics`;
+* :class:`RunResult` (one method, one seed), :func:`summarize` (mean/std over seeds, gain over the
+  baseline, negative transfer, significance) and :func:`format_table`;
+* :func:`write_metrics_json` and :func:`write_report` (self-contained HTML with plots).
+"""
+
+from transferkit.evaluation.compare import RunResult, format_gain, format_table, summarize
+from transferkit.evaluation.metrics import Metrics, classification_metrics, evaluate, predict
+from transferkit.evaluation.report import write_metrics_json, write_report
+
+__all__ = [
+    "Metrics",
+    "RunResult",
+    "classification_metrics",
+    "evaluate",
+    "format_gain",
+    "format_table",
+    "predict",
+    "summarize",
+    "write_metrics_json",
+    "write_report",
+]

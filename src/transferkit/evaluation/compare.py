@@ -1,0 +1,221 @@
+"""Comparing transfer runs with a from-scratch baseline: summary, gain, negative transfer.
+
+A *run* is one training of one method with one seed (:class:`RunResult`). Runs that share a
+``name`` are seeds of the same configuration; :func:`summarize` averages them and reports, for every
+configuration other than the baseline, the gain in test accuracy over the baseline, whether that
+gain is negative (*negative transfer*: the source knowledge hurt; Rosenstein et al., "To transfer or
+not to transfer", NIPS 2005 workshop; Wang et al., "Characterizing and avoiding negative transfer",
+CVPR 2019) and whether it is larger than two standard errors of the difference of the means.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from transferkit.errors import ConfigError
+from transferkit.evaluation.metrics import Metrics
+
+_RUN_KEYS = (
+    "name",
+    "method",
+    "accuracy",
+    "macro_f1",
+    "seconds",
+    "seed",
+    "per_class_f1",
+    "confusion",
+    "history",
+)
+
+
+@dataclass
+class RunResult:
+    """The outcome of one training run (one method, one seed).
+
+    Attributes:
+        name: Identifies the configuration; runs with the same name are seeds of it
+            (e.g. ``"mnist-cnn/full"``).
+        method: Human-readable method (e.g. ``"full fine-tune"``, ``"from scratch"``).
+        metrics: Test-set :class:`Metrics`.
+        seconds: Wall-clock training time.
+        seed: The random seed of this run.
+        history: Per-epoch records, e.g. ``{"epoch": 1, "train_loss": 0.4, "val_accuracy": 0.9}``.
+        extra: More JSON-serialisable fields copied into :meth:`to_dict` (must not reuse its keys).
+    """
+
+    name: str
+    method: str
+    metrics: Metrics
+    seconds: float
+    seed: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ConfigError(f"RunResult.name must be a non-empty string, got {self.name!r}")
+        if not isinstance(self.metrics, Metrics):
+            raise ConfigError(
+                f"RunResult.metrics must be a Metrics (from evaluate()), got "
+                f"{type(self.metrics).__name__}"
+            )
+        clash = sorted(set(self.extra) & set(_RUN_KEYS))
+        if clash:
+            raise ConfigError(
+                f"RunResult.extra reuses reserved key(s) {clash} of run {self.name!r}; "
+                "rename them (reserved: " + ", ".join(_RUN_KEYS) + ")"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict: the run's fields, headline metrics, and ``extra`` merged in."""
+        return {
+            "name": self.name,
+            "method": self.method,
+            "accuracy": float(self.metrics.accuracy),
+            "macro_f1": float(self.metrics.macro_f1),
+            "seconds": float(self.seconds),
+            "seed": int(self.seed),
+            "per_class_f1": [float(v) for v in self.metrics.per_class_f1],
+            "confusion": [[int(v) for v in row] for row in self.metrics.confusion],
+            "history": [dict(h) for h in self.history],
+            **self.extra,
+        }
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof=1; 0.0 for a single value)."""
+    arr = np.asarray(values, dtype=np.float64)
+    std = float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+    return float(arr.mean()), std
+
+
+def summarize(runs: Sequence[RunResult], baseline: str) -> list[dict[str, Any]]:
+    """Average runs over seeds and compare every configuration with the baseline.
+
+    Runs are grouped by ``name`` in first-seen order. Each row holds ``name``, ``method`` (of the
+    first run of the group), ``n_seeds``, ``accuracy_mean``, ``accuracy_std``, ``macro_f1_mean``,
+    ``macro_f1_std`` (sample std, ddof=1; 0.0 for one seed), ``seconds_mean`` and ``is_baseline``,
+    and:
+
+    * ``gain``: mean accuracy minus the baseline's mean accuracy, as a fraction (0.213 = +21.3
+      percentage points); ``None`` on the baseline row;
+    * ``gain_macro_f1``: the same for macro-F1;
+    * ``negative_transfer``: ``gain < 0`` (``False`` on the baseline row);
+    * ``significant``: ``|gain| > 2 * sqrt(sa**2/na + sb**2/nb)`` (two standard errors of the
+      difference of means, with sample stds ``s`` and seed counts ``n``); ``None`` when either
+      side has a single seed (its spread is unknown) and on the baseline row.
+
+    Args:
+        runs: The runs, any number of seeds per name.
+        baseline: The ``name`` of the baseline (usually from-scratch) configuration.
+
+    Returns:
+        One dict per configuration.
+
+    Raises:
+        ConfigError: ``runs`` is empty or ``baseline`` is not one of the run names.
+    """
+    if not runs:
+        raise ConfigError("summarize() got no runs; pass at least the baseline run")
+    groups: dict[str, list[RunResult]] = {}
+    for run in runs:
+        groups.setdefault(run.name, []).append(run)
+    if baseline not in groups:
+        raise ConfigError(f"baseline {baseline!r} is not a run name; choose one of {list(groups)}")
+    rows: list[dict[str, Any]] = []
+    for name, group in groups.items():
+        acc_mean, acc_std = _mean_std([r.metrics.accuracy for r in group])
+        f1_mean, f1_std = _mean_std([r.metrics.macro_f1 for r in group])
+        rows.append(
+            {
+                "name": name,
+                "method": group[0].method,
+                "n_seeds": len(group),
+                "accuracy_mean": acc_mean,
+                "accuracy_std": acc_std,
+                "macro_f1_mean": f1_mean,
+                "macro_f1_std": f1_std,
+                "seconds_mean": float(np.mean([r.seconds for r in group])),
+                "is_baseline": name == baseline,
+            }
+        )
+    base = next(r for r in rows if r["is_baseline"])
+    for row in rows:
+        if row["is_baseline"]:
+            row.update(gain=None, gain_macro_f1=None, negative_transfer=False, significant=None)
+            continue
+        gain = row["accuracy_mean"] - base["accuracy_mean"]
+        row["gain"] = gain
+        row["gain_macro_f1"] = row["macro_f1_mean"] - base["macro_f1_mean"]
+        row["negative_transfer"] = bool(gain < 0)
+        if row["n_seeds"] < 2 or base["n_seeds"] < 2:
+            row["significant"] = None
+        else:
+            se = math.sqrt(
+                row["accuracy_std"] ** 2 / row["n_seeds"]
+                + base["accuracy_std"] ** 2 / base["n_seeds"]
+            )
+            row["significant"] = bool(abs(gain) > 2 * se)
+    return rows
+
+
+def _pct(mean: float, std: float) -> str:
+    return f"{100 * mean:.1f} ± {100 * std:.1f} %"
+
+
+def format_gain(row: dict[str, Any]) -> str:
+    """The gain cell of a summary row: ``"(baseline)"``, ``"+21.3 pp"``, ``"-2.0 pp  NEGATIVE
+    TRANSFER"``; ``"  (n.s.)"`` is appended when the gain is not significant."""
+    if row.get("is_baseline"):
+        return "(baseline)"
+    gain = row.get("gain")
+    if gain is None:
+        return ""
+    text = f"{100 * gain:+.1f} pp"
+    if row.get("negative_transfer"):
+        text += "  NEGATIVE TRANSFER"
+    if row.get("significant") is False:
+        text += "  (n.s.)"
+    return text
+
+
+def format_table(summary: list[dict[str, Any]]) -> str:
+    """An aligned plain-text table of :func:`summarize` output.
+
+    Columns: method, name, seeds, accuracy (mean ± std, %), macro-F1 (mean ± std, %), seconds
+    (mean), and the gain in accuracy over the baseline in percentage points. The baseline row says
+    ``(baseline)``; a negative gain is followed by ``NEGATIVE TRANSFER``; ``(n.s.)`` marks a gain
+    within two standard errors.
+    """
+    header = ["method", "name", "seeds", "accuracy", "macro-F1", "seconds", "gain vs baseline"]
+    body = [
+        [
+            str(row.get("method", "")),
+            str(row.get("name", "")),
+            str(row.get("n_seeds", "")),
+            _pct(row["accuracy_mean"], row["accuracy_std"]),
+            _pct(row["macro_f1_mean"], row["macro_f1_std"]),
+            f"{row['seconds_mean']:.1f}",
+            format_gain(row),
+        ]
+        for row in summary
+    ]
+    table = [header, *body]
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    numeric = {2, 3, 4, 5}
+
+    def fmt(cells: list[str]) -> str:
+        parts = [
+            c.rjust(w) if i in numeric else c.ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ]
+        return "  ".join(parts).rstrip()
+
+    lines = [fmt(header), "  ".join("-" * w for w in widths)]
+    lines += [fmt(r) for r in body]
+    return "\n".join(lines)

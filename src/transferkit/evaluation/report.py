@@ -1,0 +1,332 @@
+"""Writing results: ``metrics.json`` and a self-contained HTML report with plots.
+
+Plots are drawn with matplotlib's Agg backend through :class:`matplotlib.figure.Figure` objects (no
+pyplot global state, so this is safe in threads and headless machines), embedded in the HTML as
+base64 PNG images and also saved beside it as ``curves.png``, ``accuracy.png`` and
+``confusion.png``.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from transferkit.errors import ConfigError
+from transferkit.evaluation.compare import RunResult, format_gain, summarize
+from transferkit.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+_JSON_KEYS = ("runs", "baseline", "summary")
+
+
+def write_metrics_json(
+    path: str | os.PathLike,
+    runs: Sequence[RunResult],
+    baseline: str,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``{"runs": [...], "baseline": ..., "summary": [...], **extra}`` atomically.
+
+    Args:
+        path: Target file (its folder is created).
+        runs: The runs; each is stored as :meth:`RunResult.to_dict`.
+        baseline: Name of the baseline configuration (see :func:`summarize`).
+        extra: More top-level JSON-serialisable keys (e.g. the config); must not reuse
+            ``runs``/``baseline``/``summary``.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ConfigError: Unknown baseline, no runs, or ``extra`` reuses a reserved key.
+    """
+    extra = dict(extra or {})
+    clash = sorted(set(extra) & set(_JSON_KEYS))
+    if clash:
+        raise ConfigError(
+            f"extra reuses reserved key(s) {clash} of metrics.json; rename them "
+            f"(reserved: {', '.join(_JSON_KEYS)})"
+        )
+    summary = summarize(runs, baseline)
+    obj = {"runs": [r.to_dict() for r in runs], "baseline": baseline, "summary": summary, **extra}
+    out = atomic_write_json(path, obj)
+    logger.info("wrote %s (%d runs)", out, len(runs))
+    return out
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def _new_figure(width: float, height: float) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _png_bytes(fig: Any) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    return buf.getvalue()
+
+
+def _mean_history(group: list[RunResult], key: str) -> tuple[list[float], list[float]]:
+    """Epochs and the mean of ``key`` over the seeds that recorded it at that epoch."""
+    by_epoch: dict[float, list[float]] = {}
+    for run in group:
+        for i, rec in enumerate(run.history):
+            value = rec.get(key)
+            if value is None:
+                continue
+            epoch = rec.get("epoch", i + 1)
+            by_epoch.setdefault(float(epoch), []).append(float(value))
+    epochs = sorted(by_epoch)
+    return epochs, [float(np.mean(by_epoch[e])) for e in epochs]
+
+
+def _plot_curves(groups: dict[str, list[RunResult]]) -> bytes:
+    from matplotlib.ticker import MaxNLocator
+
+    fig = _new_figure(11, 4)
+    ax_acc, ax_loss = fig.subplots(1, 2)
+    drawn = False
+    for name, group in groups.items():
+        n = len(group)
+        label = f"{group[0].method} ({name})" + ("" if n == 1 else f", mean of {n}")
+        for ax, key in ((ax_acc, "val_accuracy"), (ax_loss, "train_loss")):
+            epochs, values = _mean_history(group, key)
+            if epochs:
+                ax.plot(epochs, values, marker="o", markersize=3, label=label)
+                drawn = True
+    ax_acc.set(title="validation accuracy", xlabel="epoch", ylabel="accuracy")
+    ax_loss.set(title="training loss", xlabel="epoch", ylabel="loss")
+    for ax in (ax_acc, ax_loss):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        if ax.get_lines():
+            ax.legend(fontsize=8)
+    if not drawn:
+        for ax in (ax_acc, ax_loss):
+            ax.text(
+                0.5,
+                0.5,
+                "no per-epoch history recorded",
+                ha="center",
+                va="center",
+                transform=ax.transAxes,
+            )
+    fig.tight_layout()
+    return _png_bytes(fig)
+
+
+def _plot_accuracy(summary: list[dict[str, Any]]) -> bytes:
+    fig = _new_figure(max(5.0, 1.2 * len(summary) + 2), 4)
+    ax = fig.subplots()
+    x = np.arange(len(summary))
+    means = [100 * r["accuracy_mean"] for r in summary]
+    stds = [100 * r["accuracy_std"] for r in summary]
+    colors = []
+    for r in summary:
+        if r["is_baseline"]:
+            colors.append("#888888")
+        elif r["negative_transfer"]:
+            colors.append("#d62728")
+        else:
+            colors.append("#1f77b4")
+    bars = ax.bar(x, means, yerr=stds, capsize=4, color=colors, edgecolor="black")
+    for bar, r in zip(bars, summary, strict=True):
+        if r["is_baseline"]:
+            bar.set_hatch("//")
+    base = next(r for r in summary if r["is_baseline"])
+    ax.axhline(
+        100 * base["accuracy_mean"],
+        color="#555555",
+        linestyle="--",
+        linewidth=1,
+        label=f"baseline: {base['method']}",
+    )
+    ax.set_xticks(x)
+    ax.set_xticklabels([str(r["method"]) for r in summary], rotation=20, ha="right")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("accuracy per method (error bars: std over seeds)")
+    low = min(m - s for m, s in zip(means, stds, strict=True))
+    ax.set_ylim(max(0.0, low - 5), min(100.0, max(means) + max(stds) + 5) + 1)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return _png_bytes(fig)
+
+
+def _plot_confusion(run: RunResult) -> bytes:
+    cm = np.asarray(run.metrics.confusion, dtype=np.int64)
+    k = cm.shape[0] if cm.ndim == 2 else 0
+    size = min(12.0, max(4.0, 0.6 * k + 2))
+    fig = _new_figure(size, size)
+    ax = fig.subplots()
+    if k == 0:
+        ax.text(0.5, 0.5, "no confusion matrix recorded", ha="center", va="center")
+        ax.set_axis_off()
+        return _png_bytes(fig)
+    names = list(run.metrics.class_names) or [str(i) for i in range(k)]
+    im = ax.imshow(cm, cmap="Blues")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    ax.set_xticks(np.arange(k))
+    ax.set_yticks(np.arange(k))
+    ax.set_xticklabels(names, rotation=45, ha="right")
+    ax.set_yticklabels(names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"confusion: {run.method} ({run.name}, seed {run.seed})")
+    if k <= 20:
+        thresh = cm.max() / 2 if cm.size else 0
+        for i in range(k):
+            for j in range(k):
+                ax.text(
+                    j,
+                    i,
+                    str(cm[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if cm[i, j] > thresh else "black",
+                )
+    fig.tight_layout()
+    return _png_bytes(fig)
+
+
+# --------------------------------------------------------------------------- HTML
+
+_CSS = """
+body { font-family: sans-serif; margin: 2em; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; }
+th, td { border: 1px solid #ccc; padding: 4px 10px; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+tr.baseline { background: #f0f0f0; font-style: italic; }
+tr.negative td { color: #c00000; }
+tr.negative td.gain { font-weight: bold; }
+img { max-width: 100%; display: block; margin: 1em 0; }
+p.howto { color: #555; font-size: 0.9em; }
+"""
+
+
+def _summary_html(summary: list[dict[str, Any]]) -> str:
+    head = ["method", "name", "seeds", "accuracy", "macro-F1", "seconds", "gain vs baseline"]
+    lines = ['<table class="summary">', "<tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
+    for r in summary:
+        cls = "baseline" if r["is_baseline"] else ("negative" if r["negative_transfer"] else "")
+        cells = [
+            f"<td>{html.escape(str(r['method']))}</td>",
+            f"<td>{html.escape(str(r['name']))}</td>",
+            f'<td class="num">{r["n_seeds"]}</td>',
+            f'<td class="num">{100 * r["accuracy_mean"]:.1f} &plusmn; '
+            f"{100 * r['accuracy_std']:.1f} %</td>",
+            f'<td class="num">{100 * r["macro_f1_mean"]:.1f} &plusmn; '
+            f"{100 * r['macro_f1_std']:.1f} %</td>",
+            f'<td class="num">{r["seconds_mean"]:.1f}</td>',
+            f'<td class="num gain">{html.escape(format_gain(r))}</td>',
+        ]
+        attr = f' class="{cls}"' if cls else ""
+        lines.append(f"<tr{attr}>" + "".join(cells) + "</tr>")
+    lines.append("</table>")
+    return "\n".join(lines)
+
+
+def _img(png: bytes, alt: str) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def write_report(
+    out_dir: str | os.PathLike,
+    runs: Sequence[RunResult],
+    baseline: str,
+    *,
+    title: str = "transferkit report",
+    notes: Sequence[str] = (),
+) -> Path:
+    """Write a self-contained ``out_dir/report.html`` plus its plots as PNG files.
+
+    The report holds: the summary table (gain over the baseline; negative transfer in red),
+    learning curves (validation accuracy and training loss per epoch, mean over seeds), a bar chart
+    of test accuracy per method with std error bars (baseline bar grey and hatched), the confusion
+    matrix of the best configuration (highest mean accuracy; its first seed), the ``notes`` and a
+    short guide to reading it. ``curves.png``, ``accuracy.png`` and ``confusion.png`` are written
+    beside it.
+
+    Args:
+        out_dir: Folder to write into (created if needed).
+        runs: The runs to report.
+        baseline: Name of the baseline configuration.
+        title: Page title.
+        notes: Free-text notes shown as a list (escaped).
+
+    Returns:
+        Path of ``report.html``.
+
+    Raises:
+        ConfigError: No runs or unknown baseline.
+    """
+    out = Path(out_dir)
+    summary = summarize(runs, baseline)
+    groups: dict[str, list[RunResult]] = {}
+    for run in runs:
+        groups.setdefault(run.name, []).append(run)
+    best_row = max(summary, key=lambda r: r["accuracy_mean"])
+    best_run = groups[best_row["name"]][0]
+
+    pngs = {
+        "curves.png": _plot_curves(groups),
+        "accuracy.png": _plot_accuracy(summary),
+        "confusion.png": _plot_confusion(best_run),
+    }
+    for fname, data in pngs.items():
+        atomic_write_bytes(out / fname, data)
+
+    base_row = next(r for r in summary if r["is_baseline"])
+    esc = html.escape
+    notes_html = (
+        "<ul>\n" + "\n".join(f"<li>{esc(str(n))}</li>" for n in notes) + "\n</ul>"
+        if notes
+        else "<p>(none)</p>"
+    )
+    n_negative = sum(1 for r in summary if r["negative_transfer"])
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{esc(title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{esc(title)}</h1>",
+        f"<p>{len(runs)} run(s) in {len(summary)} configuration(s); baseline: "
+        f"<b>{esc(str(base_row['method']))}</b> ({esc(baseline)}); "
+        f"{n_negative} configuration(s) with negative transfer.</p>",
+        '<p class="howto">How to read this: accuracy and macro-F1 are on the test set, mean '
+        "&plusmn; std over seeds; <i>gain</i> is the difference in mean accuracy from the baseline "
+        "in percentage points (pp); a negative gain (red) means the transferred knowledge hurt "
+        "(negative transfer); <i>(n.s.)</i> marks a gain within two standard errors of the "
+        "difference, i.e. not clearly different from the baseline.</p>",
+        "<h2>Summary</h2>",
+        _summary_html(summary),
+        "<h2>Learning curves</h2>",
+        _img(pngs["curves.png"], "learning curves"),
+        "<h2>Accuracy per method</h2>",
+        _img(pngs["accuracy.png"], "accuracy per method"),
+        f"<h2>Confusion matrix of the best run: {esc(str(best_row['method']))} "
+        f"({esc(best_run.name)}, seed {best_run.seed})</h2>",
+        _img(pngs["confusion.png"], "confusion matrix"),
+        "<h2>Notes</h2>",
+        notes_html,
+        "</body></html>",
+    ]
+    path = atomic_write_text(out / "report.html", "\n".join(parts) + "\n")
+    logger.info("wrote %s", path)
+    return path
