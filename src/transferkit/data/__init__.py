@@ -1,1 +1,25 @@
-"""transferkit.data."""
+"""Datasets: built-ins, files on disk, few-shot sampling and shape matching.
+
+Every dataset is a :class:`TensorDataset` (float32 ``x`` in ``[0, 1]`` for images, int64 ``y``);
+:func:`load_dataset` returns :class:`DataSplits` with a fixed test split and a seeded, stratified
+validation split.
+"""
+
+from transferkit.data.base import DataSplits, TensorDataset
+from transferkit.data.builtin import DATASETS, available_datasets, load_dataset
+from transferkit.data.sampling import few_shot, match_shape, split_train_val
+from transferkit.data.sources import from_arrays, from_torch_dataset, read_idx
+
+__all__ = [
+    "DATASETS",
+    "DataSplits",
+    "TensorDataset",
+    "available_datasets",
+    "few_shot",
+    "from_arrays",
+    "from_torch_dataset",
+    "load_dataset",
+    "match_shape",
+    "read_idx",
+    "split_train_val",
+]
