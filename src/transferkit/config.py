@@ -1,0 +1,193 @@
+"""Validated run configurations, YAML loading and ``key=value`` overrides.
+
+A :class:`FinetuneConfig` is everything ``transferkit finetune`` needs. It is plain data: the Python
+API (:func:`transferkit.workflows.finetune`) takes it, and the CLI only builds it from a YAML file and
+overrides. Unknown keys are errors, all reported at once, each with its dotted path.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from transferkit.engine.config import TrainConfig
+from transferkit.errors import ConfigError, DataNotFoundError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    """Target data.
+
+    Attributes:
+        dataset: A built-in name (``digits``, ``mnist5k``, ``fashion-mnist``) or a path (image folder,
+            ``.npz``, ``.csv``).
+        root: Folder holding the dataset's files, for built-ins that read from disk.
+        val_fraction: Share of the training split held out for model choice (never the test split).
+        shots: Labelled training examples per class (few-shot target); ``None`` uses all.
+        val_shots: Validation examples per class; ``None`` uses the same number as ``shots``
+            (a realistic few-label setting) or the whole validation split when ``shots`` is ``None``.
+    """
+
+    dataset: str = "digits"
+    root: str | None = None
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    shots: int | None = Field(None, ge=1)
+    val_shots: int | None = Field(None, ge=1)
+
+
+class ModelConfig(_Strict):
+    """Source and target models.
+
+    Attributes:
+        source: The source model: a model folder, a weights file (with ``source_arch``), a built-in name
+            or a hub spec (``timm:resnet18``, ``torchvision:resnet18``). ``None`` trains from scratch.
+        source_arch: Architecture of a bare weights file given as ``source``.
+        arch: Target architecture; ``None`` reuses the source's architecture with a new head.
+        kwargs: Arguments for the target architecture (``image_size``, ``widths`` ...).
+        pretrained: Load pretrained weights when ``source`` is a built-in or hub name.
+    """
+
+    source: str | None = None
+    source_arch: str | None = None
+    arch: str | None = None
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    pretrained: bool = True
+
+
+class TransferConfig(_Strict):
+    """How parameters move from source to target (see :func:`transferkit.transfer.transfer_parameters`)."""
+
+    shape_mismatch: Literal["slice", "skip"] = "slice"
+    exclude: list[str] = Field(default_factory=lambda: ["head.*"])
+
+
+class FinetuneConfig(_Strict):
+    """A fine-tuning run: source -> target data, with an optional from-scratch baseline.
+
+    Attributes:
+        name: Run name used in reports.
+        out: Output folder (``metrics.json``, ``report.html``, ``model/``, ``runs/``).
+        seeds: One training run per seed; results are averaged.
+        baseline: Also train the target architecture from scratch on the same data and budget.
+    """
+
+    name: str = "finetune"
+    out: str = "runs/finetune"
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    baseline: bool = True
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    transfer: TransferConfig = Field(default_factory=TransferConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds_not_empty(cls, v: list[int]) -> list[int]:
+        if not v:
+            raise ValueError("seeds must list at least one seed, e.g. [0]")
+        return v
+
+
+def _format_validation_error(exc: ValidationError, what: str) -> str:
+    problems = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            problems.append(f"unknown key {loc!r}")
+        else:
+            bad = err.get("input")
+            shown = "" if isinstance(bad, dict) else f" (got {bad!r})"
+            problems.append(f"{loc}: {err['msg']}{shown}")
+    return f"invalid {what}: " + "; ".join(problems)
+
+
+def build_config(data: dict[str, Any] | None = None, cls: type[BaseModel] = FinetuneConfig) -> Any:
+    """Validate a nested dict into ``cls``; every problem is reported in one :class:`ConfigError`."""
+    try:
+        return cls.model_validate(data or {})
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, "config")) from None
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """Split ``"train.lr=0.01"`` into ``(["train", "lr"], 0.01)``; the value is parsed as YAML."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not key=value; write e.g. train.lr=0.01")
+    key, _, raw = item.partition("=")
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {item!r} has an empty key; write e.g. train.lr=0.01")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {item!r}: value is not valid YAML ({exc})") from None
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of ``data`` with each ``dotted.key=value`` override set."""
+    out: dict[str, Any] = _deep_copy(data)
+    for item in overrides:
+        path, value = parse_override(item)
+        node = out
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(
+                    f"override {item!r}: {part!r} holds a value, not a section, so it has no keys"
+                )
+            node = child
+        node[path[-1]] = value
+    return out
+
+
+def _deep_copy(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in d.items()}
+
+
+def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a YAML mapping from ``path`` with clear errors."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataNotFoundError(f"config file {str(p)!r} does not exist; check the path")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {str(p)!r} is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"config file {str(p)!r} must hold a mapping of keys, got a {type(data).__name__}"
+        )
+    return data
+
+
+def load_config(
+    path: str | os.PathLike | None = None,
+    overrides: list[str] | None = None,
+    cls: type[BaseModel] = FinetuneConfig,
+) -> Any:
+    """Load a config from YAML (optional), apply ``key=value`` overrides, validate.
+
+    Example:
+        >>> cfg = load_config(None, ["data.dataset=digits", "train.epochs=3"])
+        >>> cfg.train.epochs
+        3
+    """
+    data = read_yaml(path) if path is not None else {}
+    return build_config(apply_overrides(data, overrides or []), cls)
+
+
+def dump_config(cfg: BaseModel) -> str:
+    """The config as YAML text (round-trips through :func:`load_config`)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,141 @@
+"""The validated training configuration shared by every transfer method.
+
+One :class:`TrainConfig` drives the one training loop (:class:`transferkit.engine.Trainer`):
+the optimiser, learning rates (with per-layer decay), the schedule, the freezing strategy, early
+stopping and mixed precision all come from here. Values are checked when the config is built, and
+:meth:`TrainConfig.from_dict` turns pydantic's errors into one
+:class:`~transferkit.errors.ConfigError` naming every bad key and value at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from transferkit.errors import ConfigError
+
+
+class TrainConfig(BaseModel):
+    """How to train: optimiser, schedule, strategy, stopping and runtime settings.
+
+    Attributes:
+        epochs: Number of passes over the training set (>= 1).
+        batch_size: Examples per optimisation step (>= 1).
+        optimizer: ``"sgd"``, ``"adam"`` or ``"adamw"``.
+        lr: Learning rate of the head (and of objectives' own parameters), > 0.
+        backbone_lr_scale: The backbone trains at ``lr * backbone_lr_scale``; 0 freezes it.
+        layer_decay: Per-layer learning-rate decay in (0, 1]: backbone block ``i`` counted from the
+            head (the top block is ``i = 0``) trains at ``lr * backbone_lr_scale * layer_decay**i``.
+            ``None`` gives every backbone block the same rate.
+        weight_decay: Weight decay of every parameter group (>= 0).
+        momentum: SGD momentum in [0, 1) (ignored by Adam/AdamW).
+        scheduler: ``"none"``, ``"cosine"`` (to 0 over ``epochs``) or ``"step"`` (x0.1 every
+            ``max(1, epochs // 3)`` epochs); stepped once per epoch.
+        warmup_epochs: Linear warm-up epochs before the schedule (>= 0, < ``epochs``).
+        strategy: ``"full"`` (everything trains), ``"linear_probe"`` (frozen backbone, only the head
+            trains) or ``"gradual"`` (head first, then one more backbone block from the top every
+            ``unfreeze_every`` epochs).
+        unfreeze_every: Epochs between unfreezing steps of the gradual strategy (>= 1).
+        patience: Stop when validation accuracy has not improved for this many epochs; needs a
+            validation set. ``None`` disables early stopping.
+        grad_clip: Clip the global gradient norm to this value (> 0); ``None`` disables clipping.
+        amp: Use mixed precision (float16 autocast + gradient scaling); only effective on CUDA.
+        device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
+        seed: Seed of the global torch RNG and of the per-epoch shuffling.
+        eval_batch_size: Batch size for validation and feature caching (>= 1).
+        cache_features: For frozen backbones whose objectives need only logits, compute the backbone
+            features once and train the head on them.
+        num_workers: Reserved for data loading workers (>= 0); data is in memory, so 0 is usual.
+        progress: Show a rich progress bar instead of one log line per epoch.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(64, ge=1)
+    optimizer: Literal["sgd", "adam", "adamw"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    backbone_lr_scale: float = Field(0.1, ge=0)
+    layer_decay: float | None = Field(None, gt=0, le=1)
+    weight_decay: float = Field(1e-4, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    scheduler: Literal["none", "cosine", "step"] = "cosine"
+    warmup_epochs: int = Field(0, ge=0)
+    strategy: Literal["full", "linear_probe", "gradual"] = "full"
+    unfreeze_every: int = Field(1, ge=1)
+    patience: int | None = Field(None, ge=1)
+    grad_clip: float | None = Field(None, gt=0)
+    amp: bool = True
+    device: str = "auto"
+    seed: int = 0
+    eval_batch_size: int = Field(512, ge=1)
+    cache_features: bool = True
+    num_workers: int = Field(0, ge=0)
+    progress: bool = False
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        if value == "auto":
+            return value
+        try:
+            torch.device(value)
+        except (RuntimeError, ValueError) as exc:
+            raise ValueError(
+                f"device {value!r} is not a torch device; use 'auto', 'cpu', 'cuda' or 'cuda:N'"
+            ) from exc
+        return value
+
+    @model_validator(mode="after")
+    def _check_warmup(self) -> TrainConfig:
+        if self.warmup_epochs > 0 and self.warmup_epochs >= self.epochs:
+            raise ValueError(
+                f"warmup_epochs={self.warmup_epochs} must be smaller than epochs={self.epochs}; "
+                "lower warmup_epochs or raise epochs"
+            )
+        return self
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> TrainConfig:
+        """Build a config from a plain mapping (e.g. parsed YAML).
+
+        Raises:
+            ConfigError: Unknown keys (all named, with the known ones listed) or invalid values
+                (each named with the bad value and the rule it broke).
+        """
+        d = dict(d or {})
+        unknown = sorted(k for k in d if k not in cls.model_fields)
+        if unknown:
+            raise ConfigError(
+                f"unknown training config key(s) {', '.join(repr(k) for k in unknown)}; "
+                f"known keys: {', '.join(cls.model_fields)}"
+            )
+        try:
+            return cls(**d)
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(exc)) from exc
+
+    def resolve_device(self) -> torch.device:
+        """The device training runs on: ``"auto"`` picks CUDA when available, else CPU."""
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """One message listing every field pydantic rejected, with its bad value."""
+    parts = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err.get("loc", ())) or "config"
+        msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+        if "input" in err and field != "config":
+            parts.append(f"{field}={err['input']!r}: {msg}")
+        else:
+            parts.append(msg if field == "config" else f"{field}: {msg}")
+    return "invalid training config: " + "; ".join(parts)
+
+
+__all__ = ["TrainConfig", "format_validation_error"]

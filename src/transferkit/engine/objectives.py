@@ -1,0 +1,149 @@
+"""Loss terms the one training loop sums: the plug-in point of every transfer method.
+
+A method (distillation, L2-SP, EWC, ...) contributes an :class:`Objective`: an ``nn.Module``
+holding its hyper-parameters (and any trainable parts, such as distillation adapters) whose
+``forward`` maps a :class:`Batch` to an unweighted scalar loss. The trainer computes
+``loss = sum(o.weight * o(batch) for o in objectives)``, logs every term, backpropagates and steps.
+Two methods at once is a list of two objectives, not new code.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from transferkit.errors import ConfigError
+from transferkit.registry import Registry
+
+if TYPE_CHECKING:
+    from transferkit.engine.trainer import Trainer
+
+
+@dataclass
+class Batch:
+    """Everything an objective may need about one training step.
+
+    Attributes:
+        x: Raw inputs of the batch, ``(N, ...)``, on the training device.
+        y: Labels, ``(N,)`` int64.
+        logits: Student logits, ``(N, num_classes)``.
+        features: Student backbone output, ``(N, D)``.
+        taps: Outputs of the student modules the objectives asked for (``Objective.taps``), by
+            module name (``"backbone.block2"``); empty when none were asked for.
+        model: The student model being trained.
+        epoch: 0-based epoch index.
+        step: 0-based step index within the epoch.
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    logits: torch.Tensor
+    features: torch.Tensor
+    taps: dict[str, torch.Tensor] = field(default_factory=dict)
+    model: nn.Module | None = None
+    epoch: int = 0
+    step: int = 0
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+class Objective(nn.Module):
+    """One term of the training loss.
+
+    Subclasses implement :meth:`forward` and may override :meth:`setup` and :meth:`on_epoch_start`.
+    An objective manages the train/eval mode of its own sub-modules (a frozen teacher stays in eval
+    mode); the trainer only moves it to the training device before :meth:`setup`. Parameters of the
+    objective that require gradients (adapters, ...) are trained in an extra optimiser group at
+    ``config.lr``.
+
+    Args:
+        weight: Multiplier of this term in the total loss (finite, >= 0).
+
+    Attributes:
+        taps: Names of student modules (as in ``model.named_modules()``) whose outputs this
+            objective reads from ``batch.taps``; the trainer records them with forward hooks.
+        head_only: True when the objective needs only ``batch.logits`` computed from backbone
+            features (and ``x``, ``y``), never gradients into the backbone or taps. With a frozen
+            backbone this lets the trainer cache the features once.
+        name: Short name used for logging the term (``"loss_<name>"``); defaults to the class name
+            in snake case.
+    """
+
+    taps: tuple[str, ...] = ()
+    head_only: ClassVar[bool] = False
+
+    def __init__(self, weight: float = 1.0) -> None:
+        super().__init__()
+        weight = float(weight)
+        if not weight >= 0 or weight == float("inf"):
+            raise ConfigError(
+                f"{type(self).__name__} weight must be a finite number >= 0, got {weight!r}"
+            )
+        self.weight = weight
+
+    @property
+    def name(self) -> str:
+        """Name of the term in logs (``"cross_entropy"``)."""
+        return getattr(self, "_name", None) or _snake(type(self).__name__)
+
+    @name.setter
+    def name(self, value: str) -> None:
+        self._name = str(value)
+
+    def setup(self, trainer: Trainer) -> None:
+        """Prepare once before training (store start weights, compute Fisher, ...).
+
+        Called after the model and this objective were moved to ``trainer.device`` and before the
+        optimiser is built; on resume it is called before the checkpoint's weights are loaded, so it
+        sees the same starting model as the original run.
+        """
+
+    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
+        """Hook called at the start of every epoch (0-based ``epoch``)."""
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """The unweighted scalar loss of ``batch``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement forward(batch)")
+
+
+class CrossEntropy(Objective):
+    """Plain cross-entropy between the student's logits and the labels.
+
+    Args:
+        weight: Multiplier in the total loss.
+        label_smoothing: Label smoothing in [0, 1) (Szegedy et al., 2016).
+    """
+
+    head_only: ClassVar[bool] = True
+
+    def __init__(self, weight: float = 1.0, label_smoothing: float = 0.0) -> None:
+        super().__init__(weight)
+        if not 0.0 <= float(label_smoothing) < 1.0:
+            raise ConfigError(
+                f"label_smoothing must lie in [0, 1), got {label_smoothing!r}; "
+                "0.1 is a common value"
+            )
+        self.label_smoothing = float(label_smoothing)
+
+    def extra_repr(self) -> str:
+        return f"weight={self.weight}, label_smoothing={self.label_smoothing}"
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """Mean cross-entropy of ``batch.logits`` ``(N, C)`` against ``batch.y`` ``(N,)``."""
+        return F.cross_entropy(
+            batch.logits.float(), batch.y, label_smoothing=self.label_smoothing
+        )
+
+
+OBJECTIVES: Registry[type[Objective]] = Registry("objective")
+OBJECTIVES.register("cross_entropy", CrossEntropy)
+
+
+__all__ = ["OBJECTIVES", "Batch", "CrossEntropy", "Objective"]

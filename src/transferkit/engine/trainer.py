@@ -1,0 +1,599 @@
+"""The one training loop every transfer method plugs into.
+
+:class:`Trainer` sums the objectives' loss terms, backpropagates and steps; the config picks the
+optimiser, schedule, freezing strategy, early stopping and mixed precision. Methods only contribute
+:class:`~transferkit.engine.objectives.Objective` terms, so two methods at once is a list of two
+objectives. With a ``run_dir`` every epoch leaves a resumable checkpoint and one line of metrics.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from transferkit.data.base import TensorDataset
+from transferkit.engine.checkpoint import RunDir, cpu_state_dict, load_training_state
+from transferkit.engine.config import TrainConfig
+from transferkit.engine.objectives import Batch, CrossEntropy, Objective
+from transferkit.engine.strategies import (
+    apply_strategy,
+    backbone_frozen_throughout,
+    build_optimizer,
+    build_param_groups,
+    build_scheduler,
+)
+from transferkit.errors import (
+    ConfigError,
+    DataError,
+    LabelError,
+    ShapeError,
+    TrainingError,
+    UnknownNameError,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class History:
+    """What happened during :meth:`Trainer.fit`.
+
+    Attributes:
+        epochs: One dict per finished epoch: ``epoch`` (1-based), ``train_loss``, ``loss_<term>``
+            for every objective, ``train_accuracy``, ``val_loss``, ``val_accuracy`` (``None``
+            without a validation set), ``lr`` (head learning rate used in the epoch) and ``seconds``.
+        best_epoch: 1-based epoch with the highest validation accuracy (``None`` without val).
+        best_val_accuracy: That accuracy.
+        seconds: Total training time, summed over resumed runs.
+        stopped_early: Whether early stopping ended training.
+    """
+
+    epochs: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int | None = None
+    best_val_accuracy: float | None = None
+    seconds: float = 0.0
+    stopped_early: bool = False
+
+    def to_list(self) -> list[dict[str, Any]]:
+        """The per-epoch rows (copies)."""
+        return [dict(row) for row in self.epochs]
+
+    def to_dict(self) -> dict[str, Any]:
+        """All fields as plain JSON-serialisable data."""
+        return asdict(self)
+
+
+def predict_features(
+    model: nn.Module,
+    data: TensorDataset | torch.Tensor,
+    batch_size: int = 512,
+    device: str | torch.device | None = None,
+) -> torch.Tensor:
+    """Backbone features of every example, in eval mode and without gradients.
+
+    Args:
+        model: A TransferNet (``model.forward_features``), already on ``device``.
+        data: A dataset or raw inputs ``(N, ...)``.
+        batch_size: Examples per forward pass.
+        device: Where inputs go and features stay; defaults to the model's device.
+
+    Returns:
+        Features ``(N, feature_dim)`` on ``device``. The model's train/eval mode is restored.
+    """
+    x = data.x if isinstance(data, TensorDataset) else data
+    if device is None:
+        first = next(model.parameters(), None)
+        device = first.device if first is not None else torch.device("cpu")
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    chunks = []
+    try:
+        with torch.no_grad():
+            for start in range(0, len(x), batch_size):
+                chunks.append(model.forward_features(x[start : start + batch_size].to(device)))
+    finally:
+        model.train(was_training)
+    if not chunks:
+        dim = getattr(getattr(model, "info", None), "feature_dim", 0)
+        return torch.empty(0, dim, device=device)
+    return torch.cat(chunks)
+
+
+def _batch_slices(n: int, batch_size: int) -> list[slice]:
+    """Batch boundaries over ``n`` examples; a last batch of one joins the previous batch
+    (a single example breaks BatchNorm in train mode)."""
+    starts = list(range(0, n, batch_size))
+    if len(starts) > 1 and n - starts[-1] == 1:
+        starts.pop()
+    ends = starts[1:] + [n]
+    return [slice(s, e) for s, e in zip(starts, ends, strict=True)]
+
+
+class _Progress:
+    """A rich progress bar over epochs and batches, or nothing."""
+
+    def __init__(self, enabled: bool, epochs: int, start: int) -> None:
+        self.bar = None
+        if enabled:
+            from rich.progress import Progress
+
+            self.bar = Progress(transient=False)
+            self.bar.start()
+            self.epoch_task = self.bar.add_task("epochs", total=epochs, completed=start)
+            self.batch_task = self.bar.add_task("batches", total=0)
+
+    def start_epoch(self, epoch: int, batches: int) -> None:
+        if self.bar is not None:
+            self.bar.reset(self.batch_task, total=batches, description=f"epoch {epoch + 1}")
+
+    def advance_batch(self) -> None:
+        if self.bar is not None:
+            self.bar.advance(self.batch_task)
+
+    def end_epoch(self) -> None:
+        if self.bar is not None:
+            self.bar.advance(self.epoch_task)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+class Trainer:
+    """Trains a TransferNet on the sum of its objectives' losses.
+
+    Args:
+        model: A :class:`~transferkit.models.TransferNet` (``input_adapter``, ``backbone``,
+            ``head``, ``info.num_classes``); the backbone's direct children are its blocks.
+        config: A :class:`TrainConfig`, a plain mapping of its fields, or ``None`` for defaults.
+        objectives: Loss terms; ``None`` means ``[CrossEntropy()]``.
+        run_dir: Folder for ``metrics.jsonl`` and checkpoints; ``None`` keeps everything in memory.
+
+    Attributes:
+        device: The device training runs on (``config.device`` resolved).
+        use_amp: Whether mixed precision is on (``config.amp`` and a CUDA device).
+        optimizer, scheduler, scaler: Built by :meth:`fit`.
+        train_data, val_data: The datasets of the current :meth:`fit` (for objectives' ``setup``).
+        history: The :class:`History` of the last :meth:`fit`.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config: TrainConfig | Mapping[str, Any] | None = None,
+        objectives: Sequence[Objective] | None = None,
+        run_dir: str | os.PathLike | None = None,
+    ) -> None:
+        for part in ("backbone", "head", "forward_features"):
+            if not hasattr(model, part):
+                raise ConfigError(
+                    f"Trainer needs a TransferNet (with backbone, head, forward_features); got a "
+                    f"{type(model).__name__} without {part!r}: wrap it with transferkit.models"
+                )
+        if config is None:
+            config = TrainConfig()
+        elif isinstance(config, Mapping):
+            config = TrainConfig.from_dict(config)
+        elif not isinstance(config, TrainConfig):
+            raise ConfigError(
+                f"config must be a TrainConfig or a dict, got {type(config).__name__}"
+            )
+        objectives = [CrossEntropy()] if objectives is None else list(objectives)
+        if not objectives:
+            raise ConfigError("objectives is empty; pass at least one, e.g. [CrossEntropy()]")
+        for obj in objectives:
+            if not isinstance(obj, Objective):
+                raise ConfigError(
+                    f"objectives must be Objective instances, got a {type(obj).__name__}; "
+                    "subclass transferkit.engine.Objective"
+                )
+        self.model = model
+        self.config = config
+        self.objectives: list[Objective] = objectives
+        self.term_names = _unique_names([o.name for o in objectives])
+        self.run_dir = RunDir(run_dir) if run_dir is not None else None
+        self.device = config.resolve_device()
+        self.use_amp = bool(config.amp and self.device.type == "cuda")
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
+        self.scaler: torch.amp.GradScaler | None = None
+        self.train_data: TensorDataset | None = None
+        self.val_data: TensorDataset | None = None
+        self.history = History()
+        self._taps: dict[str, torch.Tensor] = {}
+        self._recording = False
+
+    # ------------------------------------------------------------------ checks
+    def _check_data(self, train: TensorDataset, val: TensorDataset | None) -> None:
+        if len(train) == 0:
+            raise DataError(
+                f"training set {train.name!r} is empty; pass a dataset with at least one example"
+            )
+        if val is not None and len(val) == 0:
+            raise DataError(
+                f"validation set {val.name!r} is empty; pass val=None or a non-empty set"
+            )
+        head = int(getattr(getattr(self.model, "info", None), "num_classes", 0) or 0)
+        if head > 0:
+            self._check_labels(train, val, head)
+
+    def _check_labels(self, train: TensorDataset, val: TensorDataset | None, head: int) -> None:
+        for split, ds in (("train", train), ("val", val)):
+            if ds is None:
+                continue
+            top = int(ds.y.max())
+            if top >= head:
+                raise LabelError(
+                    f"{split} labels go up to {top} but the model's head predicts {head} classes "
+                    f"(labels 0..{head - 1}); give the model a head of {top + 1} outputs with "
+                    f"replace_head(model, {top + 1}) or build it with num_classes={top + 1}"
+                )
+
+    def _probe(self, train: TensorDataset, val: TensorDataset | None) -> None:
+        """One forward pass on one example so shape problems surface before training."""
+        self.model.eval()
+        with torch.no_grad():
+            out = self.model(train.x[:1].to(self.device))
+        if out.ndim != 2:
+            raise ShapeError(
+                f"the model returned logits of shape {tuple(out.shape)} for one example; "
+                "expected (1, num_classes): check the head"
+            )
+        if not getattr(getattr(self.model, "info", None), "num_classes", 0):
+            self._check_labels(train, val, int(out.shape[1]))
+
+    def _register_taps(self) -> list[torch.utils.hooks.RemovableHandle]:
+        names = sorted({t for o in self.objectives for t in o.taps})
+        modules = dict(self.model.named_modules())
+        handles = []
+        for name in names:
+            if name not in modules:
+                import difflib
+
+                close = difflib.get_close_matches(name, list(modules), n=3, cutoff=0.5)
+                raise UnknownNameError(
+                    f"an objective taps module {name!r}, which the model does not have"
+                    + (f"; did you mean {', '.join(map(repr, close))}?" if close else "")
+                    + " (names as in model.named_modules())"
+                )
+
+            def hook(_m: nn.Module, _i: Any, out: Any, name: str = name) -> None:
+                if self._recording:
+                    self._taps[name] = out
+
+            handles.append(modules[name].register_forward_hook(hook))
+        return handles
+
+    # ------------------------------------------------------------------ fit
+    def fit(
+        self, train: TensorDataset, val: TensorDataset | None = None, *, resume: bool = False
+    ) -> History:
+        """Train ``self.model`` on ``train``, validating on ``val`` after every epoch.
+
+        Args:
+            train: Training data.
+            val: Validation data for best-epoch selection and early stopping.
+            resume: Continue after the last finished epoch of ``run_dir``'s checkpoint (starts
+                fresh, with a logged note, when there is none).
+
+        Returns:
+            The :class:`History`. The model ends with the best validation epoch's weights when
+            ``val`` is given, else the last epoch's.
+
+        Raises:
+            DataError: ``train`` (or ``val``) is empty.
+            LabelError: labels do not fit the model's head.
+            ShapeError: inputs do not fit the model (from the first forward pass).
+            ConfigError: ``patience`` without ``val``, or ``resume`` without ``run_dir``.
+            TrainingError: the loss became NaN or infinite; the last checkpoint is kept.
+        """
+        cfg = self.config
+        if cfg.patience is not None and val is None:
+            raise ConfigError(
+                f"patience={cfg.patience} (early stopping) needs a validation set; pass val= or "
+                "set patience=None"
+            )
+        if resume and self.run_dir is None:
+            raise ConfigError("resume=True needs a run_dir to read checkpoints from; pass run_dir=")
+        self._check_data(train, val)
+        self.train_data, self.val_data = train, val
+        model = self.model.to(self.device)
+        self._probe(train, val)
+
+        torch.manual_seed(cfg.seed)
+        for obj in self.objectives:
+            obj.to(self.device)
+            obj.setup(self)
+        model_ids = {id(p) for p in model.parameters()}
+        extra = [
+            p for o in self.objectives for p in o.parameters()
+            if p.requires_grad and id(p) not in model_ids
+        ]
+        self.optimizer = build_optimizer(build_param_groups(model, cfg, extra), cfg)
+        self.scheduler = build_scheduler(self.optimizer, cfg)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.use_amp)
+
+        history, best_state = History(), None
+        if resume:
+            restored = self._restore()
+            if restored is not None:
+                history, best_state = restored
+        elif self.run_dir is not None and self.run_dir.has_checkpoint():
+            logger.info("starting a fresh run in %s; its old checkpoint will be overwritten",
+                        self.run_dir.root)
+        self.history = history
+        if self.run_dir is not None:
+            self.run_dir.write_metrics(history.epochs)
+
+        cached = (
+            cfg.cache_features
+            and backbone_frozen_throughout(cfg)
+            and all(o.head_only and not o.taps for o in self.objectives)
+        )
+        train_feats = val_feats = None
+        if cached and not history.stopped_early and len(history.epochs) < cfg.epochs:
+            train_feats = predict_features(model, train, cfg.eval_batch_size, self.device)
+            if val is not None:
+                val_feats = predict_features(model, val, cfg.eval_batch_size, self.device)
+            logger.info("cached backbone features of %d training examples", len(train))
+
+        start = len(history.epochs)
+        handles = self._register_taps()
+        progress = _Progress(cfg.progress, cfg.epochs, start)
+        t0 = time.perf_counter()
+        try:
+            for epoch in range(start, cfg.epochs):
+                if history.stopped_early:
+                    break
+                best_state = self._run_epoch(epoch, train, val, train_feats, val_feats,
+                                             history, best_state, progress)
+        finally:
+            for h in handles:
+                h.remove()
+            progress.close()
+            self._taps.clear()
+            history.seconds += time.perf_counter() - t0
+        if val is not None and best_state is not None:
+            model.load_state_dict(best_state)
+        model.eval()
+        return history
+
+    def _run_epoch(
+        self,
+        epoch: int,
+        train: TensorDataset,
+        val: TensorDataset | None,
+        train_feats: torch.Tensor | None,
+        val_feats: torch.Tensor | None,
+        history: History,
+        best_state: dict[str, torch.Tensor] | None,
+        progress: _Progress,
+    ) -> dict[str, torch.Tensor] | None:
+        cfg = self.config
+        t_epoch = time.perf_counter()
+        lr = float(self.optimizer.param_groups[0]["lr"])
+        row: dict[str, Any] = {"epoch": epoch + 1}
+        row.update(self._train_epoch(epoch, train, train_feats, progress))
+        if val is not None:
+            row["val_loss"], row["val_accuracy"] = self.evaluate(val, val_feats)
+        else:
+            row["val_loss"] = row["val_accuracy"] = None
+        row["lr"] = lr
+        self.scheduler.step()
+        row["seconds"] = time.perf_counter() - t_epoch
+        history.epochs.append(row)
+        if val is not None and (
+            history.best_val_accuracy is None or row["val_accuracy"] > history.best_val_accuracy
+        ):
+            history.best_epoch, history.best_val_accuracy = epoch + 1, row["val_accuracy"]
+            best_state = cpu_state_dict(self.model)
+            if self.run_dir is not None:
+                self.run_dir.save_best(best_state, epoch + 1)
+        if cfg.patience is not None and epoch + 1 - history.best_epoch >= cfg.patience:
+            if epoch + 1 < cfg.epochs:
+                history.stopped_early = True
+                logger.info("early stopping after epoch %d: val accuracy has not improved since "
+                            "epoch %d", epoch + 1, history.best_epoch)
+        if self.run_dir is not None:
+            self._save(epoch + 1, history, best_state)
+            self.run_dir.write_metrics(history.epochs)
+        progress.end_epoch()
+        logger.info(
+            "epoch %d/%d: train_loss=%.4f train_acc=%.4f val_loss=%s val_acc=%s lr=%.3g (%.1fs)",
+            epoch + 1, cfg.epochs, row["train_loss"], row["train_accuracy"],
+            _fmt(row["val_loss"]), _fmt(row["val_accuracy"]), lr, row["seconds"],
+        )
+        return best_state
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.use_amp:
+            return torch.autocast(device_type=self.device.type, dtype=torch.float16)
+        return contextlib.nullcontext()
+
+    def _train_epoch(
+        self,
+        epoch: int,
+        train: TensorDataset,
+        feats: torch.Tensor | None,
+        progress: _Progress,
+    ) -> dict[str, float]:
+        cfg, model, opt = self.config, self.model, self.optimizer
+        apply_strategy(model, cfg, epoch)
+        for obj in self.objectives:
+            obj.on_epoch_start(self, epoch)
+        gen = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch))
+        order = torch.randperm(len(train), generator=gen)
+        slices = _batch_slices(len(train), cfg.batch_size)
+        progress.start_epoch(epoch, len(slices))
+        sums: dict[str, float] = defaultdict(float)
+        correct = seen = 0
+        params = [p for g in opt.param_groups for p in g["params"]]
+        for step, sl in enumerate(slices):
+            idx = order[sl]
+            x, y = train.x[idx].to(self.device), train.y[idx].to(self.device)
+            terms = self._step_terms(x, y, idx, feats, epoch, step)
+            loss = sum(o.weight * t for o, t in zip(self.objectives, terms[1], strict=True))
+            if not torch.isfinite(loss):
+                raise TrainingError(self._nan_message(epoch, step, terms[1]))
+            opt.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if cfg.grad_clip is not None:
+                self.scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None],
+                                               cfg.grad_clip)
+            self.scaler.step(opt)
+            self.scaler.update()
+            n = len(idx)
+            sums["train_loss"] += float(loss.detach()) * n
+            for name, t in zip(self.term_names, terms[1], strict=True):
+                sums[f"loss_{name}"] += float(t.detach()) * n
+            correct += int((terms[0].argmax(1) == y).sum())
+            seen += n
+            progress.advance_batch()
+        out = {k: v / seen for k, v in sums.items()}
+        out["train_accuracy"] = correct / seen
+        return out
+
+    def _step_terms(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        idx: torch.Tensor,
+        feats: torch.Tensor | None,
+        epoch: int,
+        step: int,
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Forward one batch; returns the logits and each objective's unweighted loss (float32)."""
+        model = self.model
+        with self._autocast():
+            if feats is not None:
+                features = feats[idx.to(feats.device)]
+                logits = model.head(features)
+                taps: dict[str, torch.Tensor] = {}
+            else:
+                self._taps.clear()
+                self._recording = True
+                try:
+                    features = model.forward_features(x)
+                    logits = model.head(features)
+                finally:
+                    self._recording = False
+                taps = dict(self._taps)
+            batch = Batch(x=x, y=y, logits=logits, features=features, taps=taps, model=model,
+                          epoch=epoch, step=step)
+            values = [o(batch).float() for o in self.objectives]
+        for obj, v in zip(self.objectives, values, strict=True):
+            if v.ndim != 0:
+                raise TrainingError(
+                    f"objective {obj.name!r} returned a loss of shape {tuple(v.shape)}; "
+                    "forward(batch) must return a scalar (reduce with .mean())"
+                )
+        return logits, values
+
+    def _nan_message(self, epoch: int, step: int, values: list[torch.Tensor]) -> str:
+        pairs = zip(self.term_names, values, strict=True)
+        terms = ", ".join(f"{n}={float(v.detach()):.4g}" for n, v in pairs)
+        kept = ""
+        if self.run_dir is not None and self.run_dir.has_checkpoint():
+            kept = f"; the last good checkpoint in {str(self.run_dir.root)!r} is kept"
+        return (
+            f"the loss became non-finite at epoch {epoch + 1}, step {step} ({terms}); lower the "
+            f"learning rate (lr={self.config.lr:g}) or set grad_clip (now {self.config.grad_clip})"
+            f"{kept}"
+        )
+
+    @torch.no_grad()
+    def evaluate(
+        self, data: TensorDataset, feats: torch.Tensor | None = None
+    ) -> tuple[float, float]:
+        """Mean cross-entropy and accuracy of the model on ``data`` (eval mode, no gradients).
+
+        Args:
+            data: Examples to score.
+            feats: Precomputed backbone features ``(N, D)`` of ``data``; only the head runs.
+        """
+        model = self.model.to(self.device)
+        model.eval()
+        total = correct = 0.0
+        bs = self.config.eval_batch_size
+        for start in range(0, len(data), bs):
+            y = data.y[start : start + bs].to(self.device)
+            with self._autocast():
+                if feats is not None:
+                    logits = model.head(feats[start : start + bs])
+                else:
+                    logits = model(data.x[start : start + bs].to(self.device))
+            total += float(F.cross_entropy(logits.float(), y, reduction="sum"))
+            correct += float((logits.argmax(1) == y).sum())
+        n = max(1, len(data))
+        return total / n, correct / n
+
+    # ------------------------------------------------------------------ checkpoints
+    def _save(self, epoch: int, history: History, best_state: dict | None) -> None:
+        state = {
+            "epoch": epoch,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+            "history": history.to_dict(),
+            "best_model": best_state,
+            "objectives": [o.state_dict() for o in self.objectives],
+            "config": self.config.model_dump(),
+        }
+        self.run_dir.save_checkpoint(cpu_state_dict(self.model), state)
+
+    def _restore(self) -> tuple[History, dict[str, torch.Tensor] | None] | None:
+        loaded = self.run_dir.load_checkpoint()
+        if loaded is None:
+            logger.info("resume=True but %s has no checkpoint; starting fresh", self.run_dir.root)
+            return None
+        weights, state = loaded
+        path = self.run_dir.last_weights
+        load_training_state(
+            state, weights, self.model, self.optimizer, self.scheduler, self.scaler,
+            self.objectives, where=str(path.parent),
+        )
+        torch.set_rng_state(state["rng"])
+        if state.get("cuda_rng") and self.device.type == "cuda":
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        old = state.get("config", {})
+        changed = sorted(k for k, v in self.config.model_dump().items()
+                         if k in old and old[k] != v and k not in ("epochs", "progress"))
+        if changed:
+            logger.warning("resuming with changed config values: %s", ", ".join(changed))
+        history = History(**state["history"])
+        logger.info("resuming from %s after epoch %d", path.parent, int(state["epoch"]))
+        return history, state.get("best_model")
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """Seed of the shuffling generator of 0-based ``epoch`` (same batches on resume)."""
+    return (int(seed) * 1_000_003 + int(epoch)) % (2**63)
+
+
+def _unique_names(names: list[str]) -> list[str]:
+    out, counts = [], defaultdict(int)
+    for n in names:
+        counts[n] += 1
+        out.append(n if counts[n] == 1 else f"{n}_{counts[n]}")
+    return out
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.4f}"
+
+
+__all__ = ["History", "Trainer", "epoch_seed", "predict_features"]
