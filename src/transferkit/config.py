@@ -166,9 +166,7 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(
-            f"config file {str(p)!r} must hold a mapping of keys, got a {type(data).__name__}"
-        )
+        raise ConfigError(f"config file {str(p)!r} must hold a mapping of keys, got a {type(data).__name__}")
     return data
 
 

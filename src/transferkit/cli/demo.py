@@ -1,0 +1,34 @@
+"""``transferkit demo``: the end-to-end demo on real data that ships with the setup."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from transferkit.cli._common import console, handle_errors, setup_logging
+
+
+@handle_errors
+def demo(
+    out: Path = typer.Option(Path("demo-out"), "--out", help="Output folder."),
+    seeds: int = typer.Option(3, "--seeds", min=1, help="Number of seeds to average over."),
+    shots: int = typer.Option(10, "--shots", min=1, help="Labelled images per class."),
+    epochs: int = typer.Option(30, "--epochs", min=1, help="Epochs of every target run."),
+    fashion_root: Path | None = typer.Option(
+        None, "--fashion-root", help="Folder with Fashion-MNIST's IDX files."
+    ),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every epoch."),
+) -> None:
+    """Source model -> transfer -> fine-tune -> comparison with scratch -> report, on real data."""
+    from transferkit.demo import DemoSettings, run_demo
+
+    setup_logging(verbose)
+    settings = DemoSettings(seeds=tuple(range(seeds)), shots=shots, epochs=epochs)
+    result = run_demo(out, settings, fashion_root=fashion_root, echo=console.print)
+    console.print()
+    console.print(result.table())
+    console.print(
+        f"\nwrote {out / 'metrics.json'}, {out / 'report.html'} and the best model "
+        f"({result.best_name}) to {out / 'model'}"
+    )

@@ -1,0 +1,44 @@
+"""``transferkit evaluate``: accuracy, macro-F1, per-class F1 and confusion matrix of a saved model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from transferkit.cli._common import console, handle_errors, setup_logging
+
+
+@handle_errors
+def evaluate(
+    model: str = typer.Argument(..., help="Model folder (config.json + model.safetensors)."),
+    data: str = typer.Option(..., "--data", help="Dataset: built-in name or path."),
+    split: str = typer.Option("test", "--split", help="train | val | test"),
+    root: Path | None = typer.Option(None, "--root", help="Folder with the dataset's files."),
+    as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Evaluate a model on a dataset split."""
+    from transferkit.data import load_dataset
+    from transferkit.errors import ConfigError
+    from transferkit.evaluation import evaluate as run_evaluate
+    from transferkit.models import load_model
+
+    setup_logging(verbose)
+    if split not in ("train", "val", "test"):
+        raise ConfigError(f"--split must be train, val or test, got {split!r}")
+    net = load_model(model)
+    splits = load_dataset(data, root=root)
+    metrics = run_evaluate(net, getattr(splits, split))
+    if as_json:
+        typer.echo(json.dumps(metrics.to_dict(), indent=2))
+        return
+    console.print(f"{model} on {data}/{split} ({metrics.n} examples)")
+    console.print(f"accuracy  {metrics.accuracy:.4f}")
+    console.print(f"macro-F1  {metrics.macro_f1:.4f}")
+    for name, f1 in zip(metrics.class_names, metrics.per_class_f1, strict=False):
+        console.print(f"  F1 {name:>14s}  {f1:.3f}")
+    console.print("confusion matrix (rows: true, columns: predicted)")
+    for row in metrics.confusion:
+        console.print("  " + " ".join(f"{v:5d}" for v in row))

@@ -1,0 +1,47 @@
+"""Entry point: ``transferkit <command>``; each command lives in its own module."""
+
+from __future__ import annotations
+
+import typer
+
+from transferkit import __version__
+from transferkit.cli import demo, evaluate, finetune, inspect, validate
+
+app = typer.Typer(
+    name="transferkit",
+    help="Move knowledge from a source model into a target model, and prove it helped.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command("demo")(demo.demo)
+app.command("finetune", context_settings={"allow_extra_args": True, "ignore_unknown_options": False})(
+    finetune.finetune
+)
+app.command("evaluate")(evaluate.evaluate)
+app.command("inspect")(inspect.inspect)
+app.command("validate")(validate.validate)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"transferkit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """transferkit: parameter transfer, fine-tuning and honest comparison with training from scratch."""
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,275 @@
+"""Save a model as a folder (``config.json`` + ``model.safetensors``) and load models from folders,
+weights files, registered names and hub specs."""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import transferkit
+from transferkit.errors import CheckpointError, UnknownNameError
+from transferkit.io import atomic_write_json, load_state_dict, read_json, save_state_dict
+from transferkit.io.weights import SAFETENSORS_SUFFIXES, TORCH_SUFFIXES
+from transferkit.models.base import InputAdapter, ModelInfo, TransferNet
+from transferkit.models.efficientnet import package_key_map
+from transferkit.models.surgery import replace_head
+from transferkit.models.zoo import HUB_PREFIXES, MODELS, create_model
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+FORMAT = "transferkit"
+# Architectures whose pretrained weights can be loaded by name, with their head size.
+_PRETRAINED_CLASSES = {"efficientnet_lite0": 1000}
+
+
+def save_model(model: TransferNet, folder: str | os.PathLike) -> Path:
+    """Save ``model`` to ``folder`` as ``model.safetensors`` then ``config.json`` (both atomic).
+
+    The config is ``model.info.to_dict()`` plus ``{"format": "transferkit", "version": ...}``;
+    writing it last means a folder with a config always has complete weights.
+
+    Returns:
+        The folder's path.
+
+    Raises:
+        CheckpointError: ``model`` is not a TransferNet or a state entry is not a tensor.
+    """
+    if not isinstance(model, TransferNet):
+        raise CheckpointError(
+            f"save_model takes a TransferNet, got {type(model).__name__}; wrap it with "
+            "transferkit.models.wrap_model first, or save its state_dict with transferkit.io"
+        )
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise CheckpointError(f"{str(folder)!r} is a file; save_model needs a folder path")
+    folder.mkdir(parents=True, exist_ok=True)
+    save_state_dict(model.state_dict(), folder / WEIGHTS_NAME, metadata={"format": "pt"})
+    config = {**model.info.to_dict(), "format": FORMAT, "version": transferkit.__version__}
+    atomic_write_json(folder / CONFIG_NAME, config)
+    logger.info("saved %s to %s", model.info.arch, folder)
+    return folder
+
+
+def load_model(
+    source: str | os.PathLike,
+    *,
+    arch: str | None = None,
+    num_classes: int | None = None,
+    pretrained: bool = True,
+    **kwargs: Any,
+) -> TransferNet:
+    """Load a model from a saved folder, a weights file, or by name.
+
+    Args:
+        source: (a) a folder written by :func:`save_model`; (b) a ``.safetensors`` / ``.pt`` /
+            ``.pth`` file of weights (with ``arch=`` or a ``config.json`` beside it), keyed like a
+            TransferNet (``backbone.*``, ``head.*``) or like the bare architecture; (c) a registered
+            name or hub spec (``"efficientnet_lite0"``, ``"timm:resnet18"``).
+        arch: Architecture of a weights file (overrides a ``config.json`` beside it).
+        num_classes: Wanted head size; a loaded head of another size is replaced by a new one.
+            For names, defaults to the pretrained head's size (1000) or 10.
+        pretrained: For names only: load the architecture's pretrained weights where it has some.
+        **kwargs: Architecture arguments (override the saved ones).
+
+    Raises:
+        CheckpointError: the path is missing, the files are corrupt, hold pickled code, or their
+            keys or shapes do not fit the architecture.
+        UnknownNameError: ``source`` is neither a path nor a known model name.
+    """
+    path = Path(source)
+    if path.is_dir():
+        if (path / CONFIG_NAME).is_file():
+            model = _load_folder(path, kwargs)
+        elif (path / WEIGHTS_NAME).is_file():
+            model = _load_weights(path / WEIGHTS_NAME, arch, kwargs)
+        else:
+            raise CheckpointError(
+                f"folder {str(path)!r} holds neither {CONFIG_NAME} nor {WEIGHTS_NAME}; "
+                "pass a folder written by transferkit.models.save_model or a weights file"
+            )
+    elif path.is_file():
+        model = _load_weights(path, arch, kwargs)
+    else:
+        return _load_by_name(str(source), num_classes, pretrained, kwargs)
+    if num_classes is not None and num_classes != model.info.num_classes:
+        logger.info(
+            "replacing the %d-class head by a new %d-class head",
+            model.info.num_classes,
+            num_classes,
+        )
+        replace_head(model, num_classes)
+    return model
+
+
+def _is_hub_spec(name: str) -> bool:
+    prefix, sep, rest = name.partition(":")
+    return bool(sep) and prefix.lower() in HUB_PREFIXES
+
+
+def _load_by_name(
+    name: str, num_classes: int | None, pretrained: bool, kwargs: dict[str, Any]
+) -> TransferNet:
+    if _is_hub_spec(name) or name in MODELS:
+        native = _PRETRAINED_CLASSES.get(name.lower(), 1000 if _is_hub_spec(name) else None)
+        use_pretrained = pretrained and native is not None
+        n = num_classes if num_classes is not None else (native if use_pretrained else 10)
+        return create_model(name, num_classes=n, pretrained=use_pretrained, **kwargs)
+    path = Path(name)
+    looks_like_path = path.suffix.lower() in SAFETENSORS_SUFFIXES + TORCH_SUFFIXES or any(
+        sep in name for sep in ("/", os.sep)
+    )
+    if looks_like_path:
+        siblings = [p.name for p in path.parent.iterdir()] if path.parent.is_dir() else []
+        close = difflib.get_close_matches(path.name, siblings, n=3, cutoff=0.5)
+        hint = (
+            f" Did you mean {', '.join(repr(str(path.parent / c)) for c in close)}?"
+            if close
+            else ""
+        )
+        raise CheckpointError(f"model path {name!r} does not exist.{hint} Check the path")
+    try:
+        MODELS.get(name)  # raises: the name is not registered
+    except UnknownNameError as exc:
+        raise UnknownNameError(f"{exc} (and no file or folder {name!r} exists)") from None
+    return create_model(name, num_classes=num_classes or 10, pretrained=False, **kwargs)
+
+
+def _load_folder(folder: Path, kwargs: dict[str, Any]) -> TransferNet:
+    config = read_json(folder / CONFIG_NAME)
+    if not isinstance(config, Mapping) or config.get("format") != FORMAT or "arch" not in config:
+        raise CheckpointError(
+            f"{str(folder / CONFIG_NAME)!r} is not a transferkit model config (no "
+            f'"format": "{FORMAT}" / "arch"); save the model with transferkit.models.save_model'
+        )
+    if config.get("version") != transferkit.__version__:
+        logger.info(
+            "model saved by transferkit %s, loading with %s",
+            config.get("version"),
+            transferkit.__version__,
+        )
+    try:
+        info = ModelInfo.from_dict(dict(config))
+    except TypeError as exc:
+        raise CheckpointError(f"{str(folder / CONFIG_NAME)!r} is malformed ({exc})") from exc
+    overridden = bool(kwargs)
+    info.kwargs = {**info.kwargs, **kwargs}
+    weights = folder / WEIGHTS_NAME
+    if not weights.is_file():
+        raise CheckpointError(
+            f"{str(folder)!r} has {CONFIG_NAME} but no {WEIGHTS_NAME}; the save did not finish: "
+            "save the model again"
+        )
+    state = load_state_dict(weights)
+    model = _build(info.arch, info.num_classes, info.kwargs)
+    info.source = str(folder)
+    if not overridden:  # keep the saved metadata (it may have been edited after building)
+        model.info = info
+        model.input_adapter = InputAdapter(info.input_size, info.mean, info.std, info.data_shape)
+    else:
+        model.info.source = info.source
+    _load_strict(model, state, weights)
+    return model
+
+
+def _build(arch: str, num_classes: int, kwargs: dict[str, Any]) -> TransferNet:
+    if arch == "custom":
+        raise CheckpointError(
+            "this checkpoint is of a wrapped custom module (arch 'custom'), which cannot be "
+            "rebuilt by name; build the module, wrap it with transferkit.models.wrap_model, then "
+            "call "
+            "model.load_state_dict(transferkit.io.load_state_dict(path))"
+        )
+    return create_model(arch, num_classes=num_classes, pretrained=False, **kwargs)
+
+
+def _load_weights(path: Path, arch: str | None, kwargs: dict[str, Any]) -> TransferNet:
+    saved: ModelInfo | None = None
+    beside = path.parent / CONFIG_NAME
+    if beside.is_file():
+        config = read_json(beside)
+        if isinstance(config, Mapping) and "arch" in config:
+            saved = ModelInfo.from_dict(dict(config))
+    if arch is None and saved is None:
+        raise CheckpointError(
+            f"cannot tell the architecture of {str(path)!r}: pass arch= (one of "
+            f"{', '.join(MODELS.names())} or a hub spec) or put its {CONFIG_NAME} beside it"
+        )
+    if arch is None and saved is not None:
+        arch = saved.arch
+    kwargs = {**(saved.kwargs if saved is not None and saved.arch == arch else {}), **kwargs}
+    state = load_state_dict(path)
+    prefixed = any(k.startswith(("backbone.", "head.")) for k in state)
+    if prefixed:
+        head_w = state.get("head.weight")
+        n = (
+            int(head_w.shape[0])
+            if head_w is not None and head_w.ndim == 2
+            else (saved.num_classes if saved is not None and saved.num_classes else 10)
+        )
+        model = _build(arch, n, kwargs)
+    else:
+        mats = [v for v in state.values() if v.ndim == 2 and v.is_floating_point()]
+        n = int(mats[-1].shape[0]) if mats else 10
+        model = _build(arch, n, kwargs)
+        state = _map_bare_keys(model, state)
+    model.info.source = str(path)
+    _load_strict(model, state, path)
+    return model
+
+
+def _map_bare_keys(model: TransferNet, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map a bare architecture's keys onto ``backbone.*`` / ``head.*``: by the architecture's key
+    table, by prefixing, or (same count and shapes, in order) by position. Unmappable states are
+    returned as they are, for :func:`_load_strict` to report."""
+    ours = model.state_dict()
+    if model.info.arch == "efficientnet_lite0":
+        table = package_key_map(model)
+        if all(k in table for k in state):
+            return {table[k]: v for k, v in state.items()}
+    prefixed: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        for prefix in ("backbone.", "head."):
+            if prefix + key in ours:
+                prefixed[prefix + key] = value
+                break
+    if len(prefixed) == len(state):
+        return prefixed
+    if len(state) == len(ours) and all(
+        a.shape == b.shape for a, b in zip(state.values(), ours.values(), strict=True)
+    ):
+        logger.info("mapped %d checkpoint tensors onto the model by position and shape", len(state))
+        return dict(zip(ours, state.values(), strict=True))
+    return state
+
+
+def _load_strict(model: TransferNet, state: Mapping[str, torch.Tensor], origin: Path) -> None:
+    ours = model.state_dict()
+    missing = [k for k in ours if k not in state]
+    unexpected = [k for k in state if k not in ours]
+    wrong = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in ours.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:4])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:4])})")
+        if wrong:
+            parts.append(f"{len(wrong)} with other shapes (e.g. {'; '.join(wrong[:3])})")
+        raise CheckpointError(
+            f"weights in {str(origin)!r} do not fit {model.info.arch!r}: {', '.join(parts)}. "
+            "Check arch= and its arguments; to move weights between models that differ use "
+            "transferkit.transfer.transfer_parameters"
+        )
+    model.load_state_dict(state, strict=True)

@@ -1,0 +1,314 @@
+"""The model zoo: one front door, :func:`create_model`, over a registry of builders.
+
+Every builder has the signature
+``builder(num_classes: int, pretrained: bool, **kwargs) -> TransferNet`` and fills in
+``model.info`` so the model can be saved and rebuilt. The backbone's *direct children* are its
+blocks, in forward order (the engine unfreezes them gradually and gives each its own learning rate).
+
+Built-ins: ``"mlp"``, ``"small_cnn"``, ``"efficientnet_lite0"``; hub specs ``"timm:<name>"``,
+``"torchvision:<name>"`` and ``"hf:<model id or path>"`` are built by :mod:`transferkit.models.hub`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from transferkit.errors import ConfigError, ShapeError
+from transferkit.models.base import ModelInfo, TransferNet
+from transferkit.models.efficientnet import build_efficientnet_lite0
+from transferkit.registry import Registry
+
+logger = logging.getLogger(__name__)
+
+Builder = Callable[..., TransferNet]
+
+MODELS: Registry[Builder] = Registry("model")
+
+HUB_PREFIXES = ("timm", "torchvision", "hf")
+
+
+def create_model(
+    name: str, *, num_classes: int = 10, pretrained: bool = False, **kwargs: Any
+) -> TransferNet:
+    """Build a model by registered name or hub spec.
+
+    Args:
+        name: A registered name (``"mlp"``, ``"small_cnn"``, ``"efficientnet_lite0"``) or a hub spec
+            (``"timm:resnet18"``, ``"torchvision:resnet18"``, ``"hf:google/vit-base-patch16-224"``).
+        num_classes: Size of the head's output.
+        pretrained: Load the architecture's pretrained weights (only where it has some).
+        **kwargs: Architecture arguments (see each builder), recorded in ``model.info.kwargs``.
+
+    Returns:
+        The model; ``model(x)`` maps raw ``[0, 1]`` inputs to logits ``(N, num_classes)``.
+
+    Raises:
+        UnknownNameError: ``name`` is not registered (the message suggests close names).
+        ConfigError: ``num_classes`` < 1 or an argument the builder does not take.
+        MissingDependencyError: the architecture needs a package that is not installed.
+    """
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ConfigError(f"num_classes must be an integer >= 1, got {num_classes!r}")
+    prefix, sep, rest = str(name).partition(":")
+    if sep and prefix.lower() in HUB_PREFIXES:
+        from transferkit.models import hub
+
+        if not rest:
+            raise ConfigError(
+                f"model spec {name!r} names no model after {prefix!r}: e.g. 'timm:resnet18'"
+            )
+        return hub.build_hub_model(prefix.lower(), rest, num_classes, pretrained, **kwargs)
+    builder = MODELS.get(name)
+    _check_kwargs(name, builder, kwargs)
+    model = builder(num_classes, pretrained, **kwargs)
+    logger.debug("built %s (%d classes, pretrained=%s)", name, num_classes, pretrained)
+    return model
+
+
+def _check_kwargs(name: str, builder: Builder, kwargs: dict[str, Any]) -> None:
+    params = inspect.signature(builder).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    accepted = [p for p in params if p not in ("num_classes", "pretrained")]
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise ConfigError(
+            f"model {name!r} takes no argument(s) {', '.join(map(repr, unknown))}; "
+            f"it accepts: {', '.join(accepted) or 'none'}"
+        )
+
+
+def _positive_ints(name: str, values: Sequence[int] | int, allow_empty: bool = False) -> tuple:
+    vals = (values,) if isinstance(values, int) else tuple(values)
+    if (not vals and not allow_empty) or any(
+        isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in vals
+    ):
+        raise ConfigError(f"{name} must be positive integers, got {values!r}")
+    return vals
+
+
+def build_mlp(
+    num_classes: int,
+    pretrained: bool = False,
+    *,
+    in_features: int = 784,
+    hidden: Sequence[int] = (64, 64),
+    dropout: float = 0.0,
+) -> TransferNet:
+    """A multilayer perceptron: blocks ``fc1``, ``fc2``, ... (Linear + ReLU [+ Dropout]).
+
+    Input ``(N, in_features)`` (any shape with ``in_features`` values per example is flattened);
+    features ``(N, hidden[-1])``; default 784-64-64-10.
+    """
+    _no_pretrained("mlp", pretrained)
+    (in_features,) = _positive_ints("in_features", in_features)
+    hidden = _positive_ints("hidden", hidden, allow_empty=True)
+    if not 0.0 <= float(dropout) < 1.0:
+        raise ConfigError(f"dropout must be in [0, 1), got {dropout!r}")
+    blocks: OrderedDict[str, nn.Module] = OrderedDict()
+    width = in_features
+    for i, h in enumerate(hidden, start=1):
+        layers: list[nn.Module] = [nn.Linear(width, h), nn.ReLU()]
+        if dropout > 0:
+            layers.append(nn.Dropout(float(dropout)))
+        blocks[f"fc{i}"] = nn.Sequential(*layers)
+        width = h
+    info = ModelInfo(
+        arch="mlp",
+        kwargs={"in_features": in_features, "hidden": list(hidden), "dropout": float(dropout)},
+        num_classes=num_classes,
+        feature_dim=width,
+        input_size=(in_features,),
+        data_shape=(1, 28, 28) if in_features == 784 else None,
+        source="random init",
+    )
+    return TransferNet(nn.Sequential(blocks), nn.Linear(width, num_classes), info)
+
+
+def build_small_cnn(
+    num_classes: int,
+    pretrained: bool = False,
+    *,
+    in_channels: int = 1,
+    image_size: int = 28,
+    widths: Sequence[int] = (32, 64),
+    feature_dim: int = 128,
+    pool_size: int = 2,
+) -> TransferNet:
+    """A small CNN: blocks ``conv1``, ``conv2``, ... (3x3 conv, BatchNorm, ReLU, 2x2 max-pool) then
+    ``fc`` (adaptive average pool to ``pool_size`` x ``pool_size``, flatten, Linear, ReLU).
+
+    Input ``(N, in_channels, image_size, image_size)``; features ``(N, feature_dim)``. About 53k
+    parameters at the defaults.
+    """
+    _no_pretrained("small_cnn", pretrained)
+    (in_channels,) = _positive_ints("in_channels", in_channels)
+    (image_size,) = _positive_ints("image_size", image_size)
+    widths = _positive_ints("widths", widths)
+    (feature_dim,) = _positive_ints("feature_dim", feature_dim)
+    (pool_size,) = _positive_ints("pool_size", pool_size)
+    if image_size < 2 ** len(widths):
+        raise ConfigError(
+            f"image_size={image_size} is too small for {len(widths)} pooling blocks; "
+            f"use image_size >= {2 ** len(widths)} or fewer widths"
+        )
+    blocks: OrderedDict[str, nn.Module] = OrderedDict()
+    ch = in_channels
+    for i, w in enumerate(widths, start=1):
+        blocks[f"conv{i}"] = nn.Sequential(
+            nn.Conv2d(ch, w, kernel_size=3, padding=1, bias=False),
+            nn.BatchNorm2d(w),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
+        ch = w
+    blocks["fc"] = nn.Sequential(
+        nn.AdaptiveAvgPool2d(pool_size),
+        nn.Flatten(),
+        nn.Linear(ch * pool_size * pool_size, feature_dim),
+        nn.ReLU(),
+    )
+    info = ModelInfo(
+        arch="small_cnn",
+        kwargs={
+            "in_channels": in_channels,
+            "image_size": image_size,
+            "widths": list(widths),
+            "feature_dim": feature_dim,
+            "pool_size": pool_size,
+        },
+        num_classes=num_classes,
+        feature_dim=feature_dim,
+        input_size=(in_channels, image_size, image_size),
+        source="random init",
+    )
+    return TransferNet(nn.Sequential(blocks), nn.Linear(feature_dim, num_classes), info)
+
+
+def _no_pretrained(name: str, pretrained: bool) -> None:
+    if pretrained:
+        raise ConfigError(
+            f"model {name!r} has no pretrained weights; pass pretrained=False, or load your own "
+            "weights with transferkit.models.load_model(path, arch=...)"
+        )
+
+
+MODELS.register("mlp", build_mlp)
+MODELS.register("small_cnn", build_small_cnn)
+MODELS.register("efficientnet_lite0", build_efficientnet_lite0)
+
+
+def wrap_model(
+    module: nn.Module,
+    *,
+    num_classes: int | None = None,
+    input_size: tuple[int, ...],
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    head: str | None = None,
+) -> TransferNet:
+    """Turn any classifier ``nn.Module`` into a :class:`TransferNet`.
+
+    The head is the submodule named ``head`` (a dotted path) if given, else a submodule called
+    ``head``, else the *last* ``nn.Linear`` in ``module.named_modules()`` order. It is replaced by
+    ``nn.Identity`` inside ``module`` (which becomes the backbone, modified in place) and moved to
+    ``.head``. The module's direct children become the backbone's blocks.
+
+    Args:
+        module: The classifier, mapping ``(N, *input_size)`` to logits.
+        num_classes: If given and different from the head's output size, a new head is made.
+        input_size: The module's input shape without the batch dim: ``(C, H, W)`` or ``(D,)``.
+        mean: Per-channel normalisation mean (inputs in [0, 1]); ``None`` for none.
+        std: Per-channel normalisation std.
+        head: Dotted name of the head submodule.
+
+    Returns:
+        The wrapped model, ``info.arch == "custom"`` (it cannot be rebuilt by name; reload its
+        weights with ``wrap_model(...).load_state_dict(...)``).
+
+    Raises:
+        ConfigError: no head can be found, or ``input_size`` / ``num_classes`` is invalid.
+    """
+    input_size = _positive_ints("input_size", tuple(input_size))
+    if len(input_size) not in (1, 3):
+        raise ConfigError(f"input_size must be (C, H, W) or (D,), got {input_size!r}")
+    head_name = head if head is not None else _find_head(module)
+    modules = dict(module.named_modules())
+    if head_name not in modules or head_name == "":
+        raise ConfigError(
+            f"module has no submodule {head_name!r} to use as head; "
+            f"pass head= one of {', '.join(n for n in modules if n)[:300]}"
+        )
+    head_module = modules[head_name]
+    parent_name, _, attr = head_name.rpartition(".")
+    parent = modules[parent_name] if parent_name else module
+    _set_child(parent, attr, nn.Identity())
+    feature_dim = getattr(head_module, "in_features", None)
+    if not isinstance(feature_dim, int):
+        feature_dim = _probe_feature_dim(module, input_size)
+    out = getattr(head_module, "out_features", None)
+    if num_classes is not None and (num_classes < 1 or isinstance(num_classes, bool)):
+        raise ConfigError(f"num_classes must be an integer >= 1, got {num_classes!r}")
+    if num_classes is not None and num_classes != out:
+        head_module = nn.Linear(feature_dim, num_classes)
+        out = num_classes
+    if not isinstance(out, int):
+        raise ConfigError(
+            f"head {head_name!r} ({type(head_module).__name__}) has no out_features; "
+            "pass num_classes= so a Linear head can be made"
+        )
+    info = ModelInfo(
+        arch="custom",
+        kwargs={},
+        num_classes=out,
+        feature_dim=feature_dim,
+        input_size=input_size,
+        mean=tuple(mean) if mean is not None else None,
+        std=tuple(std) if std is not None else None,
+        source=f"wrapped {type(module).__name__}",
+    )
+    return TransferNet(module, head_module, info)
+
+
+def _find_head(module: nn.Module) -> str:
+    names = [n for n, _ in module.named_modules()]
+    if "head" in names:
+        return "head"
+    linears = [n for n, m in module.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ConfigError(
+            f"{type(module).__name__} has no nn.Linear to use as head; pass head='<submodule name>'"
+        )
+    return linears[-1]
+
+
+def _set_child(parent: nn.Module, name: str, child: nn.Module) -> None:
+    if isinstance(parent, (nn.Sequential, nn.ModuleList)) and name.isdigit():
+        parent[int(name)] = child
+    else:
+        setattr(parent, name, child)
+
+
+@torch.no_grad()
+def _probe_feature_dim(backbone: nn.Module, input_size: tuple[int, ...]) -> int:
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        param = next(backbone.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        out = backbone(torch.zeros(2, *input_size, device=device))
+    finally:
+        backbone.train(was_training)
+    if not isinstance(out, torch.Tensor) or out.ndim != 2:
+        raise ShapeError(
+            f"the backbone (module without its head) returns {getattr(out, 'shape', type(out))}, "
+            "not features (N, D); pick another head= or flatten inside the module"
+        )
+    return int(out.shape[1])

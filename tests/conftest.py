@@ -1,0 +1,30 @@
+"""Shared fixtures: small real data (scikit-learn digits) and tiny trained models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from transferkit.data import load_dataset
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """scikit-learn's real 8x8 digits, split train/val/test (test fixed)."""
+    return load_dataset("digits", val_fraction=0.2, seed=0)
+
+
+@pytest.fixture(scope="session")
+def digits_source(tmp_path_factory, digits):
+    """A small MLP trained for a few epochs on digits, saved as a model folder."""
+    from transferkit.engine import TrainConfig, Trainer
+    from transferkit.models import create_model, save_model
+
+    torch.manual_seed(0)
+    model = create_model("mlp", num_classes=10, in_features=64, hidden=(32, 32))
+    Trainer(model, TrainConfig(epochs=5, lr=1e-2, backbone_lr_scale=1.0, seed=0)).fit(
+        digits.train, digits.val
+    )
+    folder = tmp_path_factory.mktemp("source") / "digits-mlp"
+    save_model(model, folder)
+    return folder

@@ -1,0 +1,100 @@
+"""The CLI, in process: exit codes, one-line errors, outputs written."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+from transferkit.cli.main import app
+
+runner = CliRunner()
+
+
+def run(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def assert_one_line_error(result, *fragments: str) -> None:
+    assert result.exit_code == 2, result.output
+    err = result.stderr.strip().splitlines()
+    assert len(err) == 1, result.stderr
+    assert err[0].startswith("error: ")
+    assert "Traceback" not in result.output
+    for frag in fragments:
+        assert frag in err[0], err[0]
+
+
+def test_version():
+    result = run("--version")
+    assert result.exit_code == 0 and "transferkit 0.1.0" in result.stdout
+
+
+def test_validate_reports_unknown_keys(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("trian:\n  epochs: 2\ndata:\n  dataset: digits\n")
+    assert_one_line_error(run("validate", cfg), "unknown key 'trian'")
+    cfg.write_text("train:\n  epochs: 2\n")
+    result = run("validate", cfg, "train.lr=0.5")
+    assert result.exit_code == 0 and "lr: 0.5" in result.stdout
+
+
+def test_finetune_end_to_end(tmp_path, digits_source):
+    out = tmp_path / "run"
+    result = run(
+        "finetune", "--source", digits_source, "--data", "digits", "--shots", "5",
+        "--epochs", "3", "--out", out, "--strategy", "linear_probe", "data.val_fraction=0.2",
+    )
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    names = {r["name"] for r in metrics["runs"]}
+    assert names == {"finetune/linear_probe", "finetune/scratch"}
+    assert metrics["baseline"] == "finetune/scratch"
+    for r in metrics["runs"]:
+        assert {"name", "method", "accuracy", "macro_f1", "seconds"} <= set(r)
+        assert r["train_examples"] == 50 and r["test_examples"] == 540  # fixed 30% of 1,797
+    assert (out / "report.html").is_file() and (out / "model" / "model.safetensors").is_file()
+    assert "copied" in (out / "transfer" / "finetune-linear_probe.txt").read_text()
+    assert (out / "runs" / "finetune-scratch" / "seed0" / "metrics.jsonl").is_file()
+
+    evaluated = run("evaluate", out / "model", "--data", "digits", "--json")
+    assert evaluated.exit_code == 0, evaluated.output
+    assert 0.0 <= json.loads(evaluated.stdout)["accuracy"] <= 1.0
+
+
+def test_finetune_bad_inputs(tmp_path, digits_source):
+    assert_one_line_error(
+        run("finetune", "--source", tmp_path / "missing", "--data", "digits", "--out", tmp_path / "o"),
+        "missing",
+    )
+    assert_one_line_error(
+        run("finetune", "--source", digits_source, "--data", tmp_path / "nodata", "--out", tmp_path / "o"),
+        "nodata",
+    )
+    assert_one_line_error(run("finetune", "train.epochz=3"), "unknown key 'train.epochz'")
+
+
+def test_corrupt_and_pickled_checkpoints(tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x00" * 64)
+    assert_one_line_error(run("inspect", bad, "--arch", "mlp"), "corrupt")
+    pickled = tmp_path / "model.pt"
+    torch.save(nn.Linear(2, 2), pickled)
+    assert_one_line_error(run("inspect", pickled, "--arch", "mlp"), "pickled")
+
+
+def test_inspect_layers_and_transfer_report(digits_source):
+    result = run("inspect", digits_source, "--input-shape", "1,8,8")
+    assert result.exit_code == 0, result.output
+    assert "backbone" in result.stdout and "head" in result.stdout
+    result = run("inspect", digits_source, "--target", digits_source)
+    assert result.exit_code == 0, result.output
+    assert "copied" in result.stdout
+
+
+@pytest.mark.parametrize("split", ["bogus"])
+def test_evaluate_bad_split(digits_source, split):
+    assert_one_line_error(run("evaluate", digits_source, "--data", "digits", "--split", split), "--split")
