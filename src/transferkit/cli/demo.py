@@ -27,7 +27,7 @@ def demo(
     settings = DemoSettings(seeds=tuple(range(seeds)), shots=shots, epochs=epochs)
     result = run_demo(out, settings, fashion_root=fashion_root, echo=console.print)
     console.print()
-    console.print(result.table())
+    typer.echo(result.table())
     console.print(
         f"\nwrote {out / 'metrics.json'}, {out / 'report.html'} and the best model "
         f"({result.best_name}) to {out / 'model'}"

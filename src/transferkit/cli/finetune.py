@@ -70,7 +70,7 @@ def finetune(
     items = flag_overrides(source, data, strategy, epochs, shots, seeds, out, arch, baseline, resume)
     cfg = load_config(config, items + list(overrides or []))
     result = run_finetune(cfg)
-    console.print(result.table())
+    typer.echo(result.table())
     for name, report in result.transfer_reports.items():
         s = report.summary()
         console.print(

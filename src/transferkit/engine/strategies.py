@@ -69,7 +69,8 @@ def apply_strategy(model: nn.Module, config: TrainConfig, epoch: int) -> list[st
     """Set ``requires_grad`` and train/eval modes of ``model`` for 0-based ``epoch``.
 
     Puts the model in train mode, then freezes (``requires_grad=False``) and switches to eval mode
-    every backbone block that does not train this epoch. Parameters registered directly on the
+    every backbone block that does not train this epoch (and, with ``freeze_bn``, every BatchNorm
+    layer of the backbone). Parameters registered directly on the
     backbone (outside its blocks) train only once every block trains.
 
     Returns:
@@ -88,6 +89,10 @@ def apply_strategy(model: nn.Module, config: TrainConfig, epoch: int) -> list[st
     if frozen:
         for p in _loose_backbone_params(model):
             p.requires_grad_(False)
+    if config.freeze_bn:
+        for module in model.backbone.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
     return [name for name, _ in reversed(trainable)]
 
 

@@ -309,6 +309,8 @@ class Trainer:
         self._check_data(train, val)
         self.train_data, self.val_data = train, val
         model = self.model.to(self.device)
+        if cfg.channels_last and any(p.ndim == 4 for p in model.parameters()):
+            model = model.to(memory_format=torch.channels_last)
         self._probe(train, val)
 
         torch.manual_seed(cfg.seed)
