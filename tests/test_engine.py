@@ -339,7 +339,7 @@ def test_objective_parameters_and_taps_reach_the_loop():
         def forward(self, batch):
             return batch.logits.sum()
 
-    with pytest.raises(UnknownNameError, match=r"'backbone.blok2'.*did you mean 'backbone.block2'"):
+    with pytest.raises(UnknownNameError, match=r"(?i)'backbone.blok2'.*did you mean 'backbone.block2'"):
         Trainer(make_net(), cpu(epochs=1), [BadTap()]).fit(blobs(8))
 
 

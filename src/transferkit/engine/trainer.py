@@ -38,8 +38,8 @@ from transferkit.errors import (
     LabelError,
     ShapeError,
     TrainingError,
-    UnknownNameError,
 )
+from transferkit.models.surgery import LayerTap
 
 logger = logging.getLogger(__name__)
 
@@ -211,8 +211,7 @@ class Trainer:
         self.train_data: TensorDataset | None = None
         self.val_data: TensorDataset | None = None
         self.history = History()
-        self._taps: dict[str, torch.Tensor] = {}
-        self._recording = False
+        self._tap: LayerTap | None = None
 
     # ------------------------------------------------------------------ checks
     def _check_data(self, train: TensorDataset, val: TensorDataset | None) -> None:
@@ -253,27 +252,10 @@ class Trainer:
         if not getattr(getattr(self.model, "info", None), "num_classes", 0):
             self._check_labels(train, val, int(out.shape[1]))
 
-    def _register_taps(self) -> list[torch.utils.hooks.RemovableHandle]:
+    def _attach_taps(self) -> LayerTap | None:
+        """Forward hooks on the modules the objectives tap (unknown names raise with suggestions)."""
         names = sorted({t for o in self.objectives for t in o.taps})
-        modules = dict(self.model.named_modules())
-        handles = []
-        for name in names:
-            if name not in modules:
-                import difflib
-
-                close = difflib.get_close_matches(name, list(modules), n=3, cutoff=0.5)
-                raise UnknownNameError(
-                    f"an objective taps module {name!r}, which the model does not have"
-                    + (f"; did you mean {', '.join(map(repr, close))}?" if close else "")
-                    + " (names as in model.named_modules())"
-                )
-
-            def hook(_m: nn.Module, _i: Any, out: Any, name: str = name) -> None:
-                if self._recording:
-                    self._taps[name] = out
-
-            handles.append(modules[name].register_forward_hook(hook))
-        return handles
+        return LayerTap(self.model, names).attach() if names else None
 
     # ------------------------------------------------------------------ fit
     def fit(
@@ -351,7 +333,7 @@ class Trainer:
             logger.info("cached backbone features of %d training examples", len(train))
 
         start = len(history.epochs)
-        handles = self._register_taps()
+        self._tap = self._attach_taps()
         progress = _Progress(cfg.progress, cfg.epochs, start)
         t0 = time.perf_counter()
         try:
@@ -361,10 +343,10 @@ class Trainer:
                 best_state = self._run_epoch(epoch, train, val, train_feats, val_feats,
                                              history, best_state, progress)
         finally:
-            for h in handles:
-                h.remove()
+            if self._tap is not None:
+                self._tap.remove()
+                self._tap = None
             progress.close()
-            self._taps.clear()
             history.seconds += time.perf_counter() - t0
         if val is not None and best_state is not None:
             model.load_state_dict(best_state)
@@ -484,14 +466,11 @@ class Trainer:
                 logits = model.head(features)
                 taps: dict[str, torch.Tensor] = {}
             else:
-                self._taps.clear()
-                self._recording = True
-                try:
-                    features = model.forward_features(x)
-                    logits = model.head(features)
-                finally:
-                    self._recording = False
-                taps = dict(self._taps)
+                if self._tap is not None:
+                    self._tap.features.clear()
+                features = model.forward_features(x)
+                logits = model.head(features)
+                taps = dict(self._tap.features) if self._tap is not None else {}
             batch = Batch(x=x, y=y, logits=logits, features=features, taps=taps, model=model,
                           epoch=epoch, step=step)
             values = [o(batch).float() for o in self.objectives]

@@ -157,7 +157,7 @@ def _plot_accuracy(summary: list[dict[str, Any]]) -> bytes:
         label=f"baseline: {base['method']}",
     )
     ax.set_xticks(x)
-    ax.set_xticklabels([str(r["method"]) for r in summary], rotation=20, ha="right")
+    ax.set_xticklabels([f"{r['method']}\n{r['name']}" for r in summary], rotation=20, ha="right")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("accuracy per method (error bars: std over seeds)")
     low = min(m - s for m, s in zip(means, stds, strict=True))
