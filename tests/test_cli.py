@@ -98,3 +98,34 @@ def test_inspect_layers_and_transfer_report(digits_source):
 @pytest.mark.parametrize("split", ["bogus"])
 def test_evaluate_bad_split(digits_source, split):
     assert_one_line_error(run("evaluate", digits_source, "--data", "digits", "--split", split), "--split")
+
+
+def test_finetune_data_errors(tmp_path, digits_source):
+    empty = tmp_path / "empty_images"
+    empty.mkdir()
+    assert_one_line_error(
+        run("finetune", "--source", digits_source, "--data", empty, "--out", tmp_path / "o"), "empty"
+    )
+    # 10 features per row, but the source MLP takes 64 (8x8 digits)
+    rows = ["label," + ",".join(f"f{i}" for i in range(10))]
+    rows += [f"{i % 3}," + ",".join(str((i * j) % 7) for j in range(10)) for i in range(60)]
+    csv = tmp_path / "table.csv"
+    csv.write_text("\n".join(rows) + "\n")
+    assert_one_line_error(
+        run("finetune", "--source", digits_source, "--data", csv, "--out", tmp_path / "o2"),
+        "10 values per example", "64",
+    )
+
+
+def test_finetune_nan_loss_is_one_clear_error(tmp_path, digits_source):
+    out = tmp_path / "nan"
+    result = run(
+        "finetune", "--source", digits_source, "--data", "digits", "--shots", "5", "--epochs", "2",
+        "--out", out, "train.lr=1e30", "train.optimizer=sgd", "train.backbone_lr_scale=1",
+        "data.val_fraction=0.2",
+    )
+    assert_one_line_error(result, "loss became non-finite", "lower the learning rate")
+    assert (out / "config.yaml").is_file()  # what was written before the failure is intact
+    run_dir = out / "runs" / "finetune-full" / "seed0"
+    assert (run_dir / "checkpoints" / "last.safetensors").is_file()
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 1  # epoch 1 kept

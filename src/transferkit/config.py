@@ -76,12 +76,15 @@ class FinetuneConfig(_Strict):
         out: Output folder (``metrics.json``, ``report.html``, ``model/``, ``runs/``).
         seeds: One training run per seed; results are averaged.
         baseline: Also train the target architecture from scratch on the same data and budget.
+        resume: Continue runs killed part-way from their last checkpoint (finished runs are
+            reloaded, not retrained); the result equals an uninterrupted run.
     """
 
     name: str = "finetune"
     out: str = "runs/finetune"
     seeds: list[int] = Field(default_factory=lambda: [0])
     baseline: bool = True
+    resume: bool = False
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     transfer: TransferConfig = Field(default_factory=TransferConfig)

@@ -146,6 +146,7 @@ def run_arms(
     title: str = "transferkit report",
     notes: Sequence[str] = (),
     on_run: Callable[[RunResult], None] | None = None,
+    resume: bool = False,
 ) -> WorkflowResult:
     """Train and evaluate every arm on every seed, then write metrics.json, report.html and the best model.
 
@@ -159,6 +160,7 @@ def run_arms(
         out_dir: Output folder.
         baseline: Name of the arm every other arm is compared with.
         on_run: Called after each run (e.g. to print progress).
+        resume: Continue each run from its checkpoint in ``out_dir/runs`` (see ``Trainer.fit``).
     """
     names = [a.name for a in arms]
     if len(set(names)) != len(names):
@@ -178,9 +180,9 @@ def run_arms(
             if report is not None and arm.name not in reports:
                 reports[arm.name] = report
             cfg = arm.train.model_copy(update={"seed": seed})
-            history = Trainer(
-                model, cfg, run_dir=out / "runs" / arm.name.replace("/", "-") / f"seed{seed}"
-            ).fit(splits.train, splits.val)
+            run_dir = out / "runs" / arm.name.replace("/", "-") / f"seed{seed}"
+            trainer = Trainer(model, cfg, run_dir=run_dir)
+            history = trainer.fit(splits.train, splits.val, resume=resume)
             if cfg.strategy == "linear_probe" and arm.source is not None:
                 metrics = _frozen_test_metrics(model, data.test, feature_cache, arm.name, cfg.eval_batch_size)
             else:
@@ -299,4 +301,5 @@ def finetune(cfg: FinetuneConfig | dict[str, Any]) -> WorkflowResult:
         out_dir=out,
         baseline=baseline,
         title=f"transferkit finetune: {cfg.name}",
+        resume=cfg.resume,
     )

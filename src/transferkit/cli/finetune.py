@@ -36,7 +36,7 @@ def flag_overrides(
     if seeds is not None:
         items.append(f"seeds=[{seeds}]")
     if resume:
-        items.append("train.resume=true")
+        items.append("resume=true")
     return items
 
 

@@ -1,0 +1,85 @@
+"""The finetune workflow: transfer vs scratch on the same data, resume after a kill, demo fallback."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from transferkit.engine import Trainer
+from transferkit.models import load_model
+from transferkit.workflows import finetune
+
+
+def _cfg(source, out, **extra):
+    cfg = {
+        "name": "ft",
+        "out": str(out),
+        "seeds": [0, 1],
+        "data": {"dataset": "digits", "val_fraction": 0.2, "shots": 5},
+        "model": {"source": str(source)},
+        "train": {"epochs": 4, "lr": 1e-2, "batch_size": 16},
+    }
+    cfg.update(extra)
+    return cfg
+
+
+def test_transfer_arm_starts_from_the_source_and_baseline_shares_data(tmp_path, digits_source):
+    result = finetune(_cfg(digits_source, tmp_path / "out"))
+    report = result.transfer_reports["ft/full"]
+    source = load_model(digits_source)
+    backbone = [k for k in source.state_dict() if k.startswith("backbone.")]
+    copied = {e.target_name for e in report.copied}
+    assert set(backbone) <= copied  # every backbone tensor came from the source
+    assert all(e.target_name.startswith("head.") for e in report.new)  # only the head is new
+    by_seed = {}
+    for run in result.runs:
+        by_seed.setdefault(run.seed, []).append(run)
+    for runs in by_seed.values():  # transfer and scratch: same number of examples, same test set
+        assert {r.extra["train_examples"] for r in runs} == {50}
+        assert {r.extra["test_examples"] for r in runs} == {540}
+    names = [row["name"] for row in result.summary]
+    assert names == ["ft/full", "ft/scratch"] and result.baseline == "ft/scratch"
+    gain = result.summary[0]["gain"]
+    accs = {row["name"]: row["accuracy_mean"] for row in result.summary}
+    assert gain == pytest.approx(accs["ft/full"] - accs["ft/scratch"])
+
+
+def test_killed_run_resumes_to_the_same_result(tmp_path, digits_source, monkeypatch):
+    straight = finetune(_cfg(digits_source, tmp_path / "straight"))
+
+    original = Trainer._run_epoch
+
+    def killed_at_epoch_2_of_scratch_seed_1(self, epoch, *args, **kwargs):
+        if epoch == 2 and "ft-scratch/seed1" in str(self.run_dir.root):
+            raise KeyboardInterrupt("simulated kill")
+        return original(self, epoch, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "_run_epoch", killed_at_epoch_2_of_scratch_seed_1)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(_cfg(digits_source, tmp_path / "killed"))
+    monkeypatch.setattr(Trainer, "_run_epoch", original)
+    lines = (tmp_path / "killed/runs/ft-scratch/seed1/metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2  # two finished epochs were checkpointed before the kill
+
+    resumed = finetune(_cfg(digits_source, tmp_path / "killed", resume=True))
+    for a, b in zip(straight.runs, resumed.runs, strict=True):
+        assert (a.name, a.seed) == (b.name, b.seed)
+        assert a.metrics.accuracy == b.metrics.accuracy
+        assert a.metrics.confusion == b.metrics.confusion
+    m1 = load_model(tmp_path / "straight" / "model").state_dict()
+    m2 = load_model(tmp_path / "killed" / "model").state_dict()
+    assert all(torch.equal(m1[k], m2[k]) for k in m1)
+    lines = (tmp_path / "killed/runs/ft-scratch/seed1/metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [1, 2, 3, 4]
+
+
+def test_demo_falls_back_to_digits_without_fashion_mnist(monkeypatch):
+    import transferkit.demo as demo
+
+    monkeypatch.setattr(demo, "available_datasets", lambda: {"fashion-mnist": False, "digits": True})
+    said = []
+    splits, name = demo.load_demo_target(None, echo=said.append)
+    assert name == "digits" and splits.num_classes == 10
+    assert len(said) == 1 and "apt-get install dataset-fashion-mnist" in said[0]
