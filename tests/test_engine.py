@@ -466,3 +466,19 @@ def test_progress_bar_and_single_example_last_batch(tmp_path):
     # a fresh (non-resume) run in the same folder starts its metrics over
     Trainer(make_net(bn=True), cpu(epochs=1, batch_size=8), run_dir=tmp_path).fit(blobs(17))
     assert [r["epoch"] for r in RunDir(tmp_path).read_metrics()] == [1]
+
+
+def test_batch_index_points_at_the_training_examples():
+    data = blobs(40)
+    seen = []
+
+    class Spy(Objective):
+        def forward(self, batch):
+            assert torch.equal(batch.x.cpu(), data.x[batch.index])
+            assert torch.equal(batch.y.cpu(), data.y[batch.index])
+            seen.append(batch.index.clone())
+            return batch.logits.sum() * 0.0
+
+    Trainer(make_net(), cpu(epochs=2, batch_size=16), [CrossEntropy(), Spy()]).fit(data)
+    epoch1 = torch.cat(seen[: len(seen) // 2])
+    assert sorted(epoch1.tolist()) == list(range(40))  # each example once per epoch

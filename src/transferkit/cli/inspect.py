@@ -44,8 +44,8 @@ def inspect(
     if target is None:
         example = torch.zeros(2, *shape) if shape else None
         console.print(f"{model}: {src.info.arch}, {src.info.num_classes} classes")
-        console.print(format_layers(list_layers(src, example)), markup=False)
+        typer.echo(format_layers(list_layers(src, example)))
         return
     tgt = load_model(target, pretrained=False, **kwargs)
     report = transfer_parameters(src, tgt)
-    console.print(report.table(), markup=False)
+    typer.echo(report.table())

@@ -18,5 +18,5 @@ def validate(
     from transferkit.config import dump_config, load_config
 
     cfg = load_config(config, list(overrides or []))
-    console.print(dump_config(cfg), markup=False)
+    typer.echo(dump_config(cfg))
     console.print("config is valid")

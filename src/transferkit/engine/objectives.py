@@ -38,6 +38,9 @@ class Batch:
         model: The student model being trained.
         epoch: 0-based epoch index.
         step: 0-based step index within the epoch.
+        index: Positions of the batch's examples in the training dataset, ``(N,)`` int64 on the
+            CPU; lets an objective look up per-example values it precomputed once (e.g. teacher
+            outputs).
     """
 
     x: torch.Tensor
@@ -48,6 +51,7 @@ class Batch:
     model: nn.Module | None = None
     epoch: int = 0
     step: int = 0
+    index: torch.Tensor | None = None
 
 
 def _snake(name: str) -> str:

@@ -472,7 +472,7 @@ class Trainer:
                 logits = model.head(features)
                 taps = dict(self._tap.features) if self._tap is not None else {}
             batch = Batch(x=x, y=y, logits=logits, features=features, taps=taps, model=model,
-                          epoch=epoch, step=step)
+                          epoch=epoch, step=step, index=idx)
             values = [o(batch).float() for o in self.objectives]
         for obj, v in zip(self.objectives, values, strict=True):
             if v.ndim != 0:
