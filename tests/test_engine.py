@@ -244,7 +244,8 @@ def test_apply_strategy_linear_probe_freezes_and_evals():
     assert not any(p.requires_grad for p in model.backbone.parameters())
     assert all(p.requires_grad for p in model.head.parameters())
     assert not model.backbone.block1.training and model.head.training
-    assert apply_strategy(model, cpu(strategy="full"), 0) == ["block3", "block2", "block1"]
+    trained = apply_strategy(model, cpu(strategy="full"), 0)
+    assert trained == ["backbone.block3", "backbone.block2", "backbone.block1"]
     assert all(p.requires_grad for p in model.parameters())
     apply_strategy(model, cpu(strategy="full", backbone_lr_scale=0.0), 0)
     assert not any(p.requires_grad for p in model.backbone.parameters())

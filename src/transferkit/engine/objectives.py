@@ -9,7 +9,9 @@ Two methods at once is a list of two objectives, not new code.
 
 from __future__ import annotations
 
+import inspect
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
@@ -150,4 +152,41 @@ OBJECTIVES: Registry[type[Objective]] = Registry("objective")
 OBJECTIVES.register("cross_entropy", CrossEntropy)
 
 
-__all__ = ["OBJECTIVES", "Batch", "CrossEntropy", "Objective"]
+def build_objectives(specs: Sequence[Mapping[str, object]], **context: object) -> list[Objective]:
+    """Objectives from config entries such as ``{"name": "kd", "weight": 0.9, "temperature": 4}``.
+
+    ``name`` picks the class from :data:`OBJECTIVES`; the other keys are its constructor's
+    arguments. ``context`` entries (``teacher=...``, ``source=...``) are passed to the constructors
+    that take them, so a config never has to name objects.
+
+    Raises:
+        ConfigError: an entry has no ``name`` or has keys its objective does not take (all named).
+        UnknownNameError: ``name`` is not registered (close names suggested).
+    """
+    out: list[Objective] = []
+    for i, spec in enumerate(specs):
+        args = dict(spec)
+        name = args.pop("name", None)
+        if not name:
+            raise ConfigError(f"objective #{i + 1} ({spec!r}) has no 'name'; e.g. {{name: kd}}")
+        cls = OBJECTIVES.get(str(name))
+        params = inspect.signature(cls.__init__).parameters
+        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        accepted = sorted(k for k in params if k != "self")
+        unknown = [k for k in args if k not in params and not takes_any]
+        if unknown:
+            raise ConfigError(
+                f"objective {name!r} does not take {', '.join(map(repr, unknown))}; "
+                f"it takes {', '.join(accepted) or 'no arguments'}"
+            )
+        for key, value in context.items():
+            if key in params and key not in args:
+                args[key] = value
+        try:
+            out.append(cls(**args))
+        except TypeError as exc:
+            raise ConfigError(f"objective {name!r}: {exc}") from None
+    return out
+
+
+__all__ = ["OBJECTIVES", "Batch", "CrossEntropy", "Objective", "build_objectives"]

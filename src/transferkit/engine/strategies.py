@@ -25,22 +25,14 @@ import torch
 from torch import nn
 
 from transferkit.engine.config import TrainConfig
-
-
-def backbone_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The backbone's blocks, bottom (input side) first: its direct children in order.
-
-    A backbone without children is one block named ``""``.
-    """
-    children = list(model.backbone.named_children())
-    return children if children else [("", model.backbone)]
+from transferkit.models.surgery import backbone_blocks
 
 
 def _loose_backbone_params(model: nn.Module) -> list[nn.Parameter]:
     """Backbone parameters that belong to no block (registered on the backbone itself)."""
-    in_blocks = {id(p) for name, blk in backbone_blocks(model) if name for p in blk.parameters()}
     if not list(model.backbone.named_children()):
         return []
+    in_blocks = {id(p) for _, blk in backbone_blocks(model) for p in blk.parameters()}
     return [p for p in model.backbone.parameters() if id(p) not in in_blocks]
 
 
@@ -136,8 +128,7 @@ def build_param_groups(
             params = take(block.parameters())
             if i == len(blocks) - 1:
                 params += take(loose)
-            label = f"backbone.{name}" if name else "backbone"
-            groups.append({"name": label, "params": params, "lr": base * config.layer_decay**i})
+            groups.append({"name": name, "params": params, "lr": base * config.layer_decay**i})
     groups.append({"name": "objectives", "params": take(extra), "lr": config.lr})
     return [g for g in groups if g["params"]]
 

@@ -53,8 +53,13 @@ def unfreeze(module: nn.Module) -> nn.Module:
 
 
 def backbone_blocks(model: TransferNet) -> list[tuple[str, nn.Module]]:
-    """The backbone's direct children in forward order, named ``"backbone.<child>"``."""
-    return [(f"backbone.{name}", child) for name, child in model.backbone.named_children()]
+    """The backbone's blocks in forward order (input side first): its direct children, named
+    ``"backbone.<child>"``; a backbone without children is one block named ``"backbone"``.
+
+    Gradual unfreezing, per-layer learning rates and default layer pairings all use this order.
+    """
+    children = [(f"backbone.{name}", child) for name, child in model.backbone.named_children()]
+    return children or [("backbone", model.backbone)]
 
 
 def _unknown_layer(name: str, known: Sequence[str]) -> UnknownNameError:
