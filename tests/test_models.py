@@ -26,6 +26,7 @@ from transferkit.models import (
     freeze,
     list_layers,
     load_model,
+    narrow_model,
     replace_head,
     save_model,
     unfreeze,
@@ -483,3 +484,20 @@ def test_torchvision_builder_with_stand_in(monkeypatch):
     assert model.head is classifier and isinstance(net.classifier[1], nn.Identity)
     assert model.info.feature_dim == 6 and model.info.input_size == (3, 2, 2)
     assert model(torch.rand(2, 3, 2, 2)).shape == (2, 1000)
+
+
+def test_narrow_model_divides_widths_and_keeps_the_interface():
+    teacher = create_model("small_cnn", num_classes=10, widths=(32, 64), feature_dim=128)
+    student = narrow_model(teacher, 4)
+    assert student.info.kwargs["widths"] == [8, 16] and student.info.kwargs["feature_dim"] == 32
+    n_t = sum(p.numel() for p in teacher.parameters())
+    n_s = sum(p.numel() for p in student.parameters())
+    assert n_t / n_s > 8  # roughly factor**2 fewer parameters in conv/linear layers
+    x = torch.rand(3, 1, 28, 28)
+    assert student(x).shape == teacher(x).shape == (3, 10)
+    mlp = narrow_model(create_model("mlp"), 2, num_classes=5)
+    assert mlp.info.kwargs["hidden"] == [32, 32] and mlp.info.num_classes == 5
+    with pytest.raises(ConfigError, match="factor must be > 0"):
+        narrow_model(teacher, 0)
+    with pytest.raises(ConfigError, match="width arguments of 'efficientnet_lite0'"):
+        narrow_model(create_model("efficientnet_lite0", image_size=32), 2)

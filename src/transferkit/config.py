@@ -68,6 +68,12 @@ class TransferConfig(_Strict):
     exclude: list[str] = Field(default_factory=lambda: ["head.*"])
 
 
+def _check_seeds(v: list[int]) -> list[int]:
+    if not v:
+        raise ValueError("seeds must list at least one seed, e.g. [0]")
+    return v
+
+
 class FinetuneConfig(_Strict):
     """A fine-tuning run: source -> target data, with an optional from-scratch baseline.
 
@@ -90,12 +96,7 @@ class FinetuneConfig(_Strict):
     transfer: TransferConfig = Field(default_factory=TransferConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
 
-    @field_validator("seeds")
-    @classmethod
-    def _seeds_not_empty(cls, v: list[int]) -> list[int]:
-        if not v:
-            raise ValueError("seeds must list at least one seed, e.g. [0]")
-        return v
+    _seeds_not_empty = field_validator("seeds")(_check_seeds)
 
 
 def _format_validation_error(exc: ValidationError, what: str) -> str:
@@ -192,3 +193,65 @@ def load_config(
 def dump_config(cfg: BaseModel) -> str:
     """The config as YAML text (round-trips through :func:`load_config`)."""
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def _default_methods() -> list[dict[str, Any]]:
+    return [{"name": "cross_entropy", "weight": 1.0}, {"name": "kd", "weight": 1.0, "temperature": 4.0}]
+
+
+class TeacherConfig(_Strict):
+    """The teacher of a distillation run.
+
+    Attributes:
+        model: Model folder, weights file (with ``arch``), built-in or hub name.
+        arch: Architecture of a bare weights file.
+        precompute: Compute the teacher's logits once for the training set when only logits are
+            needed (saves a teacher forward per step).
+    """
+
+    model: str
+    arch: str | None = None
+    precompute: bool = True
+
+
+class StudentConfig(_Strict):
+    """The student: ``narrow:N`` (the teacher's architecture, N times narrower, fresh weights), a
+    built-in name (``mlp``, ``small_cnn``) with ``kwargs``, or a model folder to start from."""
+
+    model: str = "narrow:4"
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class DistillConfig(_Strict):
+    """A distillation run: the student trained with ``methods`` against the same student trained
+    from scratch (cross-entropy only) on the same data and budget.
+
+    Attributes:
+        methods: The distilled student's objectives, each ``{name: ..., weight: ..., <args>}``
+            (names from ``transferkit.engine.OBJECTIVES``: ``cross_entropy``, ``kd``, ``hint``,
+            ``attention``, ``rkd``, ``fsp``). Without ``cross_entropy`` the student learns from the
+            teacher alone.
+    """
+
+    name: str = "distill"
+    out: str = "runs/distill"
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    baseline: bool = True
+    resume: bool = False
+    teacher: TeacherConfig
+    student: StudentConfig = Field(default_factory=StudentConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    methods: list[dict[str, Any]] = Field(default_factory=_default_methods)
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(backbone_lr_scale=1.0))
+
+    _seeds_not_empty = field_validator("seeds")(_check_seeds)
+
+    @field_validator("methods")
+    @classmethod
+    def _methods_named(cls, v: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if not v:
+            raise ValueError("methods must list at least one objective, e.g. [{name: kd}]")
+        for i, m in enumerate(v):
+            if not m.get("name"):
+                raise ValueError(f"method #{i + 1} {m!r} has no 'name'")
+        return v

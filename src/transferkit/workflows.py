@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 
-from transferkit.config import DataConfig, FinetuneConfig, build_config, dump_config
+from transferkit.config import DataConfig, DistillConfig, FinetuneConfig, build_config, dump_config
 from transferkit.data import DataSplits, TensorDataset, few_shot, load_dataset
-from transferkit.engine import TrainConfig, Trainer, predict_features
+from transferkit.engine import Objective, TrainConfig, Trainer, build_objectives, predict_features
 from transferkit.errors import ConfigError
 from transferkit.evaluation import (
     Metrics,
@@ -32,7 +32,7 @@ from transferkit.evaluation import (
     write_report,
 )
 from transferkit.io import atomic_write_text
-from transferkit.models import TransferNet, create_model, load_model, save_model
+from transferkit.models import TransferNet, create_model, load_model, narrow_model, save_model
 from transferkit.transfer import TransferReport, transfer_parameters
 
 logger = logging.getLogger(__name__)
@@ -57,6 +57,8 @@ class Arm:
         kwargs: Arguments of the target architecture.
         exclude: Target tensors never transferred (fnmatch patterns); the new head by default.
         shape_mismatch: ``"slice"`` or ``"skip"`` for tensors whose shapes differ.
+        objectives: Builds the run's loss terms (called once per run, so adapters start fresh);
+            ``None`` trains with cross-entropy alone.
     """
 
     name: str
@@ -67,6 +69,7 @@ class Arm:
     kwargs: dict[str, Any] = field(default_factory=dict)
     exclude: Sequence[str] = ("head.*",)
     shape_mismatch: str = "slice"
+    objectives: Callable[[], list[Objective]] | None = None
 
 
 @dataclass
@@ -147,6 +150,7 @@ def run_arms(
     notes: Sequence[str] = (),
     on_run: Callable[[RunResult], None] | None = None,
     resume: bool = False,
+    extra: dict[str, Any] | None = None,
 ) -> WorkflowResult:
     """Train and evaluate every arm on every seed, then write metrics.json, report.html and the best model.
 
@@ -161,6 +165,7 @@ def run_arms(
         baseline: Name of the arm every other arm is compared with.
         on_run: Called after each run (e.g. to print progress).
         resume: Continue each run from its checkpoint in ``out_dir/runs`` (see ``Trainer.fit``).
+        extra: More top-level entries for ``metrics.json``.
     """
     names = [a.name for a in arms]
     if len(set(names)) != len(names):
@@ -181,7 +186,8 @@ def run_arms(
                 reports[arm.name] = report
             cfg = arm.train.model_copy(update={"seed": seed})
             run_dir = out / "runs" / arm.name.replace("/", "-") / f"seed{seed}"
-            trainer = Trainer(model, cfg, run_dir=run_dir)
+            objectives = arm.objectives() if arm.objectives is not None else None
+            trainer = Trainer(model, cfg, objectives=objectives, run_dir=run_dir)
             history = trainer.fit(splits.train, splits.val, resume=resume)
             if cfg.strategy == "linear_probe" and arm.source is not None:
                 metrics = _frozen_test_metrics(model, data.test, feature_cache, arm.name, cfg.eval_batch_size)
@@ -213,14 +219,15 @@ def run_arms(
     save_model(first_models[best], out / "model")
     for name, report in reports.items():
         atomic_write_text(out / "transfer" / f"{name.replace('/', '-')}.txt", report.table() + "\n")
-    extra = {
+    info = {
         "best": best,
         "seeds": list(seeds),
         "shots": shots,
         "val_shots": val_shots,
         "transfer": {k: v.summary() for k, v in reports.items()},
+        **(extra or {}),
     }
-    write_metrics_json(out / "metrics.json", runs, baseline, extra=extra)
+    write_metrics_json(out / "metrics.json", runs, baseline, extra=info)
     write_report(out, runs, baseline, title=title, notes=notes)
     return WorkflowResult(runs, summary, baseline, out, best, reports)
 
@@ -302,4 +309,102 @@ def finetune(cfg: FinetuneConfig | dict[str, Any]) -> WorkflowResult:
         baseline=baseline,
         title=f"transferkit finetune: {cfg.name}",
         resume=cfg.resume,
+    )
+
+
+def _build_student(
+    cfg: DistillConfig, teacher: TransferNet, num_classes: int
+) -> tuple[str, dict, TransferNet | None]:
+    """(architecture, its arguments, weights to start from) for the student of ``cfg``."""
+    spec = cfg.student.model
+    if spec.startswith("narrow:"):
+        try:
+            factor = float(spec.split(":", 1)[1])
+        except ValueError:
+            raise ConfigError(f"student {spec!r}: write narrow:N with a number N, e.g. narrow:4") from None
+        proto = narrow_model(teacher, factor, num_classes=num_classes)
+        return proto.info.arch, {**proto.info.kwargs, **cfg.student.kwargs}, None
+    if Path(spec).exists():
+        start = load_model(spec)
+        return start.info.arch, dict(start.info.kwargs), start
+    proto = create_model(spec, num_classes=num_classes, **cfg.student.kwargs)
+    return proto.info.arch, dict(proto.info.kwargs), None
+
+
+def distill(cfg: DistillConfig | dict[str, Any]) -> WorkflowResult:
+    """Train a student with distillation objectives and compare it with the same student from scratch.
+
+    Both arms train the same student architecture on the same examples for the same budget; the
+    distilled arm adds the objectives in ``cfg.methods`` (logit KD, hints, attention, relations; any
+    registered objective, also several teachers' worth). Output folder as :func:`finetune`, plus the
+    teacher's own test accuracy and the parameter counts in ``metrics.json``.
+
+    Example:
+        >>> distill({"teacher": {"model": "runs/teacher"}, "student": {"model": "narrow:4"},
+        ...          "data": {"dataset": "fashion-mnist"},
+        ...          "methods": [{"name": "cross_entropy", "weight": 0.1},
+        ...                      {"name": "kd", "weight": 0.9, "temperature": 4}]})  # doctest: +SKIP
+    """
+    import transferkit.transfer.distill  # noqa: F401  (registers the distillation objectives)
+    from transferkit.transfer.distill import Teacher
+
+    if not isinstance(cfg, DistillConfig):
+        cfg = build_config(cfg, DistillConfig)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.yaml", dump_config(cfg))
+    data = load_target_data(cfg.data, seed=cfg.seeds[0])
+    teacher_model = load_model(cfg.teacher.model, arch=cfg.teacher.arch)
+    arch, kwargs, start = _build_student(cfg, teacher_model, data.num_classes)
+    teacher = Teacher(teacher_model, precompute=cfg.teacher.precompute)
+    build_objectives(cfg.methods, teacher=teacher)  # validate every method now, before training
+    method_names = [str(m["name"]) for m in cfg.methods if m["name"] != "cross_entropy"]
+    label = "+".join(method_names) or "cross_entropy"
+    arms = [
+        Arm(
+            name=f"{cfg.name}/{label}",
+            method=f"distillation ({label})",
+            arch=arch,
+            train=cfg.train,
+            source=start,
+            kwargs=kwargs,
+            objectives=lambda: build_objectives(cfg.methods, teacher=teacher),
+        )
+    ]
+    if cfg.baseline:
+        arms.append(
+            Arm(f"{cfg.name}/scratch", "student from scratch", arch, cfg.train, source=start, kwargs=kwargs)
+        )
+    teacher_metrics = evaluate(teacher_model, data.test)
+    student_params = sum(
+        p.numel() for p in create_model(arch, num_classes=data.num_classes, **kwargs).parameters()
+    )
+    teacher_params = sum(p.numel() for p in teacher_model.parameters())
+    notes = [
+        f"Teacher {teacher_model.info.arch} ({teacher_params:,} parameters): test accuracy "
+        f"{teacher_metrics.accuracy:.3f}.",
+        f"Student {arch} {kwargs} ({student_params:,} parameters, "
+        f"{teacher_params / max(student_params, 1):.1f}x smaller).",
+        "Both student arms: same data, same epochs, same seeds; only the objectives differ.",
+    ]
+    return run_arms(
+        arms,
+        data,
+        seeds=cfg.seeds,
+        shots=cfg.data.shots,
+        val_shots=cfg.data.val_shots,
+        out_dir=out,
+        baseline=arms[-1].name,
+        title=f"transferkit distill: {cfg.name}",
+        notes=notes,
+        resume=cfg.resume,
+        extra={
+            "teacher": {
+                "arch": teacher_model.info.arch,
+                "params": teacher_params,
+                "accuracy": teacher_metrics.accuracy,
+                "macro_f1": teacher_metrics.macro_f1,
+            },
+            "student": {"arch": arch, "kwargs": kwargs, "params": student_params},
+        },
     )

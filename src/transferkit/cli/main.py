@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from transferkit import __version__
-from transferkit.cli import demo, evaluate, finetune, inspect, validate
+from transferkit.cli import demo, distill, evaluate, finetune, inspect, validate
 
 app = typer.Typer(
     name="transferkit",
@@ -18,6 +18,7 @@ app.command("demo")(demo.demo)
 app.command("finetune", context_settings={"allow_extra_args": True, "ignore_unknown_options": False})(
     finetune.finetune
 )
+app.command("distill")(distill.distill)
 app.command("evaluate")(evaluate.evaluate)
 app.command("inspect")(inspect.inspect)
 app.command("validate")(validate.validate)

@@ -14,9 +14,17 @@ def validate(
     config: Path = typer.Argument(..., help="YAML config file."),
     overrides: list[str] | None = typer.Argument(None, help="key=value overrides."),
 ) -> None:
-    """Validate a finetune config; print the resolved config when it is valid."""
-    from transferkit.config import dump_config, load_config
+    """Validate a finetune or distill config (one with a ``teacher`` section); print it resolved."""
+    from transferkit.config import (
+        DistillConfig,
+        FinetuneConfig,
+        apply_overrides,
+        build_config,
+        dump_config,
+        read_yaml,
+    )
 
-    cfg = load_config(config, list(overrides or []))
+    data = apply_overrides(read_yaml(config), list(overrides or []))
+    cfg = build_config(data, DistillConfig if "teacher" in data else FinetuneConfig)
     typer.echo(dump_config(cfg))
     console.print("config is valid")

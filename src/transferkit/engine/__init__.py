@@ -7,7 +7,7 @@ precision.
 
 from transferkit.engine.checkpoint import RunDir
 from transferkit.engine.config import TrainConfig
-from transferkit.engine.objectives import OBJECTIVES, Batch, CrossEntropy, Objective
+from transferkit.engine.objectives import OBJECTIVES, Batch, CrossEntropy, Objective, build_objectives
 from transferkit.engine.strategies import (
     apply_strategy,
     backbone_blocks,
@@ -29,6 +29,7 @@ __all__ = [
     "Trainer",
     "apply_strategy",
     "backbone_blocks",
+    "build_objectives",
     "build_optimizer",
     "build_param_groups",
     "build_scheduler",

@@ -16,7 +16,7 @@ from transferkit.models.surgery import (
     replace_head,
     unfreeze,
 )
-from transferkit.models.zoo import MODELS, create_model, wrap_model
+from transferkit.models.zoo import MODELS, create_model, narrow_model, wrap_model
 
 __all__ = [
     "MODELS",
@@ -31,6 +31,7 @@ __all__ = [
     "freeze",
     "list_layers",
     "load_model",
+    "narrow_model",
     "replace_head",
     "save_model",
     "unfreeze",

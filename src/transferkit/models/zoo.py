@@ -205,6 +205,45 @@ MODELS.register("small_cnn", build_small_cnn)
 MODELS.register("efficientnet_lite0", build_efficientnet_lite0)
 
 
+# Width arguments of the built-in architectures, for building narrower (or wider) copies.
+WIDTH_KWARGS: dict[str, tuple[str, ...]] = {"mlp": ("hidden",), "small_cnn": ("widths", "feature_dim")}
+
+
+def narrow_model(model: TransferNet, factor: float, *, num_classes: int | None = None) -> TransferNet:
+    """A fresh model with ``model``'s architecture but every width divided by ``factor``.
+
+    The usual distillation student: "the same as the teacher, N times narrower" (about N² fewer
+    parameters in the hidden layers). Widths are rounded and kept >= 1; weights are newly initialised.
+
+    Args:
+        model: A built-in model (``mlp`` or ``small_cnn``).
+        factor: Width divisor (> 0; 4 means a quarter of the channels / units).
+        num_classes: Head size; defaults to ``model``'s.
+
+    Raises:
+        ConfigError: ``factor`` is not positive or the architecture has no known width arguments.
+    """
+    if not factor > 0:
+        raise ConfigError(f"factor must be > 0, got {factor!r}; e.g. 4 for a 4x narrower model")
+    arch = model.info.arch
+    if arch not in WIDTH_KWARGS:
+        raise ConfigError(
+            f"don't know the width arguments of {arch!r}; narrowing works for "
+            f"{', '.join(sorted(WIDTH_KWARGS))}: build the student with create_model instead"
+        )
+    kwargs = dict(model.info.kwargs)
+    for key in WIDTH_KWARGS[arch]:
+        value = kwargs.get(key)
+        if value is None:
+            continue
+        if isinstance(value, (list, tuple)):
+            kwargs[key] = [max(1, round(v / factor)) for v in value]
+        else:
+            kwargs[key] = max(1, round(value / factor))
+    n = model.info.num_classes if num_classes is None else num_classes
+    return create_model(arch, num_classes=n, **kwargs)
+
+
 def wrap_model(
     module: nn.Module,
     *,

@@ -1,0 +1,80 @@
+"""``transferkit distill``: train a smaller student from a teacher and compare it with scratch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from transferkit.cli._common import console, handle_errors, setup_logging
+
+
+def parse_method(text: str) -> dict[str, Any]:
+    """``"kd:weight=0.9,temperature=4"`` -> ``{"name": "kd", "weight": 0.9, "temperature": 4}``."""
+    import yaml
+
+    from transferkit.errors import ConfigError
+
+    name, _, rest = text.partition(":")
+    if not name.strip():
+        raise ConfigError(f"--method {text!r} has no name; write e.g. kd:weight=0.9,temperature=4")
+    spec: dict[str, Any] = {"name": name.strip()}
+    for item in filter(None, (p.strip() for p in rest.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise ConfigError(f"--method {text!r}: {item!r} is not key=value")
+        spec[key.strip()] = yaml.safe_load(value)
+    return spec
+
+
+@handle_errors
+def distill(
+    overrides: list[str] | None = typer.Argument(None, help="key=value overrides, e.g. train.lr=0.01"),
+    config: Path | None = typer.Option(None, "--config", "-c", help="YAML config file."),
+    teacher: str | None = typer.Option(None, "--teacher", help="Teacher: model folder or name."),
+    student: str | None = typer.Option(
+        None, "--student", help="narrow:N (teacher N times narrower), a built-in name or a model folder."
+    ),
+    data: str | None = typer.Option(None, "--data", help="Data: built-in name or path."),
+    method: list[str] | None = typer.Option(
+        None,
+        "--method",
+        "-m",
+        help="Objective NAME[:key=value,...], repeatable, e.g. -m cross_entropy:weight=0.1 "
+        "-m kd:weight=0.9,temperature=4 -m hint:student_layer=backbone.conv2",
+    ),
+    epochs: int | None = typer.Option(None, "--epochs", help="Training budget in epochs."),
+    shots: int | None = typer.Option(None, "--shots", help="Labelled examples per class."),
+    seeds: str | None = typer.Option(None, "--seeds", help="Comma-separated seeds, e.g. 0,1,2."),
+    out: Path | None = typer.Option(None, "--out", help="Output folder."),
+    baseline: bool | None = typer.Option(None, "--baseline/--no-baseline", help="Also train from scratch."),
+    resume: bool = typer.Option(False, "--resume", help="Continue killed runs from checkpoints."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every epoch."),
+) -> None:
+    """Distil a teacher into a student (logits, hints, attention, relations) and compare with scratch."""
+    from transferkit.config import DistillConfig, apply_overrides, build_config, read_yaml
+    from transferkit.workflows import distill as run_distill
+
+    setup_logging(verbose)
+    base = read_yaml(config) if config is not None else {}
+    pairs = {
+        "teacher.model": teacher,
+        "student.model": student,
+        "data.dataset": data,
+        "train.epochs": epochs,
+        "data.shots": shots,
+        "out": str(out) if out else None,
+        "baseline": baseline,
+        "resume": True if resume else None,
+    }
+    items = [f"{k}={v}" for k, v in pairs.items() if v is not None]
+    if seeds is not None:
+        items.append(f"seeds=[{seeds}]")
+    merged = apply_overrides(base, items + list(overrides or []))
+    if method:
+        merged["methods"] = [parse_method(m) for m in method]
+    cfg = build_config(merged, DistillConfig)
+    result = run_distill(cfg)
+    typer.echo(result.table())
+    console.print(f"wrote {result.out_dir / 'metrics.json'} and {result.out_dir / 'report.html'}")

@@ -1,0 +1,332 @@
+"""Attention transfer: the student mimics where the teacher's feature maps are active.
+
+Zagoruyko & Komodakis (2017), "Paying More Attention to Attention: Improving the Performance of
+Convolutional Neural Networks via Attention Transfer", ICLR. The spatial *attention map* of a
+feature map ``(N, C, H, W)`` is the channel mean of ``|f|^p``, flattened to ``(N, H*W)`` and
+L2-normalised per example; the loss is the squared distance between the student's and the
+teacher's maps at several depths. Attention maps have no channel dimension, so student and teacher
+may have different widths without any adapter.
+
+Three layers, as every method here: pure functions (:func:`attention_map`, :func:`at_loss`), an
+:class:`~transferkit.engine.objectives.Objective` holding the hyper-parameters
+(:class:`AttentionTransfer`), registered as ``"attention"`` in
+:data:`transferkit.engine.objectives.OBJECTIVES`.
+
+The module also holds the small probing helpers the layer-pairing objectives share
+(:func:`probe_shapes`, :func:`spatial_blocks`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from transferkit.engine.objectives import OBJECTIVES, Batch, Objective
+from transferkit.errors import ConfigError, ShapeError
+from transferkit.models.surgery import LayerTap, backbone_blocks
+from transferkit.transfer.distill.teacher import Teacher, TeacherOutput
+
+if TYPE_CHECKING:
+    from transferkit.engine.trainer import Trainer
+
+logger = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- shared helpers
+def probe_shapes(
+    model: nn.Module, layers: Sequence[str], example: torch.Tensor
+) -> dict[str, tuple[int, ...] | None]:
+    """Output shapes of named layers for one example (eval mode, no gradients, mode restored).
+
+    Args:
+        model: Any module; names as in ``model.named_modules()``.
+        layers: Layer names to probe.
+        example: An input batch ``(n, ...)`` on any device (moved to the model's device).
+
+    Returns:
+        ``name -> shape without the batch dimension``, or ``None`` for a layer whose output is not
+        a tensor (or that did not run).
+
+    Raises:
+        UnknownNameError: a name is not a submodule of ``model`` (close names suggested).
+    """
+    tap = LayerTap(model, list(layers), detach=True)
+    first = next(model.parameters(), None)
+    device = first.device if first is not None else example.device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), tap:
+            model(example.to(device))
+    finally:
+        model.train(was_training)
+    shapes: dict[str, tuple[int, ...] | None] = {}
+    for name in layers:
+        out = tap.features.get(name)
+        shapes[name] = tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else None
+    return shapes
+
+
+def spatial_blocks(model: nn.Module, example: torch.Tensor, role: str = "model") -> list[str]:
+    """Names of the backbone blocks whose output is a 4-D ``(N, C, H, W)`` map, bottom first.
+
+    Args:
+        model: A TransferNet (anything with a ``backbone`` whose children are its blocks).
+        example: One input batch to probe the shapes with.
+        role: ``"student"`` or ``"teacher"``, used in error messages.
+
+    Raises:
+        ConfigError: ``model`` has no ``backbone`` (pass the layer names explicitly then).
+    """
+    if not hasattr(model, "backbone"):
+        raise ConfigError(
+            f"the {role} ({type(model).__name__}) has no 'backbone', so its blocks cannot be found "
+            "automatically; pass the layer names explicitly"
+        )
+    names = [name for name, _ in backbone_blocks(model)]
+    shapes = probe_shapes(model, names, example)
+    return [n for n in names if shapes[n] is not None and len(shapes[n]) == 3]
+
+
+def first_example(trainer: Trainer) -> torch.Tensor:
+    """The first training input ``(1, ...)`` of the trainer's current fit (for shape probes)."""
+    data = getattr(trainer, "train_data", None)
+    if data is None or len(data) == 0:
+        raise ConfigError(
+            "this objective probes layer shapes on the training data in setup(trainer); run it "
+            "through Trainer.fit(train, ...) with a non-empty training set"
+        )
+    return data.x[:1]
+
+
+def teacher_tap(out: TeacherOutput, name: str) -> torch.Tensor:
+    """The teacher's recorded output of layer ``name`` from :meth:`Teacher.outputs`."""
+    if name not in out.taps:
+        raise ConfigError(
+            f"the teacher did not record layer {name!r}; objectives must call "
+            "teacher.request([...]) for their teacher layers before training starts"
+        )
+    return out.taps[name]
+
+
+def check_pairs(pairs: object, what: str) -> list[tuple[str, str]] | None:
+    """Validate a sequence of ``(name_a, name_b)`` string pairs (``None`` passes through)."""
+    if pairs is None:
+        return None
+    if isinstance(pairs, str) or not isinstance(pairs, Sequence):
+        raise ConfigError(f"{what} must be a list of (layer, layer) name pairs, got {pairs!r}")
+    out = []
+    for pair in pairs:
+        if (
+            isinstance(pair, str)
+            or not isinstance(pair, Sequence)
+            or len(pair) != 2
+            or not all(isinstance(n, str) and n for n in pair)
+        ):
+            raise ConfigError(
+                f"{what} must hold (layer, layer) pairs of two non-empty names, got {pair!r}; "
+                'e.g. [("backbone.conv2", "backbone.conv3")]'
+            )
+        out.append((pair[0], pair[1]))
+    if not out:
+        raise ConfigError(f"{what} is empty; pass at least one pair or None for the default")
+    return out
+
+
+def _dims(shape: tuple[int, ...] | None) -> str:
+    return "not a tensor" if shape is None else "(N, " + ", ".join(map(str, shape)) + ")"
+
+
+# --------------------------------------------------------------------------- pure functions
+def attention_map(feat: torch.Tensor, p: float = 2.0) -> torch.Tensor:
+    """Spatial attention map of a feature map (Zagoruyko & Komodakis, 2017, Eq. 2 with F_mean^p).
+
+    ``Q = normalize(mean_c |f_c|^p)``: the channel mean of ``|f|^p`` at every position, flattened
+    and divided by its L2 norm per example (``F.normalize``, eps 1e-12, so an all-zero map stays
+    zero). Scaling ``feat`` by a positive constant does not change the map.
+
+    Args:
+        feat: Feature map ``(N, C, H, W)``.
+        p: Exponent (> 0); the paper uses 2.
+
+    Returns:
+        ``(N, H*W)`` float32 maps of unit L2 norm.
+
+    Raises:
+        ShapeError: ``feat`` is not 4-D.
+    """
+    if feat.ndim != 4:
+        raise ShapeError(
+            f"attention maps need feature maps (N, C, H, W), got shape {tuple(feat.shape)}; "
+            "pick convolutional layers (attention transfer does not apply to vector features)"
+        )
+    q = feat.float().abs().pow(p).mean(dim=1).flatten(1)
+    return F.normalize(q, p=2.0, dim=1)
+
+
+def at_loss(
+    student_feat: torch.Tensor, teacher_feat: torch.Tensor, p: float = 2.0
+) -> torch.Tensor:
+    """Attention-transfer loss between one student and one teacher feature map.
+
+    Follows the authors' reference implementation (github.com/szagoruyko/attention-transfer,
+    ``at_loss``): ``(Q_s - Q_t).pow(2).mean()``, the squared difference of the normalised maps
+    averaged over the batch *and* the ``H*W`` positions. (The paper writes the un-squared
+    ``||Q_s - Q_t||_2`` summed with weight ``beta/2``; the reference code trains with this mean
+    and ``beta = 1000``, i.e. a term weight of 500.)
+
+    When the spatial sizes differ, the feature map with the smaller size is bilinearly
+    interpolated (``align_corners=False``) to ``(max H, max W)`` *before* its attention map is
+    computed, so both maps have the same positions.
+
+    Args:
+        student_feat: ``(N, C_s, H_s, W_s)``.
+        teacher_feat: ``(N, C_t, H_t, W_t)``; channel counts may differ.
+        p: Exponent of :func:`attention_map`.
+
+    Returns:
+        Scalar float32 loss; 0 when the maps agree.
+
+    Raises:
+        ShapeError: an input is not 4-D or the batch sizes differ.
+    """
+    for which, f in (("student", student_feat), ("teacher", teacher_feat)):
+        if f.ndim != 4:
+            raise ShapeError(
+                f"attention transfer needs (N, C, H, W) feature maps, but the {which} layer gives "
+                f"{tuple(f.shape)}; pick convolutional layers on both models (an MLP has none: "
+                "use 'hint' or 'rkd' instead)"
+            )
+    if student_feat.shape[0] != teacher_feat.shape[0]:
+        raise ShapeError(
+            f"student and teacher batch sizes differ ({student_feat.shape[0]} vs "
+            f"{teacher_feat.shape[0]}); both must see the same examples"
+        )
+    size = (
+        max(student_feat.shape[2], teacher_feat.shape[2]),
+        max(student_feat.shape[3], teacher_feat.shape[3]),
+    )
+    feats = []
+    for f in (student_feat.float(), teacher_feat.float()):
+        if tuple(f.shape[2:]) != size:
+            f = F.interpolate(f, size=size, mode="bilinear", align_corners=False)
+        feats.append(f)
+    return (attention_map(feats[0], p) - attention_map(feats[1], p)).pow(2).mean()
+
+
+# --------------------------------------------------------------------------- objective
+class AttentionTransfer(Objective):
+    """Attention transfer (Zagoruyko & Komodakis, 2017) from a frozen teacher; name ``"attention"``.
+
+    The loss is the **sum** over the layer pairs of :func:`at_loss` (as the reference code sums
+    its groups). Student layer outputs come from ``batch.taps``; teacher ones from
+    :meth:`Teacher.outputs`.
+
+    Args:
+        teacher: The frozen :class:`~transferkit.transfer.distill.teacher.Teacher`.
+        pairs: ``(student_layer, teacher_layer)`` names (as in ``named_modules()``), each giving a
+            4-D map. ``None``: probe one training example in :meth:`setup` and pair the backbone
+            blocks with 4-D outputs from the top (last with last, then the ones below, as many as
+            the shallower model has).
+        p: Exponent of the attention map (> 0; the paper uses 2).
+        weight: Multiplier in the total loss. The reference code uses ``beta/2 = 500`` with this
+            mean-reduced loss; start around 100-1000.
+
+    Attributes:
+        pairs: The layer pairs in use (filled by :meth:`setup` when defaulted), bottom first.
+
+    Raises:
+        ConfigError: bad ``pairs`` / ``p``, or the teacher is not a :class:`Teacher`.
+        UnknownNameError: a layer name does not exist (teacher names at construction, student
+            names in :meth:`setup`).
+        ShapeError: a paired layer does not output ``(N, C, H, W)`` (e.g. an MLP student).
+    """
+
+    def __init__(
+        self,
+        teacher: Teacher,
+        pairs: Sequence[tuple[str, str]] | None = None,
+        p: float = 2.0,
+        weight: float = 1.0,
+    ) -> None:
+        super().__init__(weight)
+        if not isinstance(teacher, Teacher):
+            raise ConfigError(
+                f"AttentionTransfer needs a Teacher, got {type(teacher).__name__}; wrap the model "
+                "with transferkit.transfer.distill.teacher.Teacher(model)"
+            )
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p < math.inf:
+            raise ConfigError(
+                f"attention exponent p must be a finite number > 0, got {p!r}; the paper uses p=2"
+            )
+        self.teacher = teacher
+        self.p = float(p)
+        self._given = check_pairs(pairs, "AttentionTransfer pairs")
+        self.pairs: list[tuple[str, str]] | None = None
+        if self._given is not None:
+            teacher.request([t for _, t in self._given])
+
+    def extra_repr(self) -> str:
+        return f"weight={self.weight}, p={self.p}, pairs={self.pairs or self._given or 'auto'}"
+
+    def setup(self, trainer: Trainer) -> None:
+        """Resolve and check the layer pairs on one training example, then set the taps."""
+        example = first_example(trainer)
+        student, tmodel = trainer.model, self.teacher.model
+        if self._given is None:
+            s_blocks = spatial_blocks(student, example, "student")
+            t_blocks = spatial_blocks(tmodel, example, "teacher")
+            for role, blocks, model in (("student", s_blocks, student), ("teacher", t_blocks,
+                                                                          tmodel)):
+                if not blocks:
+                    arch = getattr(getattr(model, "info", None), "arch", type(model).__name__)
+                    raise ShapeError(
+                        f"the {role} ({arch}) has no backbone block with a 4-D (N, C, H, W) "
+                        "output; attention transfer needs convolutional feature maps on both "
+                        "models (an MLP has none): use 'kd', 'hint' or 'rkd' instead"
+                    )
+            k = min(len(s_blocks), len(t_blocks))
+            pairs = list(zip(s_blocks[-k:], t_blocks[-k:], strict=True))
+        else:
+            pairs = list(self._given)
+        s_shapes = probe_shapes(student, [s for s, _ in pairs], example)
+        t_shapes = probe_shapes(tmodel, [t for _, t in pairs], example)
+        for s, t in pairs:
+            for role, name, shape in (("student", s, s_shapes[s]), ("teacher", t, t_shapes[t])):
+                if shape is None or len(shape) != 3:
+                    raise ShapeError(
+                        f"attention transfer needs (N, C, H, W) feature maps, but {role} layer "
+                        f"{name!r} gives {_dims(shape)}; pick convolutional layers (an MLP has "
+                        "none: use 'hint' or 'rkd' instead)"
+                    )
+        self.pairs = pairs
+        self.taps = tuple(dict.fromkeys(s for s, _ in pairs))
+        self.teacher.request([t for _, t in pairs])
+        self.teacher.setup(trainer)
+        logger.info("attention transfer on pairs %s", pairs)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """Sum over pairs of :func:`at_loss` of the student's and teacher's maps."""
+        if self.pairs is None:
+            raise ConfigError("AttentionTransfer.setup(trainer) has not run; train it with Trainer")
+        out = self.teacher.outputs(batch)
+        losses = [at_loss(batch.taps[s], teacher_tap(out, t), self.p) for s, t in self.pairs]
+        return torch.stack(losses).sum()
+
+
+OBJECTIVES.register("attention", AttentionTransfer)
+
+
+__all__ = [
+    "AttentionTransfer",
+    "at_loss",
+    "attention_map",
+    "probe_shapes",
+    "spatial_blocks",
+]

@@ -1,0 +1,142 @@
+"""The frozen teacher every distillation objective reads from.
+
+A :class:`Teacher` is deliberately *not* an ``nn.Module`` attribute of the objectives: its weights
+stay out of the optimiser, out of the student's checkpoints and out of any DDP wrapping. It runs in
+eval mode under ``torch.no_grad`` and computes its outputs once per training step, however many
+objectives (logit KD, hints, attention, ...) ask for them. When nothing but its logits is needed and
+the data pipeline is deterministic, it computes them once for the whole training set
+(``precompute=True``) and looks them up by ``batch.index``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from transferkit.errors import ConfigError
+from transferkit.models.surgery import LayerTap
+
+if TYPE_CHECKING:
+    from transferkit.engine.objectives import Batch
+    from transferkit.engine.trainer import Trainer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TeacherOutput:
+    """What the teacher produced for one batch.
+
+    Attributes:
+        logits: ``(N, C_teacher)``, detached.
+        taps: Outputs of the requested teacher layers by name, detached.
+    """
+
+    logits: torch.Tensor
+    taps: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class Teacher:
+    """A frozen model whose outputs distillation objectives learn from.
+
+    Args:
+        model: The teacher (any ``nn.Module`` mapping inputs to logits; a TransferNet usually). Its
+            parameters are frozen (``requires_grad=False``) and it is kept in eval mode.
+        layers: Teacher layers (names as in ``model.named_modules()``) to record on every forward.
+            Objectives add theirs with :meth:`request`.
+        precompute: Compute the logits for the whole training set once in :meth:`setup` when no
+            layers are requested (the data must be fed unaugmented, as transferkit's engine does).
+        name: Name used in logs and reports.
+
+    Example:
+        >>> teacher = Teacher(big_model)                               # doctest: +SKIP
+        >>> objectives = [CrossEntropy(), LogitKD(teacher, temperature=4.0)]  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: Sequence[str] = (),
+        precompute: bool = False,
+        name: str = "teacher",
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise ConfigError(f"Teacher needs an nn.Module, got {type(model).__name__}")
+        self.model = model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.layers: list[str] = []
+        self.precompute = bool(precompute)
+        self.name = name
+        self.device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        self._cache_key: tuple[Any, ...] | None = None
+        self._cache: TeacherOutput | None = None
+        self._table: torch.Tensor | None = None
+        self._table_for: int | None = None
+        self.request(layers)
+
+    def request(self, layers: Iterable[str]) -> None:
+        """Record these teacher layers on every forward (unknown names raise with suggestions)."""
+        names = [str(n) for n in layers]
+        if names:
+            LayerTap(self.model, names)  # validates the names now, with close-match suggestions
+        for n in names:
+            if n not in self.layers:
+                self.layers.append(n)
+                self._table, self._table_for = None, None  # layer outputs need a live forward
+
+    @property
+    def num_classes(self) -> int | None:
+        """The teacher head's output size when it is known from ``model.info``."""
+        info = getattr(self.model, "info", None)
+        return int(info.num_classes) if info is not None and info.num_classes else None
+
+    def setup(self, trainer: Trainer) -> None:
+        """Move to the training device; with ``precompute`` compute the training set's logits once.
+
+        Safe to call once per objective that shares this teacher: the work is done once per
+        training set.
+        """
+        self.device = trainer.device
+        self.model.to(self.device).eval()
+        self._cache_key, self._cache = None, None
+        data = trainer.train_data
+        if not self.precompute or self.layers or data is None:
+            return
+        if self._table is not None and self._table_for == id(data):
+            return
+        bs = trainer.config.eval_batch_size
+        outs = []
+        with torch.no_grad():
+            for start in range(0, len(data), bs):
+                outs.append(self.model(data.x[start : start + bs].to(self.device)).float().cpu())
+        self._table, self._table_for = torch.cat(outs), id(data)
+        logger.info("%s: precomputed logits of %d training examples", self.name, len(data))
+
+    def outputs(self, batch: Batch) -> TeacherOutput:
+        """The teacher's logits (and requested layer outputs) for ``batch``, computed once per step."""
+        key = (batch.epoch, batch.step, batch.x.data_ptr(), tuple(batch.x.shape))
+        if self._cache is not None and self._cache_key == key:
+            return self._cache
+        if self._table is not None and batch.index is not None and not self.layers:
+            out = TeacherOutput(self._table[batch.index].to(batch.x.device))
+        else:
+            self.model.eval()
+            with torch.no_grad():
+                if self.layers:
+                    with LayerTap(self.model, self.layers, detach=True) as tap:
+                        logits = self.model(batch.x)
+                    out = TeacherOutput(logits.detach(), dict(tap.features))
+                else:
+                    out = TeacherOutput(self.model(batch.x).detach())
+        self._cache_key, self._cache = key, out
+        return out
+
+    def __repr__(self) -> str:
+        arch = getattr(getattr(self.model, "info", None), "arch", type(self.model).__name__)
+        return f"Teacher({self.name!r}, arch={arch!r}, layers={self.layers}, precompute={self.precompute})"
