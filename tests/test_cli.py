@@ -129,3 +129,35 @@ def test_finetune_nan_loss_is_one_clear_error(tmp_path, digits_source):
     run_dir = out / "runs" / "finetune-full" / "seed0"
     assert (run_dir / "checkpoints" / "last.safetensors").is_file()
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 1  # epoch 1 kept
+
+
+def test_distill_end_to_end(tmp_path, digits_source):
+    out = tmp_path / "kd"
+    result = run(
+        "distill", "--teacher", digits_source, "--student", "narrow:2", "--data", "digits",
+        "--shots", "5", "--epochs", "2", "--out", out, "-m", "cross_entropy:weight=0.5",
+        "-m", "kd:weight=0.5,temperature=2", "-m", "hint", "data.val_fraction=0.2",
+    )
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {r["name"] for r in metrics["runs"]} == {"distill/kd+hint", "distill/scratch"}
+    assert metrics["baseline"] == "distill/scratch"
+    assert metrics["student"]["kwargs"]["hidden"] == [16, 16]  # the teacher's 32-32, halved
+    assert metrics["teacher"]["params"] > 2 * metrics["student"]["params"]
+    assert 0.5 < metrics["teacher"]["accuracy"] <= 1.0
+    jsonl = out / "runs" / "distill-kd+hint" / "seed0" / "metrics.jsonl"
+    row = json.loads(jsonl.read_text().splitlines()[0])
+    assert {"loss_cross_entropy", "loss_kd", "loss_hint"} <= set(row)
+    assert (out / "report.html").is_file()
+    validated = run("validate", out / "config.yaml")
+    assert validated.exit_code == 0 and "teacher:" in validated.stdout
+
+
+def test_distill_bad_methods(tmp_path, digits_source):
+    base = ["distill", "--teacher", digits_source, "--data", "digits", "--out", tmp_path / "o"]
+    assert_one_line_error(run(*base, "-m", "kdd"), "unknown objective 'kdd'", "Did you mean 'kd'")
+    assert_one_line_error(run(*base, "-m", "kd:temperature"), "is not key=value")
+    assert_one_line_error(run(*base, "-m", "kd:temp=3"), "does not take 'temp'", "temperature")
+    assert_one_line_error(run(*base, "-m", "kd:temperature=0"), "temperature")
+    assert_one_line_error(run(*base, "--student", "narrow:x"), "narrow:N")
+    assert_one_line_error(run(*base, "-m", "hint:student_layer=backbone.nope"), "backbone.nope")
