@@ -83,3 +83,31 @@ def test_demo_falls_back_to_digits_without_fashion_mnist(monkeypatch):
     splits, name = demo.load_demo_target(None, echo=said.append)
     assert name == "digits" and splits.num_classes == 10
     assert len(said) == 1 and "apt-get install dataset-fashion-mnist" in said[0]
+
+
+def test_source_retention_is_measured_before_and_after(tmp_path, digits_source, digits):
+    from transferkit.evaluation import evaluate
+
+    source_acc = evaluate(load_model(digits_source), digits.test).accuracy
+    probe = finetune(_cfg(digits_source, tmp_path / "probe", seeds=[0],
+                          train={"epochs": 3, "strategy": "linear_probe", "lr": 1e-2},
+                          data={"dataset": "digits", "val_fraction": 0.2, "shots": 5,
+                                "source_dataset": "digits"}))
+    run = next(r for r in probe.runs if r.name == "ft/linear_probe")
+    assert run.extra["source_accuracy_before"] == source_acc
+    assert run.extra["source_accuracy_after"] == source_acc  # frozen backbone + source head: unchanged
+    assert run.extra["forgetting"] == 0.0
+    scratch = next(r for r in probe.runs if r.name == "ft/scratch")
+    assert "source_accuracy_after" not in scratch.extra  # no source head to measure with
+    row = next(r for r in probe.summary if r["name"] == "ft/linear_probe")
+    assert row["source_after_mean"] == source_acc
+    assert "source acc. before -> after" in probe.table()
+    assert (tmp_path / "probe" / "retention.png").is_file()
+
+    full = finetune(_cfg(digits_source, tmp_path / "full", seeds=[0],
+                         train={"epochs": 3, "lr": 5e-2, "backbone_lr_scale": 1.0},
+                         data={"dataset": "digits", "val_fraction": 0.2, "shots": 5,
+                               "source_dataset": "digits"}))
+    run = next(r for r in full.runs if r.name == "ft/full")
+    assert run.extra["source_accuracy_after"] != source_acc  # fine-tuning moved the backbone
+    assert run.extra["forgetting"] == pytest.approx(source_acc - run.extra["source_accuracy_after"])

@@ -33,6 +33,10 @@ class DataConfig(_Strict):
         shots: Labelled training examples per class (few-shot target); ``None`` uses all.
         val_shots: Validation examples per class; ``None`` uses the same number as ``shots``
             (a realistic few-label setting) or the whole validation split when ``shots`` is ``None``.
+        source_dataset: The *source* task's data (built-in name or path). When given, every run
+            reports the source-task accuracy before and after fine-tuning (source retention), and
+            regularisers that need source data (EWC) use its training split.
+        source_root: Folder holding the source dataset's files.
     """
 
     dataset: str = "digits"
@@ -40,6 +44,8 @@ class DataConfig(_Strict):
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     shots: int | None = Field(None, ge=1)
     val_shots: int | None = Field(None, ge=1)
+    source_dataset: str | None = None
+    source_root: str | None = None
 
 
 class ModelConfig(_Strict):
@@ -84,6 +90,8 @@ class FinetuneConfig(_Strict):
         baseline: Also train the target architecture from scratch on the same data and budget.
         resume: Continue runs killed part-way from their last checkpoint (finished runs are
             reloaded, not retrained); the result equals an uninterrupted run.
+        regularizers: Objectives added to cross-entropy for the transferred model, each
+            ``{name: l2sp|delta|bss|ewc|lwf|kd|..., weight: ..., <args>}``; they combine freely.
     """
 
     name: str = "finetune"
@@ -91,6 +99,7 @@ class FinetuneConfig(_Strict):
     seeds: list[int] = Field(default_factory=lambda: [0])
     baseline: bool = True
     resume: bool = False
+    regularizers: list[dict[str, Any]] = Field(default_factory=list)
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     transfer: TransferConfig = Field(default_factory=TransferConfig)

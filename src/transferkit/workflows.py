@@ -16,16 +16,25 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from transferkit.config import DataConfig, DistillConfig, FinetuneConfig, build_config, dump_config
 from transferkit.data import DataSplits, TensorDataset, few_shot, load_dataset
-from transferkit.engine import Objective, TrainConfig, Trainer, build_objectives, predict_features
+from transferkit.engine import (
+    CrossEntropy,
+    Objective,
+    TrainConfig,
+    Trainer,
+    build_objectives,
+    predict_features,
+)
 from transferkit.errors import ConfigError
 from transferkit.evaluation import (
     Metrics,
     RunResult,
     classification_metrics,
     evaluate,
+    evaluate_with_head,
     format_table,
     summarize,
     write_metrics_json,
@@ -151,6 +160,7 @@ def run_arms(
     on_run: Callable[[RunResult], None] | None = None,
     resume: bool = False,
     extra: dict[str, Any] | None = None,
+    source_eval: TensorDataset | None = None,
 ) -> WorkflowResult:
     """Train and evaluate every arm on every seed, then write metrics.json, report.html and the best model.
 
@@ -166,6 +176,9 @@ def run_arms(
         on_run: Called after each run (e.g. to print progress).
         resume: Continue each run from its checkpoint in ``out_dir/runs`` (see ``Trainer.fit``).
         extra: More top-level entries for ``metrics.json``.
+        source_eval: Labelled test data of the *source* task. When given, every arm with a source
+            also reports the source-task accuracy of its fine-tuned backbone with the source head
+            (LwF's jointly trained old head when LwF is among its objectives), before and after.
     """
     names = [a.name for a in arms]
     if len(set(names)) != len(names):
@@ -176,6 +189,7 @@ def run_arms(
     reports: dict[str, TransferReport] = {}
     feature_cache: dict[str, torch.Tensor] = {}
     first_models: dict[str, TransferNet] = {}
+    source_before: dict[str, float] = {}
     for seed in seeds:
         splits = target_splits(data, shots, val_shots, seed)
         for arm in arms:
@@ -194,6 +208,17 @@ def run_arms(
             else:
                 metrics = evaluate(model.to("cpu"), data.test, batch_size=cfg.eval_batch_size)
             seconds = time.perf_counter() - start
+            retention = {}
+            if source_eval is not None and arm.source is not None:
+                if arm.name not in source_before:
+                    source_before[arm.name] = evaluate(arm.source, source_eval).accuracy
+                head = _source_head(arm.source, objectives)
+                after = evaluate_with_head(model.to("cpu"), head.to("cpu"), source_eval).accuracy
+                retention = {
+                    "source_accuracy_before": source_before[arm.name],
+                    "source_accuracy_after": after,
+                    "forgetting": source_before[arm.name] - after,
+                }
             result = RunResult(
                 name=arm.name,
                 method=arm.method,
@@ -208,6 +233,7 @@ def run_arms(
                     "val_examples": len(splits.val),
                     "test_examples": len(data.test),
                     "best_epoch": history.best_epoch,
+                    **retention,
                 },
             )
             runs.append(result)
@@ -230,6 +256,15 @@ def run_arms(
     write_metrics_json(out / "metrics.json", runs, baseline, extra=info)
     write_report(out, runs, baseline, title=title, notes=notes)
     return WorkflowResult(runs, summary, baseline, out, best, reports)
+
+
+def _source_head(source: TransferNet, objectives: Sequence[Objective] | None) -> nn.Module:
+    """The head to measure the source task with: an objective's own (LwF trains the old head)."""
+    for obj in objectives or ():
+        getter = getattr(obj, "source_head", None)
+        if callable(getter):
+            return getter()
+    return source.head
 
 
 def load_source(cfg: FinetuneConfig) -> TransferNet | None:
@@ -271,18 +306,36 @@ def finetune(cfg: FinetuneConfig | dict[str, Any]) -> WorkflowResult:
     arch = cfg.model.arch or source.info.arch  # type: ignore[union-attr]
     kwargs = dict(source.info.kwargs) if source is not None and cfg.model.arch is None else {}
     kwargs.update(cfg.model.kwargs)
+    source_splits = (
+        load_dataset(cfg.data.source_dataset, root=cfg.data.source_root, seed=cfg.seeds[0])
+        if cfg.data.source_dataset is not None
+        else None
+    )
+    regs = cfg.regularizers
+    if regs:
+        import transferkit.transfer.distill  # noqa: F401  (registers objectives)
+        import transferkit.transfer.regularize  # noqa: F401
+
+        context = {"source": source, "source_data": source_splits.train if source_splits else None}
+        build_objectives(regs, **context)  # validate the regularisers before any training
+
+        def make_objectives() -> list[Objective]:
+            return [CrossEntropy(), *build_objectives(regs, **context)]
+
+    reg_names = "+".join(str(r["name"]) for r in regs)
     arms: list[Arm] = []
     if source is not None:
         arms.append(
             Arm(
-                name=f"{cfg.name}/{cfg.train.strategy}",
-                method=STRATEGY_NAMES[cfg.train.strategy],
+                name=f"{cfg.name}/{cfg.train.strategy}" + (f"+{reg_names}" if regs else ""),
+                method=STRATEGY_NAMES[cfg.train.strategy] + (f" + {reg_names}" if regs else ""),
                 arch=arch,
                 train=cfg.train,
                 source=source,
                 kwargs=kwargs,
                 exclude=cfg.transfer.exclude,
                 shape_mismatch=cfg.transfer.shape_mismatch,
+                objectives=make_objectives if regs else None,
             )
         )
     scratch_name = f"{cfg.name}/scratch"
@@ -309,6 +362,7 @@ def finetune(cfg: FinetuneConfig | dict[str, Any]) -> WorkflowResult:
         baseline=baseline,
         title=f"transferkit finetune: {cfg.name}",
         resume=cfg.resume,
+        source_eval=source_splits.test if source_splits is not None else None,
     )
 
 

@@ -49,3 +49,24 @@ def setup_logging(verbose: bool) -> None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
         logger.addHandler(handler)
+
+
+def parse_objective_spec(text: str, flag: str) -> dict[str, Any]:
+    """``"kd:weight=0.9,temperature=4"`` -> ``{"name": "kd", "weight": 0.9, "temperature": 4}``.
+
+    Values are parsed as YAML (numbers, booleans, lists); ``flag`` names the option in errors.
+    """
+    import yaml
+
+    from transferkit.errors import ConfigError
+
+    name, _, rest = text.partition(":")
+    if not name.strip():
+        raise ConfigError(f"{flag} {text!r} has no name; write e.g. kd:weight=0.9,temperature=4")
+    spec: dict[str, Any] = {"name": name.strip()}
+    for item in filter(None, (p.strip() for p in rest.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise ConfigError(f"{flag} {text!r}: {item!r} is not key=value")
+        spec[key.strip()] = yaml.safe_load(value)
+    return spec

@@ -3,29 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import typer
 
-from transferkit.cli._common import console, handle_errors, setup_logging
-
-
-def parse_method(text: str) -> dict[str, Any]:
-    """``"kd:weight=0.9,temperature=4"`` -> ``{"name": "kd", "weight": 0.9, "temperature": 4}``."""
-    import yaml
-
-    from transferkit.errors import ConfigError
-
-    name, _, rest = text.partition(":")
-    if not name.strip():
-        raise ConfigError(f"--method {text!r} has no name; write e.g. kd:weight=0.9,temperature=4")
-    spec: dict[str, Any] = {"name": name.strip()}
-    for item in filter(None, (p.strip() for p in rest.split(","))):
-        key, eq, value = item.partition("=")
-        if not eq or not key.strip():
-            raise ConfigError(f"--method {text!r}: {item!r} is not key=value")
-        spec[key.strip()] = yaml.safe_load(value)
-    return spec
+from transferkit.cli._common import console, handle_errors, parse_objective_spec, setup_logging
 
 
 @handle_errors
@@ -73,7 +54,7 @@ def distill(
         items.append(f"seeds=[{seeds}]")
     merged = apply_overrides(base, items + list(overrides or []))
     if method:
-        merged["methods"] = [parse_method(m) for m in method]
+        merged["methods"] = [parse_objective_spec(m, "--method") for m in method]
     cfg = build_config(merged, DistillConfig)
     result = run_distill(cfg)
     typer.echo(result.table())

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from transferkit.cli._common import console, handle_errors, setup_logging
+from transferkit.cli._common import console, handle_errors, parse_objective_spec, setup_logging
 
 
 def flag_overrides(
@@ -60,15 +60,38 @@ def finetune(
         None, "--baseline/--no-baseline", help="Also train from scratch for comparison."
     ),
     resume: bool = typer.Option(False, "--resume", help="Continue killed runs from checkpoints."),
+    regularizer: list[str] | None = typer.Option(
+        None,
+        "--regularizer",
+        "-r",
+        help="Regulariser NAME[:key=value,...], repeatable: l2sp, delta, bss, ewc, lwf (or kd, ...).",
+    ),
+    reg_weight: float | None = typer.Option(
+        None, "--reg-weight", help="Weight of each --regularizer that does not set its own."
+    ),
+    source_data: str | None = typer.Option(
+        None, "--source-data", help="Source task's data: reports source retention; EWC's Fisher."
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every epoch."),
 ) -> None:
     """Fine-tune a transferred model and compare it with training from scratch."""
-    from transferkit.config import load_config
+    from transferkit.config import FinetuneConfig, apply_overrides, build_config, read_yaml
+    from transferkit.errors import ConfigError
     from transferkit.workflows import finetune as run_finetune
 
     setup_logging(verbose)
     items = flag_overrides(source, data, strategy, epochs, shots, seeds, out, arch, baseline, resume)
-    cfg = load_config(config, items + list(overrides or []))
+    if source_data is not None:
+        items.append(f"data.source_dataset={source_data}")
+    merged = apply_overrides(read_yaml(config) if config else {}, items + list(overrides or []))
+    if reg_weight is not None and not regularizer:
+        raise ConfigError("--reg-weight needs --regularizer NAME (e.g. --regularizer l2sp)")
+    if regularizer:
+        specs = [parse_objective_spec(r, "--regularizer") for r in regularizer]
+        if reg_weight is not None:
+            specs = [{"weight": reg_weight, **spec} for spec in specs]
+        merged["regularizers"] = specs
+    cfg = build_config(merged, FinetuneConfig)
     result = run_finetune(cfg)
     typer.echo(result.table())
     for name, report in result.transfer_reports.items():

@@ -7,7 +7,13 @@
 """
 
 from transferkit.evaluation.compare import RunResult, format_gain, format_table, summarize
-from transferkit.evaluation.metrics import Metrics, classification_metrics, evaluate, predict
+from transferkit.evaluation.metrics import (
+    Metrics,
+    classification_metrics,
+    evaluate,
+    evaluate_with_head,
+    predict,
+)
 from transferkit.evaluation.report import write_metrics_json, write_report
 
 __all__ = [
@@ -15,6 +21,7 @@ __all__ = [
     "RunResult",
     "classification_metrics",
     "evaluate",
+    "evaluate_with_head",
     "format_gain",
     "format_table",
     "predict",

@@ -142,6 +142,7 @@ def summarize(runs: Sequence[RunResult], baseline: str) -> list[dict[str, Any]]:
                 "macro_f1_std": f1_std,
                 "seconds_mean": float(np.mean([r.seconds for r in group])),
                 "is_baseline": name == baseline,
+                **_retention(group),
             }
         )
     base = next(r for r in rows if r["is_baseline"])
@@ -162,6 +163,18 @@ def summarize(runs: Sequence[RunResult], baseline: str) -> list[dict[str, Any]]:
             )
             row["significant"] = bool(abs(gain) > 2 * se)
     return rows
+
+
+def _retention(group: list[RunResult]) -> dict[str, Any]:
+    """Source-task accuracy before/after fine-tuning, averaged over seeds, when the runs have it."""
+    after = [r.extra["source_accuracy_after"] for r in group if "source_accuracy_after" in r.extra]
+    if not after:
+        return {}
+    before = [r.extra["source_accuracy_before"] for r in group if "source_accuracy_before" in r.extra]
+    a_mean, a_std = _mean_std(after)
+    b_mean = float(np.mean(before)) if before else float("nan")
+    return {"source_before_mean": b_mean, "source_after_mean": a_mean, "source_after_std": a_std,
+            "forgetting": b_mean - a_mean}
 
 
 def _pct(mean: float, std: float) -> str:
@@ -192,19 +205,26 @@ def format_table(summary: list[dict[str, Any]]) -> str:
     ``(baseline)``; a negative gain is followed by ``NEGATIVE TRANSFER``; ``(n.s.)`` marks a gain
     within two standard errors.
     """
-    header = ["method", "name", "seeds", "accuracy", "macro-F1", "seconds", "gain vs baseline"]
-    body = [
-        [
+    retention = any("source_after_mean" in row for row in summary)
+    header = ["method", "name", "seeds", "accuracy", "macro-F1", "seconds"]
+    header += ["source acc. before -> after"] if retention else []
+    header += ["gain vs baseline"]
+    body = []
+    for row in summary:
+        cells = [
             str(row.get("method", "")),
             str(row.get("name", "")),
             str(row.get("n_seeds", "")),
             _pct(row["accuracy_mean"], row["accuracy_std"]),
             _pct(row["macro_f1_mean"], row["macro_f1_std"]),
             f"{row['seconds_mean']:.1f}",
-            format_gain(row),
         ]
-        for row in summary
-    ]
+        if retention and "source_after_mean" in row:
+            after = _pct(row["source_after_mean"], row["source_after_std"])
+            cells.append(f"{100 * row['source_before_mean']:.1f} -> {after}")
+        elif retention:
+            cells.append("-")
+        body.append([*cells, format_gain(row)])
     table = [header, *body]
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
     numeric = {2, 3, 4, 5}

@@ -233,3 +233,29 @@ def evaluate(
         metrics.n,
     )
     return metrics
+
+
+def evaluate_with_head(
+    model: nn.Module,
+    head: nn.Module,
+    data: TensorDataset,
+    *,
+    batch_size: int = 512,
+    device: str | torch.device | None = None,
+) -> Metrics:
+    """Metrics of ``model``'s input adapter and backbone under another ``head``.
+
+    Measures what fine-tuning did to the source task: the fine-tuned backbone with the *source*
+    head, on the source task's test data (source retention; Li & Hoiem, 2017).
+
+    Args:
+        model: A TransferNet (``input_adapter``, ``backbone``).
+        head: A classifier over the backbone's features, e.g. the source model's head.
+        data: Labelled data of the head's task.
+    """
+    from transferkit.models.base import TransferNet
+
+    if not isinstance(model, TransferNet):
+        raise ConfigError(f"evaluate_with_head needs a TransferNet, got {type(model).__name__}")
+    view = TransferNet(model.backbone, head, model.info, model.input_adapter)
+    return evaluate(view, data, batch_size=batch_size, device=device)

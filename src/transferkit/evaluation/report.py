@@ -220,8 +220,35 @@ p.howto { color: #555; font-size: 0.9em; }
 """
 
 
+def _plot_retention(summary: list[dict[str, Any]]) -> bytes:
+    """Target accuracy against source-task accuracy after fine-tuning (the forgetting trade-off)."""
+    fig = _new_figure(6.5, 4.5)
+    ax = fig.subplots()
+    rows = [r for r in summary if "source_after_mean" in r]
+    for r in rows:
+        ax.errorbar(100 * r["source_after_mean"], 100 * r["accuracy_mean"],
+                    xerr=100 * r["source_after_std"], yerr=100 * r["accuracy_std"],
+                    fmt="o", capsize=3)
+        ax.annotate(str(r["name"]), (100 * r["source_after_mean"], 100 * r["accuracy_mean"]),
+                    textcoords="offset points", xytext=(4, 4), fontsize=7)
+    before = [r["source_before_mean"] for r in rows if np.isfinite(r["source_before_mean"])]
+    if before:
+        ax.axvline(100 * before[0], color="#555555", linestyle="--", linewidth=1,
+                   label="source accuracy before fine-tuning")
+        ax.legend(fontsize=8)
+    ax.set_xlabel("source-task accuracy after fine-tuning (%)")
+    ax.set_ylabel("target test accuracy (%)")
+    ax.set_title("target accuracy vs source retention")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _png_bytes(fig)
+
+
 def _summary_html(summary: list[dict[str, Any]]) -> str:
-    head = ["method", "name", "seeds", "accuracy", "macro-F1", "seconds", "gain vs baseline"]
+    retention = any("source_after_mean" in r for r in summary)
+    head = ["method", "name", "seeds", "accuracy", "macro-F1", "seconds"]
+    head += ["source accuracy before &rarr; after"] if retention else []
+    head += ["gain vs baseline"]
     lines = ['<table class="summary">', "<tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
     for r in summary:
         cls = "baseline" if r["is_baseline"] else ("negative" if r["negative_transfer"] else "")
@@ -234,8 +261,14 @@ def _summary_html(summary: list[dict[str, Any]]) -> str:
             f'<td class="num">{100 * r["macro_f1_mean"]:.1f} &plusmn; '
             f"{100 * r['macro_f1_std']:.1f} %</td>",
             f'<td class="num">{r["seconds_mean"]:.1f}</td>',
-            f'<td class="num gain">{html.escape(format_gain(r))}</td>',
         ]
+        if retention:
+            cells.append(
+                f'<td class="num">{100 * r["source_before_mean"]:.1f} &rarr; '
+                f'{100 * r["source_after_mean"]:.1f} &plusmn; {100 * r["source_after_std"]:.1f} %</td>'
+                if "source_after_mean" in r else "<td>-</td>"
+            )
+        cells.append(f'<td class="num gain">{html.escape(format_gain(r))}</td>')
         attr = f' class="{cls}"' if cls else ""
         lines.append(f"<tr{attr}>" + "".join(cells) + "</tr>")
     lines.append("</table>")
@@ -290,6 +323,8 @@ def write_report(
         "accuracy.png": _plot_accuracy(summary),
         "confusion.png": _plot_confusion(best_run),
     }
+    if any("source_after_mean" in r for r in summary):
+        pngs["retention.png"] = _plot_retention(summary)
     for fname, data in pngs.items():
         atomic_write_bytes(out / fname, data)
 
@@ -323,6 +358,13 @@ def write_report(
         f"<h2>Confusion matrix of the best run: {esc(str(best_row['method']))} "
         f"({esc(best_run.name)}, seed {best_run.seed})</h2>",
         _img(pngs["confusion.png"], "confusion matrix"),
+        *(
+            ["<h2>Target accuracy vs source retention</h2>",
+             "<p>Source-task accuracy of the fine-tuned backbone with the source head; the dashed "
+             "line is the source model before fine-tuning. Up and right is better.</p>",
+             _img(pngs["retention.png"], "target accuracy vs source retention")]
+            if "retention.png" in pngs else []
+        ),
         "<h2>Notes</h2>",
         notes_html,
         "</body></html>",
