@@ -161,3 +161,42 @@ def test_distill_bad_methods(tmp_path, digits_source):
     assert_one_line_error(run(*base, "-m", "kd:temperature=0"), "temperature")
     assert_one_line_error(run(*base, "--student", "narrow:x"), "narrow:N")
     assert_one_line_error(run(*base, "-m", "hint:student_layer=backbone.nope"), "backbone.nope")
+
+
+def test_finetune_with_regularizers_and_source_retention(tmp_path, digits_source):
+    out = tmp_path / "reg"
+    result = run(
+        "finetune", "--source", digits_source, "--data", "digits", "--shots", "5", "--epochs", "2",
+        "--out", out, "--regularizer", "l2sp", "--regularizer", "rkd:weight=0.5", "--reg-weight", "2",
+        "--source-data", "digits", "data.val_fraction=0.2", "train.weight_decay=0",
+    )
+    assert result.exit_code == 0, result.output
+    assert "source acc. before -> after" in result.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    run_ = next(r for r in metrics["runs"] if r["name"] == "finetune/full+l2sp+rkd")
+    assert 0 < run_["source_accuracy_before"] <= 1 and 0 < run_["source_accuracy_after"] <= 1
+    row = json.loads((out / "runs" / "finetune-full+l2sp+rkd" / "seed0" / "metrics.jsonl")
+                     .read_text().splitlines()[0])
+    assert {"loss_cross_entropy", "loss_l2sp", "loss_rkd"} <= set(row)
+    cfg = (out / "config.yaml").read_text()
+    assert "name: l2sp" in cfg and "weight: 2" in cfg and "weight: 0.5" in cfg
+
+
+def test_l2sp_plus_kd_is_configuration(tmp_path, digits_source):
+    out = tmp_path / "l2sp_kd"
+    result = run(
+        "distill", "--teacher", digits_source, "--student", digits_source, "--data", "digits",
+        "--shots", "5", "--epochs", "2", "--out", out, "-m", "cross_entropy", "-m", "kd:temperature=2",
+        "-m", "l2sp:alpha=0.1", "data.val_fraction=0.2",
+    )
+    assert result.exit_code == 0, result.output
+    jsonl = out / "runs" / "distill-kd+l2sp" / "seed0" / "metrics.jsonl"
+    assert {"loss_kd", "loss_l2sp"} <= set(json.loads(jsonl.read_text().splitlines()[0]))
+
+
+def test_regularizer_errors(tmp_path, digits_source):
+    base = ["finetune", "--source", digits_source, "--data", "digits", "--out", tmp_path / "o"]
+    assert_one_line_error(run(*base, "--regularizer", "ewc"), "source data", "--source-data")
+    assert_one_line_error(run(*base, "--regularizer", "l2sp", "--reg-weight", "-1"), "weight", "-1")
+    assert_one_line_error(run(*base, "--reg-weight", "1"), "--reg-weight needs --regularizer")
+    assert_one_line_error(run(*base, "--regularizer", "l2sp:alpha=-2"), "alpha", "-2")

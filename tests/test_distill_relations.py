@@ -334,4 +334,4 @@ def test_precomputing_teacher_shared_by_kd_and_layer_objectives(data):
     kd, at = LogitKD(teacher), AttentionTransfer(teacher, weight=100.0)
     history = Trainer(_cnn((8, 16)), _config(epochs=2), [kd, at]).fit(data)
     assert teacher.layers and teacher._table is None
-    assert history.epochs[-1]["loss_attention_transfer"] > 0
+    assert history.epochs[-1]["loss_attention"] > 0

@@ -315,8 +315,14 @@ def finetune(cfg: FinetuneConfig | dict[str, Any]) -> WorkflowResult:
     if regs:
         import transferkit.transfer.distill  # noqa: F401  (registers objectives)
         import transferkit.transfer.regularize  # noqa: F401
+        from transferkit.transfer.distill import Teacher
 
-        context = {"source": source, "source_data": source_splits.train if source_splits else None}
+        context = {
+            "source": source,
+            "source_data": source_splits.train if source_splits else None,
+            # the source as a frozen teacher, for hint / attention / rkd / kd regularisers
+            "teacher": Teacher(source, name="source") if source is not None else None,
+        }
         build_objectives(regs, **context)  # validate the regularisers before any training
 
         def make_objectives() -> list[Objective]:

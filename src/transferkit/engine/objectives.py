@@ -57,7 +57,8 @@ class Batch:
 
 
 def _snake(name: str) -> str:
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+    """``CrossEntropy`` -> ``cross_entropy``; acronyms stay whole (``MyRKDLoss`` -> ``my_rkd_loss``)."""
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name).lower()
 
 
 class Objective(nn.Module):
@@ -78,8 +79,9 @@ class Objective(nn.Module):
         head_only: True when the objective needs only ``batch.logits`` computed from backbone
             features (and ``x``, ``y``), never gradients into the backbone or taps. With a frozen
             backbone this lets the trainer cache the features once.
-        name: Short name used for logging the term (``"loss_<name>"``); defaults to the class name
-            in snake case.
+        name: Short name used for logging the term (``"loss_<name>"``); defaults to the name the
+            class is registered under in :data:`OBJECTIVES` (``"rkd"``), else the class name in
+            snake case.
     """
 
     taps: tuple[str, ...] = ()
@@ -97,7 +99,13 @@ class Objective(nn.Module):
     @property
     def name(self) -> str:
         """Name of the term in logs (``"cross_entropy"``)."""
-        return getattr(self, "_name", None) or _snake(type(self).__name__)
+        explicit = getattr(self, "_name", None)
+        if explicit:
+            return explicit
+        for registered in OBJECTIVES.names():  # the registry name is the canonical one ("rkd")
+            if OBJECTIVES.get(registered) is type(self):
+                return registered
+        return _snake(type(self).__name__)
 
     @name.setter
     def name(self, value: str) -> None:
