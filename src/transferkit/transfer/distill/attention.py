@@ -25,118 +25,22 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from transferkit.engine.objectives import OBJECTIVES, Batch, Objective
 from transferkit.errors import ConfigError, ShapeError
-from transferkit.models.surgery import LayerTap, backbone_blocks
-from transferkit.transfer.distill.teacher import Teacher, TeacherOutput
+from transferkit.transfer.distill.layers import (
+    check_pairs,
+    first_example,
+    probe_shapes,
+    spatial_blocks,
+    teacher_tap,
+)
+from transferkit.transfer.distill.teacher import Teacher
 
 if TYPE_CHECKING:
     from transferkit.engine.trainer import Trainer
 
 logger = logging.getLogger(__name__)
-
-
-# --------------------------------------------------------------------------- shared helpers
-def probe_shapes(
-    model: nn.Module, layers: Sequence[str], example: torch.Tensor
-) -> dict[str, tuple[int, ...] | None]:
-    """Output shapes of named layers for one example (eval mode, no gradients, mode restored).
-
-    Args:
-        model: Any module; names as in ``model.named_modules()``.
-        layers: Layer names to probe.
-        example: An input batch ``(n, ...)`` on any device (moved to the model's device).
-
-    Returns:
-        ``name -> shape without the batch dimension``, or ``None`` for a layer whose output is not
-        a tensor (or that did not run).
-
-    Raises:
-        UnknownNameError: a name is not a submodule of ``model`` (close names suggested).
-    """
-    tap = LayerTap(model, list(layers), detach=True)
-    first = next(model.parameters(), None)
-    device = first.device if first is not None else example.device
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), tap:
-            model(example.to(device))
-    finally:
-        model.train(was_training)
-    shapes: dict[str, tuple[int, ...] | None] = {}
-    for name in layers:
-        out = tap.features.get(name)
-        shapes[name] = tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else None
-    return shapes
-
-
-def spatial_blocks(model: nn.Module, example: torch.Tensor, role: str = "model") -> list[str]:
-    """Names of the backbone blocks whose output is a 4-D ``(N, C, H, W)`` map, bottom first.
-
-    Args:
-        model: A TransferNet (anything with a ``backbone`` whose children are its blocks).
-        example: One input batch to probe the shapes with.
-        role: ``"student"`` or ``"teacher"``, used in error messages.
-
-    Raises:
-        ConfigError: ``model`` has no ``backbone`` (pass the layer names explicitly then).
-    """
-    if not hasattr(model, "backbone"):
-        raise ConfigError(
-            f"the {role} ({type(model).__name__}) has no 'backbone', so its blocks cannot be found "
-            "automatically; pass the layer names explicitly"
-        )
-    names = [name for name, _ in backbone_blocks(model)]
-    shapes = probe_shapes(model, names, example)
-    return [n for n in names if shapes[n] is not None and len(shapes[n]) == 3]
-
-
-def first_example(trainer: Trainer) -> torch.Tensor:
-    """The first training input ``(1, ...)`` of the trainer's current fit (for shape probes)."""
-    data = getattr(trainer, "train_data", None)
-    if data is None or len(data) == 0:
-        raise ConfigError(
-            "this objective probes layer shapes on the training data in setup(trainer); run it "
-            "through Trainer.fit(train, ...) with a non-empty training set"
-        )
-    return data.x[:1]
-
-
-def teacher_tap(out: TeacherOutput, name: str) -> torch.Tensor:
-    """The teacher's recorded output of layer ``name`` from :meth:`Teacher.outputs`."""
-    if name not in out.taps:
-        raise ConfigError(
-            f"the teacher did not record layer {name!r}; objectives must call "
-            "teacher.request([...]) for their teacher layers before training starts"
-        )
-    return out.taps[name]
-
-
-def check_pairs(pairs: object, what: str) -> list[tuple[str, str]] | None:
-    """Validate a sequence of ``(name_a, name_b)`` string pairs (``None`` passes through)."""
-    if pairs is None:
-        return None
-    if isinstance(pairs, str) or not isinstance(pairs, Sequence):
-        raise ConfigError(f"{what} must be a list of (layer, layer) name pairs, got {pairs!r}")
-    out = []
-    for pair in pairs:
-        if (
-            isinstance(pair, str)
-            or not isinstance(pair, Sequence)
-            or len(pair) != 2
-            or not all(isinstance(n, str) and n for n in pair)
-        ):
-            raise ConfigError(
-                f"{what} must hold (layer, layer) pairs of two non-empty names, got {pair!r}; "
-                'e.g. [("backbone.conv2", "backbone.conv3")]'
-            )
-        out.append((pair[0], pair[1]))
-    if not out:
-        raise ConfigError(f"{what} is empty; pass at least one pair or None for the default")
-    return out
 
 
 def _dims(shape: tuple[int, ...] | None) -> str:

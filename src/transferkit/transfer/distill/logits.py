@@ -32,7 +32,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def _check_temperature(temperature: float) -> float:
+def check_temperature(temperature: float) -> float:
+    """``temperature`` as a float, checked to be finite and > 0 (else :class:`ConfigError`)."""
     try:
         t = float(temperature)
     except (TypeError, ValueError) as exc:
@@ -79,7 +80,7 @@ def soft_targets(
     Returns:
         ``sum_i w_i * softmax(z_i / T)``, shape ``(N, C)``, float32.
     """
-    t = _check_temperature(temperature)
+    t = check_temperature(temperature)
     logits = list(teacher_logits)
     if not logits:
         raise ConfigError("soft_targets needs at least one teacher's logits")
@@ -127,7 +128,7 @@ def kd_from_targets(
     Returns:
         A scalar (float32).
     """
-    t = _check_temperature(temperature)
+    t = check_temperature(temperature)
     _check_pair(student_logits, targets, "teacher")
     log_p_s = F.log_softmax(student_logits.float() / t, dim=1)
     return F.kl_div(log_p_s, targets.float(), reduction="batchmean") * (t * t)
@@ -152,7 +153,7 @@ def kd_loss(
         ConfigError: ``temperature`` is not a finite number > 0.
         ShapeError: the logits are not ``(N, C)`` with the same ``N`` and ``C``.
     """
-    t = _check_temperature(temperature)
+    t = check_temperature(temperature)
     _check_pair(student_logits, teacher_logits, "teacher")
     log_p_s = F.log_softmax(student_logits.float() / t, dim=1)
     log_p_t = F.log_softmax(teacher_logits.float() / t, dim=1)
@@ -203,7 +204,7 @@ class LogitKD(Objective):
                     "Teacher(model)"
                 )
         self.teachers: list[Teacher] = teachers
-        self.temperature = _check_temperature(temperature)
+        self.temperature = check_temperature(temperature)
         self.teacher_weights = normalise_weights(teacher_weights, len(teachers))
         self.name = "kd"
 

@@ -28,7 +28,7 @@ from torch import nn
 from transferkit.engine.objectives import OBJECTIVES, Batch, Objective
 from transferkit.errors import ConfigError, ShapeError
 from transferkit.models.surgery import backbone_blocks
-from transferkit.transfer.distill.attention import (
+from transferkit.transfer.distill.layers import (
     check_pairs,
     first_example,
     probe_shapes,

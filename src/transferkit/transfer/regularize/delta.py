@@ -38,7 +38,7 @@ from torch import nn
 from transferkit.engine.objectives import OBJECTIVES, Batch, Objective
 from transferkit.errors import ConfigError, ShapeError
 from transferkit.models.surgery import LayerTap, backbone_blocks
-from transferkit.transfer.distill.attention import (
+from transferkit.transfer.distill.layers import (
     first_example,
     probe_shapes,
     spatial_blocks,

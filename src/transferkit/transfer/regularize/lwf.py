@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 from typing import TYPE_CHECKING
 
 import torch
@@ -24,7 +23,7 @@ from torch import nn
 
 from transferkit.engine.objectives import OBJECTIVES, Batch, Objective
 from transferkit.errors import ConfigError, ShapeError
-from transferkit.transfer.distill.logits import kd_loss
+from transferkit.transfer.distill.logits import check_temperature, kd_loss
 
 if TYPE_CHECKING:
     from transferkit.engine.trainer import Trainer
@@ -72,16 +71,7 @@ class LwF(Objective):
                 f"LwF source must be a TransferNet with a 'head' (the source classifier), got a "
                 f"{type(source).__name__}; load it with transferkit.models.load_model"
             )
-        try:
-            t = float(temperature)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"LwF temperature must be a number > 0, got {temperature!r}") from exc
-        if not (t > 0 and math.isfinite(t)):
-            raise ConfigError(
-                f"LwF temperature must be a finite number > 0, got {temperature!r}; the paper "
-                "uses 2"
-            )
-        self.temperature = t
+        self.temperature = check_temperature(temperature)
         # Kept out of the module tree on purpose: the source itself is never trained or saved.
         self.__dict__["_source"] = source
         self.old_head: nn.Module | None = None
