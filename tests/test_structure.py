@@ -1,0 +1,261 @@
+"""Net2Net growth (transferkit.transfer.structure): function preservation, reports, refusals."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from transferkit.errors import ConfigError, ShapeError, UnknownNameError
+from transferkit.models import create_model, load_model, save_model
+from transferkit.transfer.structure import GrowthReport, deepen, widen
+
+torch.set_num_threads(1)
+
+TOL = 1e-5
+
+
+def _randomise_bn(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Non-trivial BatchNorm affine params and running stats, so BN extension is really tested."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d):
+                c = m.num_features
+                m.weight.copy_(1 + 0.5 * torch.randn(c, generator=gen))
+                m.bias.copy_(0.3 * torch.randn(c, generator=gen))
+                m.running_mean.copy_(0.2 * torch.randn(c, generator=gen))
+                m.running_var.copy_(0.5 + torch.rand(c, generator=gen))
+    return model
+
+
+@pytest.fixture(scope="module")
+def images(digits):
+    return digits.train.x[:32]  # real digits, (32, 1, 8, 8) or flat (32, 64)
+
+
+@pytest.fixture()
+def cnn():
+    torch.manual_seed(0)
+    return _randomise_bn(create_model("small_cnn", image_size=8, widths=(4, 8), feature_dim=16))
+
+
+@pytest.fixture()
+def mlp():
+    torch.manual_seed(0)
+    return create_model("mlp", in_features=64, hidden=(16, 12))
+
+
+def _max_diff(a: nn.Module, b: nn.Module, x: torch.Tensor, train: bool = False) -> float:
+    a.train(train)
+    b.train(train)
+    with torch.no_grad():
+        return float((a(x) - b(x)).abs().max())
+
+
+def _state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _same_state(model: nn.Module, state: dict[str, torch.Tensor]) -> bool:
+    now = model.state_dict()
+    return now.keys() == state.keys() and all(torch.equal(now[k], state[k]) for k in state)
+
+
+# ------------------------------------------------------------------------------------ widen
+
+
+@pytest.mark.parametrize(
+    ("layer", "consumer"), [("backbone.fc1.0", "backbone.fc2.0"), ("backbone.fc2", "head")]
+)
+def test_widen_mlp_preserves_function(mlp, images, layer, consumer):
+    before = _state(mlp)
+    grown = widen(mlp, layer, 29, seed=3)
+    assert _same_state(mlp, before)  # input untouched
+    x = torch.rand(16, 64)
+    assert _max_diff(mlp, grown, x) < TOL
+    assert _max_diff(mlp, grown, images) < TOL
+    rep = grown.growth_report
+    assert isinstance(rep, GrowthReport)
+    assert rep.consumer == consumer and rep.old_width in (16, 12) and rep.new_width == 29
+    name = layer if layer.endswith(".0") else layer + ".0"
+    assert grown.get_submodule(name).weight.shape[0] == 29
+    assert rep.max_abs_diff < TOL
+
+
+def test_widen_replicates_and_divides_by_hand(mlp):
+    grown = widen(mlp, "backbone.fc1.0", 18, seed=0)
+    src = grown.growth_report.replicated
+    assert len(src) == 2
+    w0, w1 = mlp.backbone.fc1[0].weight, grown.backbone.fc1[0].weight
+    for j, i in enumerate(src, start=16):
+        assert torch.equal(w1[j], w0[i])
+    counts = torch.bincount(torch.tensor(list(range(16)) + src), minlength=16).float()
+    c0, c1 = mlp.backbone.fc2[0].weight, grown.backbone.fc2[0].weight
+    assert torch.allclose(c1[:, :16], c0 / counts)
+    assert torch.allclose(c1[:, 16:], c0[:, src] / counts[src])
+    # seeded: same seed same choice, other seed (almost surely) another one
+    assert widen(mlp, "backbone.fc1.0", 18, seed=0).growth_report.replicated == src
+
+
+def test_widen_conv_with_batchnorm_eval_and_train(cnn, images):
+    before = _state(cnn)
+    grown = widen(cnn, "backbone.conv1", 7, seed=1)
+    assert _same_state(cnn, before) and cnn.info.kwargs["widths"] == [4, 8]
+    assert grown.growth_report.batchnorms == ["backbone.conv1.1"]
+    assert grown.growth_report.consumer == "backbone.conv2.0"
+    bn0, bn1 = cnn.backbone.conv1[1], grown.backbone.conv1[1]
+    src = grown.growth_report.replicated
+    assert torch.equal(bn1.running_var[4:], bn0.running_var[src])
+    assert torch.equal(bn1.weight[4:], bn0.weight[src])
+    x = torch.rand(10, 1, 8, 8)
+    assert _max_diff(cnn, grown, x) < TOL
+    assert _max_diff(cnn, grown, images) < TOL
+    # train mode: BN uses batch stats, identical for replicated channels
+    assert _max_diff(cnn, grown, images, train=True) < TOL
+
+
+def test_widen_last_conv_into_flatten_linear(cnn, images):
+    grown = widen(cnn, "backbone.conv2.0", 11, seed=2)
+    rep = grown.growth_report
+    assert rep.consumer == "backbone.fc.2"
+    # pool_size=2: each channel is 4 contiguous flattened inputs
+    assert grown.backbone.fc[2].weight.shape == (16, 11 * 4)
+    assert _max_diff(cnn, grown, torch.rand(10, 1, 8, 8)) < TOL
+    assert _max_diff(cnn, grown, images) < TOL
+
+
+def test_widen_feature_layer_updates_info_and_round_trips(cnn, images, tmp_path):
+    grown = widen(cnn, "backbone.fc.2", 20)
+    assert grown.growth_report.consumer == "head"
+    assert grown.info.feature_dim == 20 and grown.info.kwargs["feature_dim"] == 20
+    assert cnn.info.kwargs["feature_dim"] == 16  # input's info untouched
+    grown2 = widen(grown, "backbone.conv1.0", 6)
+    assert grown2.info.kwargs["widths"] == [6, 8] and grown2.growth_report.info_updated
+    save_model(grown2, tmp_path / "m")
+    loaded = load_model(tmp_path / "m")
+    assert _max_diff(cnn, loaded, images) < TOL
+
+
+def test_widen_noise_reports_measured_bound(mlp):
+    x = torch.rand(8, 64)
+    grown = widen(mlp, "backbone.fc1.0", 24, noise=0.5, seed=0, example=x)
+    bound = grown.growth_report.max_abs_diff
+    assert bound > 1e-4
+    assert bound == pytest.approx(_max_diff(mlp, grown, x), abs=1e-6)
+    # only the copies are perturbed
+    assert torch.equal(grown.backbone.fc1[0].weight[:16], mlp.backbone.fc1[0].weight)
+
+
+def test_widen_plain_module_needs_example():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Dropout(0.1), nn.Linear(4, 3))
+    with pytest.raises(ConfigError, match="pass example="):
+        widen(net, "0", 6)
+    x = torch.randn(6, 5)
+    grown = widen(net, "0", 6, example=x)
+    assert _max_diff(net, grown, torch.randn(20, 5)) < TOL
+
+
+def test_widen_refusals(mlp, cnn):
+    with pytest.raises(ConfigError, match="larger than 'backbone.fc1.0'.s current width 16"):
+        widen(mlp, "backbone.fc1.0", 16)
+    with pytest.raises(ConfigError, match="new_width"):
+        widen(mlp, "backbone.fc1.0", 8)
+    with pytest.raises(ConfigError, match="noise"):
+        widen(mlp, "backbone.fc1.0", 20, noise=-1.0)
+    with pytest.raises(UnknownNameError, match="Did you mean .*'backbone.fc1.0'"):
+        widen(mlp, "backbone.fc1.O", 20)
+    with pytest.raises(ConfigError, match="nothing consumes"):
+        widen(mlp, "head", 20)
+    with pytest.raises(ConfigError, match="several"):
+        widen(cnn, "backbone", 20)
+    with pytest.raises(ConfigError, match="holds none"):
+        widen(cnn, "backbone.conv1.2", 20)
+
+
+def test_widen_refuses_unsupported_path():
+    net = nn.Sequential(nn.Linear(5, 4), nn.LayerNorm(4), nn.Linear(4, 3))
+    with pytest.raises(ShapeError, match="LayerNorm.*sits between"):
+        widen(net, "0", 6, example=torch.randn(3, 5))
+
+    class Residual(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.b(self.a(x) * 2)
+
+    with pytest.raises(ShapeError, match="not a straight chain"):
+        widen(Residual(), "a", 6, example=torch.randn(3, 4))
+
+
+# ------------------------------------------------------------------------------------ deepen
+
+
+@pytest.mark.parametrize("batchnorm", [False, True])
+def test_deepen_after_linear_relu_block(mlp, images, batchnorm):
+    before = _state(mlp)
+    deep = deepen(mlp, "backbone.fc1", batchnorm=batchnorm, data=images)
+    assert _same_state(mlp, before)
+    names = [n for n, _ in deep.backbone.named_children()]
+    assert names == ["fc1", "fc1_deep1", "fc2"]
+    block = deep.backbone.fc1_deep1
+    assert isinstance(block[0], nn.Linear) and block[0].weight.shape == (16, 16)
+    assert any(isinstance(m, nn.BatchNorm1d) for m in block) == batchnorm
+    assert _max_diff(mlp, deep, torch.rand(16, 64)) < TOL
+    assert _max_diff(mlp, deep, images) < TOL
+    assert deep.growth_report.consumer == "backbone.fc1_deep1"
+    if batchnorm:  # stats from this very batch: identity in train mode too (no BN/dropout before)
+        assert _max_diff(mlp, deep, images, train=True) < TOL
+        deep.eval()
+    assert deep.info.arch == "custom" and mlp.info.arch == "mlp"
+
+
+@pytest.mark.parametrize("batchnorm", [None, False])
+def test_deepen_after_conv_block(cnn, images, batchnorm):
+    deep = deepen(cnn, "backbone.conv1", batchnorm=batchnorm, data=images)
+    block = deep.backbone.conv1_deep1
+    conv = block[0]
+    kernel = conv.weight.detach()
+    assert isinstance(conv, nn.Conv2d) and conv.weight.shape == (4, 4, 3, 3)
+    assert float(kernel.sum()) == 4.0 and float(kernel[2, 2, 1, 1]) == 1.0
+    has_bn = any(isinstance(m, nn.BatchNorm2d) for m in block)
+    assert has_bn == (batchnorm is None)  # None: conv1 holds a BatchNorm, so one is added
+    assert _max_diff(cnn, deep, torch.rand(10, 1, 8, 8)) < TOL
+    assert _max_diff(cnn, deep, images) < TOL
+
+
+def test_deepen_then_widen_and_train(cnn, images, digits):
+    deep = deepen(cnn, "backbone.conv2", batchnorm=True)  # no data: stats 0/1
+    grown = widen(deep, "backbone.conv2_deep1.0", 12)
+    assert grown.growth_report.batchnorms == ["backbone.conv2_deep1.1"]
+    assert _max_diff(cnn, grown, images) < TOL
+    grown.train()
+    loss = nn.functional.cross_entropy(grown(images), digits.train.y[:32])
+    loss.backward()
+    for name, p in grown.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    assert sum(float(p.grad.abs().sum()) for p in grown.parameters()) > 0
+
+
+def test_deepen_refusals(mlp, cnn):
+    with pytest.raises(ConfigError, match="'tanh' cannot start as the identity"):
+        deepen(mlp, "backbone.fc1", activation="tanh")
+    with pytest.raises(ConfigError, match="gelu"):
+        deepen(mlp, "backbone.fc1", activation="gelu")
+    with pytest.raises(ConfigError, match=r"can be negative.*ReLU\(I x\) = x only for x >= 0"):
+        deepen(mlp, "backbone.fc1.0")
+    with pytest.raises(ConfigError, match="can be negative"):
+        deepen(cnn, "backbone.conv1.1")  # BatchNorm output
+    with pytest.raises(UnknownNameError, match="Did you mean 'backbone.fc2'"):
+        deepen(mlp, "backbone.fc3")
+    with pytest.raises(ConfigError, match="not an nn.Sequential"):
+        deepen(mlp, "backbone")
+
+
+def test_deepen_identity_activation_after_negative_output(mlp):
+    deep = deepen(mlp, "backbone.fc1.0", activation="identity")
+    assert [n for n, _ in deep.backbone.fc1.named_children()] == ["0", "0_deep1", "1"]
+    assert _max_diff(mlp, deep, torch.rand(8, 64)) < TOL
