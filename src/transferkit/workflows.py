@@ -138,7 +138,7 @@ def _frozen_test_metrics(
 ) -> Metrics:
     """Test metrics of a linear probe from backbone features computed once per source."""
     if key not in cache:
-        cache[key] = predict_features(model, test, batch_size=batch_size, device="cpu")
+        cache[key] = predict_features(model.to("cpu"), test, batch_size=batch_size, device="cpu")
     feats = cache[key]
     head = model.head.to("cpu").eval()
     with torch.inference_mode():
@@ -182,7 +182,7 @@ def run_arms(
     """
     names = [a.name for a in arms]
     if len(set(names)) != len(names):
-        raise ValueError(f"arm names must be unique, got {names}")
+        raise ConfigError(f"arm names must be unique, got {names}; rename the repeated ones")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     runs: list[RunResult] = []
