@@ -46,7 +46,7 @@ def test_finetune_end_to_end(tmp_path, digits_source):
     out = tmp_path / "run"
     result = run(
         "finetune", "--source", digits_source, "--data", "digits", "--shots", "5",
-        "--epochs", "3", "--out", out, "--strategy", "linear_probe", "data.val_fraction=0.2",
+        "--epochs", "3", "--out", out, "--strategy", "linear_probe", "data.val_fraction=0.2", "--progress",
     )
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())

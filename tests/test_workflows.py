@@ -111,3 +111,23 @@ def test_source_retention_is_measured_before_and_after(tmp_path, digits_source, 
     run = next(r for r in full.runs if r.name == "ft/full")
     assert run.extra["source_accuracy_after"] != source_acc  # fine-tuning moved the backbone
     assert run.extra["forgetting"] == pytest.approx(source_acc - run.extra["source_accuracy_after"])
+
+
+def test_ewc_fisher_is_stored_with_the_source_model_and_reused(tmp_path, digits_source, monkeypatch):
+    import shutil
+
+    import transferkit.transfer.regularize.ewc as ewc
+
+    source = tmp_path / "source"
+    shutil.copytree(digits_source, source)
+    calls = []
+    original = ewc.fisher_diagonal
+    monkeypatch.setattr(ewc, "fisher_diagonal", lambda *a, **k: calls.append(1) or original(*a, **k))
+    cfg = _cfg(source, tmp_path / "a", seeds=[0, 1], baseline=False,
+               regularizers=[{"name": "ewc", "lam": 10.0, "max_examples": 200}],
+               data={"dataset": "digits", "val_fraction": 0.2, "shots": 5, "source_dataset": "digits"})
+    finetune(cfg)
+    assert len(calls) == 1  # computed once for two seeds ...
+    assert list(source.glob("fisher*.safetensors"))  # ... and stored beside the source's weights
+    finetune({**cfg, "out": str(tmp_path / "b")})
+    assert len(calls) == 1  # a later run reuses it

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import typer
@@ -31,6 +32,9 @@ def distill(
     out: Path | None = typer.Option(None, "--out", help="Output folder."),
     baseline: bool | None = typer.Option(None, "--baseline/--no-baseline", help="Also train from scratch."),
     resume: bool = typer.Option(False, "--resume", help="Continue killed runs from checkpoints."),
+    progress: bool | None = typer.Option(
+        None, "--progress/--no-progress", help="Progress bars (default: on when stderr is a terminal)."
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every epoch."),
 ) -> None:
     """Distil a teacher into a student (logits, hints, attention, relations) and compare with scratch."""
@@ -50,6 +54,8 @@ def distill(
         "resume": True if resume else None,
     }
     items = [f"{k}={v}" for k, v in pairs.items() if v is not None]
+    if progress if progress is not None else sys.stderr.isatty():
+        items.append("train.progress=true")
     if seeds is not None:
         items.append(f"seeds=[{seeds}]")
     merged = apply_overrides(base, items + list(overrides or []))

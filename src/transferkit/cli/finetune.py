@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import typer
@@ -72,6 +73,9 @@ def finetune(
     source_data: str | None = typer.Option(
         None, "--source-data", help="Source task's data: reports source retention; EWC's Fisher."
     ),
+    progress: bool | None = typer.Option(
+        None, "--progress/--no-progress", help="Progress bars (default: on when stderr is a terminal)."
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every epoch."),
 ) -> None:
     """Fine-tune a transferred model and compare it with training from scratch."""
@@ -81,6 +85,8 @@ def finetune(
 
     setup_logging(verbose)
     items = flag_overrides(source, data, strategy, epochs, shots, seeds, out, arch, baseline, resume)
+    if progress if progress is not None else sys.stderr.isatty():
+        items.append("train.progress=true")
     if source_data is not None:
         items.append(f"data.source_dataset={source_data}")
     merged = apply_overrides(read_yaml(config) if config else {}, items + list(overrides or []))
