@@ -8,6 +8,15 @@ import torch
 from transferkit.data import load_dataset
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """The tests use tiny tensors: one torch thread is as fast and avoids contention on 2 cores."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="session")
 def digits():
     """scikit-learn's real 8x8 digits, split train/val/test (test fixed)."""

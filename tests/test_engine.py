@@ -41,15 +41,6 @@ from transferkit.io import load_state_dict
 from transferkit.models.base import ModelInfo, TransferNet
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread avoids contention on a loaded 2-core machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def make_net(
     in_dim: int = 8,
     hidden: int = 16,

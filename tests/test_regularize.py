@@ -31,14 +31,6 @@ from transferkit.transfer.regularize.l2sp import L2SP, l2sp_penalty
 from transferkit.transfer.regularize.lwf import LwF
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def source_task(digits):
     """Digits 0-4 (the source task) and an MLP 64-16-5 trained on it for 3 epochs."""

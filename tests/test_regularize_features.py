@@ -24,8 +24,6 @@ from transferkit.transfer.regularize.delta import (
     supervised_channel_weights,
 )
 
-torch.set_num_threads(1)
-
 
 def _cfg(**kw) -> TrainConfig:
     base = dict(epochs=2, batch_size=64, lr=1e-2, backbone_lr_scale=1.0, scheduler="none",

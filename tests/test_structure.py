@@ -10,8 +10,6 @@ from transferkit.errors import ConfigError, ShapeError, UnknownNameError
 from transferkit.models import create_model, load_model, save_model
 from transferkit.transfer.structure import GrowthReport, deepen, widen
 
-torch.set_num_threads(1)
-
 TOL = 1e-5
 
 
