@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from torch import nn
 
-from transferkit.errors import ConfigError, ShapeError, UnknownNameError
+from transferkit.errors import CheckpointError, ConfigError, ShapeError, UnknownNameError
 from transferkit.models import create_model, load_model, save_model
-from transferkit.transfer.structure import GrowthReport, deepen, widen
+from transferkit.transfer.structure import GrowthReport, clone_structure, deepen, widen
 
 TOL = 1e-5
 
@@ -126,10 +128,15 @@ def test_widen_last_conv_into_flatten_linear(cnn, images):
 def test_widen_feature_layer_updates_info_and_round_trips(cnn, images, tmp_path):
     grown = widen(cnn, "backbone.fc.2", 20)
     assert grown.growth_report.consumer == "head"
-    assert grown.info.feature_dim == 20 and grown.info.kwargs["feature_dim"] == 20
-    assert cnn.info.kwargs["feature_dim"] == 16  # input's info untouched
-    grown2 = widen(grown, "backbone.conv1.0", 6)
-    assert grown2.info.kwargs["widths"] == [6, 8] and grown2.growth_report.info_updated
+    assert grown.info.feature_dim == 20 and grown.info.kwargs["feature_dim"] == 16
+    assert grown.info.growth == [
+        {"op": "widen", "layer": "backbone.fc.2", "new_width": 20, "noise": 0.0, "seed": 0}
+    ]
+    assert cnn.info.growth == [] and cnn.info.feature_dim == 16  # input's info untouched
+    grown2 = widen(grown, "backbone.conv1", 6)
+    assert grown2.info.kwargs == cnn.info.kwargs and grown2.info.arch == "small_cnn"
+    assert [s["layer"] for s in grown2.info.growth] == ["backbone.fc.2", "backbone.conv1.0"]
+    assert grown2.growth_report.info_updated and len(grown.info.growth) == 1
     save_model(grown2, tmp_path / "m")
     loaded = load_model(tmp_path / "m")
     assert _max_diff(cnn, loaded, images) < TOL
@@ -208,7 +215,11 @@ def test_deepen_after_linear_relu_block(mlp, images, batchnorm):
     if batchnorm:  # stats from this very batch: identity in train mode too (no BN/dropout before)
         assert _max_diff(mlp, deep, images, train=True) < TOL
         deep.eval()
-    assert deep.info.arch == "custom" and mlp.info.arch == "mlp"
+    assert deep.info.arch == "mlp" and deep.info.kwargs == mlp.info.kwargs
+    assert deep.info.growth == [
+        {"op": "deepen", "after": "backbone.fc1", "activation": "relu", "batchnorm": batchnorm}
+    ]
+    assert mlp.info.growth == [] and deep.growth_report.info_updated
 
 
 @pytest.mark.parametrize("batchnorm", [None, False])
@@ -257,3 +268,92 @@ def test_deepen_identity_activation_after_negative_output(mlp):
     deep = deepen(mlp, "backbone.fc1.0", activation="identity")
     assert [n for n, _ in deep.backbone.fc1.named_children()] == ["0", "0_deep1", "1"]
     assert _max_diff(mlp, deep, torch.rand(8, 64)) < TOL
+
+
+# ------------------------------------------------------------------- persistence and cloning
+
+
+def _grow(cnn: nn.Module, images: torch.Tensor) -> nn.Module:
+    grown = widen(cnn, "backbone.conv1", 6, noise=0.3, seed=1)
+    grown = widen(grown, "backbone.fc.2", 24, seed=2)
+    return deepen(grown, "backbone.conv2", data=images)  # BatchNorm with data-driven stats
+
+
+def test_grown_model_round_trips_by_replay(cnn, images, tmp_path):
+    grown = _grow(cnn, images)
+    assert [s["op"] for s in grown.info.growth] == ["widen", "widen", "deepen"]
+    assert grown.info.arch == "small_cnn" and grown.info.kwargs == cnn.info.kwargs
+    save_model(grown, tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["growth"] == grown.info.growth and config["kwargs"]["widths"] == [4, 8]
+    loaded = load_model(tmp_path / "m")
+    mine, theirs = grown.state_dict(), loaded.state_dict()
+    assert list(mine) == list(theirs)  # same modules, same order
+    assert all(torch.equal(mine[k], theirs[k]) for k in mine)
+    assert loaded.info.growth == grown.info.growth and loaded.info.feature_dim == 24
+    grown.eval()
+    loaded.eval()
+    with torch.no_grad():
+        assert torch.equal(grown(images), loaded(images))
+    # the weights file alone, with its config.json beside it, is rebuilt the same way
+    again = load_model(tmp_path / "m" / "model.safetensors")
+    assert all(torch.equal(again.state_dict()[k], mine[k]) for k in mine)
+
+
+def test_old_config_without_growth_still_loads(cnn, images, tmp_path):
+    save_model(cnn, tmp_path / "old")
+    path = tmp_path / "old" / "config.json"
+    config = json.loads(path.read_text())
+    del config["growth"]
+    path.write_text(json.dumps(config))
+    loaded = load_model(tmp_path / "old")
+    assert loaded.info.growth == []
+    assert _max_diff(cnn, loaded, images) == 0.0
+
+
+def test_unreplayable_growth_is_a_checkpoint_error(cnn, tmp_path):
+    grown = widen(cnn, "backbone.conv1", 6)
+    save_model(grown, tmp_path / "m")
+    path = tmp_path / "m" / "config.json"
+    config = json.loads(path.read_text())
+    config["growth"][0]["layer"] = "backbone.conv9"
+    path.write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="cannot replay growth step 0.*backbone.conv9"):
+        load_model(tmp_path / "m")
+    config["growth"] = [{"op": "shrink"}]
+    path.write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="op 'widen' or 'deepen'"):
+        load_model(tmp_path / "m")
+
+
+def test_clone_structure_fresh_and_source(cnn, images):
+    grown = _grow(cnn, images)
+    shapes = {k: v.shape for k, v in grown.state_dict().items()}
+    fresh = clone_structure(grown, seed=1)
+    assert {k: v.shape for k, v in fresh.state_dict().items()} == shapes
+    assert fresh.info.growth == grown.info.growth
+    assert not torch.equal(fresh.backbone.conv1[0].weight, grown.backbone.conv1[0].weight)
+    assert not torch.equal(fresh.head.weight, grown.head.weight)
+    same = clone_structure(grown, weights="source")
+    assert all(torch.equal(same.state_dict()[k], v) for k, v in grown.state_dict().items())
+    assert _max_diff(grown, same, images) == 0.0
+    five = clone_structure(grown, num_classes=5, weights="source")
+    assert five.head.weight.shape == (5, 24) and five.info.num_classes == 5
+    src = grown.state_dict()
+    for k, v in five.state_dict().items():
+        if k.startswith("head."):
+            assert v.shape[0] == 5
+        else:
+            assert torch.equal(v, src[k]), k
+    assert clone_structure(grown, num_classes=3).head.out_features == 3
+    # seeded: the cnn fixture was built under torch.manual_seed(0)
+    assert torch.equal(clone_structure(cnn, seed=0).head.weight, cnn.head.weight)
+
+
+def test_clone_structure_refusals(cnn):
+    with pytest.raises(ConfigError, match="weights must be 'fresh' or 'source'"):
+        clone_structure(cnn, weights="pretrained")
+    with pytest.raises(ConfigError, match="num_classes must be a positive integer, got 0"):
+        clone_structure(cnn, num_classes=0)
+    with pytest.raises(ConfigError, match="without a registered architecture"):
+        clone_structure(nn.Sequential(nn.Linear(2, 2)))

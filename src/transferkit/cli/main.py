@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from transferkit import __version__
-from transferkit.cli import demo, distill, evaluate, finetune, inspect, validate
+from transferkit.cli import demo, distill, evaluate, finetune, grow, inspect, validate
 
 app = typer.Typer(
     name="transferkit",
@@ -20,6 +20,7 @@ app.command("finetune", context_settings={"allow_extra_args": True, "ignore_unkn
 )
 app.command("distill")(distill.distill)
 app.command("evaluate")(evaluate.evaluate)
+app.command("grow")(grow.grow)
 app.command("inspect")(inspect.inspect)
 app.command("validate")(validate.validate)
 

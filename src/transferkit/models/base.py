@@ -38,6 +38,10 @@ class ModelInfo:
         std: Per-channel std the backbone's input is normalised with.
         data_shape: Shape of the raw data the adapter accepts (``None`` = same as ``input_size``).
         source: Where the weights came from ("pretrained:imagenet", a path, ...).
+        growth: Structure changes applied after building, in order, as JSON dicts
+            (``{"op": "widen", "layer": ..., "new_width": ...}``,
+            ``{"op": "deepen", "after": ..., "activation": ..., "batchnorm": ...}``);
+            :func:`transferkit.models.load_model` replays them on the rebuilt architecture.
     """
 
     arch: str
@@ -49,6 +53,7 @@ class ModelInfo:
     std: tuple[float, ...] | None = None
     data_shape: tuple[int, ...] | None = None
     source: str = ""
+    growth: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

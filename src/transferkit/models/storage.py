@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 import transferkit
-from transferkit.errors import CheckpointError, UnknownNameError
+from transferkit.errors import CheckpointError, ConfigError, UnknownNameError
 from transferkit.io import atomic_write_json, load_state_dict, read_json, save_state_dict
 from transferkit.io.weights import SAFETENSORS_SUFFIXES, TORCH_SUFFIXES
 from transferkit.models.base import InputAdapter, ModelInfo, TransferNet
@@ -168,7 +168,7 @@ def _load_folder(folder: Path, kwargs: dict[str, Any]) -> TransferNet:
             "save the model again"
         )
     state = load_state_dict(weights)
-    model = _build(info.arch, info.num_classes, info.kwargs)
+    model = _build(info.arch, info.num_classes, info.kwargs, info.growth)
     info.source = str(folder)
     if not overridden:  # keep the saved metadata (it may have been edited after building)
         model.info = info
@@ -179,7 +179,9 @@ def _load_folder(folder: Path, kwargs: dict[str, Any]) -> TransferNet:
     return model
 
 
-def _build(arch: str, num_classes: int, kwargs: dict[str, Any]) -> TransferNet:
+def _build(
+    arch: str, num_classes: int, kwargs: dict[str, Any], growth: list[dict[str, Any]] | None = None
+) -> TransferNet:
     if arch == "custom":
         raise CheckpointError(
             "this checkpoint is of a wrapped custom module (arch 'custom'), which cannot be "
@@ -187,7 +189,16 @@ def _build(arch: str, num_classes: int, kwargs: dict[str, Any]) -> TransferNet:
             "call "
             "model.load_state_dict(transferkit.io.load_state_dict(path))"
         )
-    return create_model(arch, num_classes=num_classes, pretrained=False, **kwargs)
+    model = create_model(arch, num_classes=num_classes, pretrained=False, **kwargs)
+    if growth:
+        from transferkit.transfer.structure import apply_growth  # lazy: transfer imports models
+
+        try:
+            model = apply_growth(model, growth)
+        except ConfigError as exc:
+            raise CheckpointError(f"cannot rebuild the grown {arch!r}: {exc}") from exc
+        model.__dict__.pop("growth_report", None)
+    return model
 
 
 def _load_weights(path: Path, arch: str | None, kwargs: dict[str, Any]) -> TransferNet:
@@ -204,7 +215,9 @@ def _load_weights(path: Path, arch: str | None, kwargs: dict[str, Any]) -> Trans
         )
     if arch is None and saved is not None:
         arch = saved.arch
-    kwargs = {**(saved.kwargs if saved is not None and saved.arch == arch else {}), **kwargs}
+    same = saved is not None and saved.arch == arch
+    kwargs = {**(saved.kwargs if same else {}), **kwargs}
+    growth = saved.growth if same else []
     state = load_state_dict(path)
     prefixed = any(k.startswith(("backbone.", "head.")) for k in state)
     if prefixed:
@@ -214,11 +227,11 @@ def _load_weights(path: Path, arch: str | None, kwargs: dict[str, Any]) -> Trans
             if head_w is not None and head_w.ndim == 2
             else (saved.num_classes if saved is not None and saved.num_classes else 10)
         )
-        model = _build(arch, n, kwargs)
+        model = _build(arch, n, kwargs, growth)
     else:
         mats = [v for v in state.values() if v.ndim == 2 and v.is_floating_point()]
         n = int(mats[-1].shape[0]) if mats else 10
-        model = _build(arch, n, kwargs)
+        model = _build(arch, n, kwargs, growth)
         state = _map_bare_keys(model, state)
     model.info.source = str(path)
     _load_strict(model, state, path)

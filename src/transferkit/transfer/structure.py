@@ -26,9 +26,8 @@ from __future__ import annotations
 import copy
 import difflib
 import logging
-import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -70,7 +69,8 @@ class GrowthReport:
         max_abs_diff: Max ``|new(x) - old(x)|`` over the probe batch, both models in eval mode
             (a measured bound on this batch, not a guarantee on other inputs; ~1e-7 without noise).
         probe_shape: Shape of the probe batch.
-        info_updated: Whether ``model.info`` still rebuilds the grown architecture by name.
+        info_updated: Whether the step was appended to ``model.info.growth`` (so
+            :func:`transferkit.models.load_model` rebuilds the grown architecture).
     """
 
     operation: str
@@ -112,10 +112,10 @@ def widen(
     each channel is a contiguous group of ``H*W`` flattened inputs, treated as one unit. In train
     mode BatchNorm's batch statistics of replicated channels are identical, so it matches too.
 
-    ``model.info`` of a built-in ``mlp``/``small_cnn`` gets the new width (``hidden``, ``widths``,
-    ``feature_dim``) so :func:`transferkit.models.save_model` / ``load_model`` rebuild it; other
-    architectures get ``info.arch = "custom"`` (the state dict still loads into the returned
-    object). If the consumer is the head, ``info.feature_dim`` becomes ``new_width``.
+    ``model.info`` keeps its ``arch`` and ``kwargs``; the step
+    ``{"op": "widen", "layer", "new_width", "noise", "seed"}`` is appended to ``info.growth``, which
+    :func:`transferkit.models.load_model` replays to rebuild the grown structure. If the consumer is
+    the head, ``info.feature_dim`` becomes ``new_width``.
 
     Args:
         model: Any module (a :class:`~transferkit.models.TransferNet` needs no ``example``).
@@ -207,7 +207,12 @@ def widen(
         else:
             cons_mod.in_channels = new_width
 
-    info_updated = _update_info_widen(new, name, new_width, consumer.name == "head")
+    info = getattr(new, "info", None)
+    if info is not None and consumer.name == "head":
+        info.feature_dim = new_width
+    step = {"op": "widen", "layer": name, "new_width": int(new_width), "noise": float(noise),
+            "seed": int(seed)}  # fmt: skip
+    info_updated = _record(new, step)
     diff = _diff(new, probe, ref)
     for m, mode in modes.items():
         m.training = mode
@@ -255,9 +260,9 @@ def deepen(
 
     The block (``nn.Sequential``) goes into the ``nn.Sequential`` holding ``after``, right after
     it, named ``"<after's last name part>_deep<k>"`` (e.g. ``backbone.fc1_deep1``), so
-    ``backbone_blocks`` lists it as a block when ``after`` is one. ``model.info.arch`` becomes
-    ``"custom"`` (no built-in builder makes the grown architecture): to reload, rebuild the
-    original, call ``deepen`` the same way and ``load_state_dict``.
+    ``backbone_blocks`` lists it as a block when ``after`` is one. ``model.info`` keeps its
+    ``arch``/``kwargs`` and gets ``{"op": "deepen", "after", "activation", "batchnorm"}`` appended
+    to ``info.growth``, which :func:`transferkit.models.load_model` replays.
 
     Args:
         model: Any module (a :class:`~transferkit.models.TransferNet` needs no ``example``).
@@ -353,10 +358,8 @@ def deepen(
     new_parent._modules.update(items)
 
     full = f"{parent_name}.{block_name}" if parent_name else block_name
-    info = getattr(new, "info", None)
-    if info is not None and getattr(info, "arch", "custom") != "custom":
-        info.source = f"{info.source}; {info.arch}({info.kwargs}) deepened after {after!r}"
-        info.arch = "custom"
+    step = {"op": "deepen", "after": after, "activation": activation, "batchnorm": bool(batchnorm)}
+    info_updated = _record(new, step)
     diff = _diff(new, probe, ref)
     for m, mode in modes.items():
         m.training = mode
@@ -369,10 +372,115 @@ def deepen(
         consumer=full,
         max_abs_diff=diff,
         probe_shape=tuple(probe.shape),
-        info_updated=False,
+        info_updated=info_updated,
     )
     logger.info("inserted identity block %s after %s (max |diff| %.3g)", full, after, diff)
     return new
+
+
+def apply_growth(model: nn.Module, steps: list[dict[str, Any]]) -> nn.Module:
+    """Replay recorded growth steps (``info.growth``) on a model, in order.
+
+    Widening is replayed without noise and deepening without data: the structure (module names,
+    tensor shapes) is exactly the recorded one, the values are not (load the weights afterwards).
+
+    Args:
+        model: The model the steps were first applied to, rebuilt (same arch and kwargs).
+        steps: Dicts as :func:`widen`/:func:`deepen` append to ``model.info.growth``.
+
+    Returns:
+        The grown model (a new object; ``model`` is untouched), its ``info.growth`` extended by
+        the steps.
+
+    Raises:
+        ConfigError: a step is not a dict with a known ``"op"`` and its arguments, or no longer
+            applies to the model (the message names the step).
+    """
+    for k, step in enumerate(steps):
+        if not isinstance(step, dict) or step.get("op") not in ("widen", "deepen"):
+            raise ConfigError(
+                f"growth step {k} {step!r} is not a dict with op 'widen' or 'deepen'; fix or remove "
+                "it from the model's config.json \"growth\" list"
+            )
+        try:
+            if step["op"] == "widen":
+                model = widen(model, step["layer"], step["new_width"], seed=int(step.get("seed", 0)))
+            else:
+                model = deepen(
+                    model,
+                    step["after"],
+                    activation=step.get("activation", "relu"),
+                    batchnorm=step.get("batchnorm"),
+                )
+        except KeyError as exc:
+            raise ConfigError(f"growth step {k} {step!r} lacks {exc}; fix config.json") from None
+        except (ConfigError, ShapeError, UnknownNameError) as exc:
+            raise ConfigError(f"cannot replay growth step {k} {step!r}: {exc}") from exc
+    return model
+
+
+def clone_structure(
+    model: nn.Module,
+    *,
+    num_classes: int | None = None,
+    weights: Literal["fresh", "source"] = "fresh",
+    seed: int | None = None,
+) -> nn.Module:
+    """The same architecture as ``model`` (arch, kwargs and growth replayed) as a new model.
+
+    Args:
+        model: A :class:`~transferkit.models.TransferNet` built by name (not ``wrap_model``).
+        num_classes: Head size of the clone; defaults to ``model``'s.
+        weights: ``"fresh"``: newly initialised weights; ``"source"``: a copy of ``model``'s
+            weights (all but the head when ``num_classes`` differs, via
+            :func:`transferkit.transfer.transfer_parameters` with ``exclude=["head.*"]``).
+        seed: Seed of the fresh initialisation (``None``: torch's global generator).
+
+    Returns:
+        The clone, on ``model``'s device and dtype, in ``model``'s train/eval mode, with a copy of
+        its ``info`` (input size, normalisation, growth) and its ``num_classes``/``source`` set.
+
+    Raises:
+        ConfigError: ``model`` has no rebuildable ``info`` (arch ``"custom"``), bad ``weights`` or
+            ``num_classes``.
+    """
+    from transferkit.models.zoo import create_model
+
+    if weights not in ("fresh", "source"):
+        raise ConfigError(f"weights must be 'fresh' or 'source', got {weights!r}")
+    info = getattr(model, "info", None)
+    if info is None or getattr(info, "arch", "custom") == "custom":
+        raise ConfigError(
+            f"cannot clone a {type(model).__name__} without a registered architecture (info.arch "
+            f"{getattr(info, 'arch', None)!r}); build it with transferkit.models.create_model, or "
+            "copy.deepcopy the module"
+        )
+    n = info.num_classes if num_classes is None else num_classes
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigError(f"num_classes must be a positive integer, got {num_classes!r}")
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(int(seed))
+        clone = create_model(info.arch, num_classes=n, pretrained=False, **info.kwargs)
+        clone = apply_growth(clone, list(info.growth))
+    ref = next(model.parameters(), None)
+    if ref is not None:
+        clone = clone.to(device=ref.device, dtype=ref.dtype)
+    new_info = copy.deepcopy(info)
+    new_info.num_classes = n
+    new_info.source = f"clone_structure({info.source or info.arch}, weights={weights!r})"
+    clone.info = new_info
+    clone.input_adapter = copy.deepcopy(model.input_adapter)
+    clone.__dict__.pop("growth_report", None)
+    if weights == "source":
+        if n == info.num_classes:
+            clone.load_state_dict(model.state_dict(), strict=True)
+        else:
+            from transferkit.transfer.parameters import transfer_parameters
+
+            transfer_parameters(model, clone, exclude=["head.*"])
+    clone.train(model.training)
+    return clone
 
 
 # --------------------------------------------------------------------------- helpers
@@ -510,65 +618,14 @@ def _extend_batchnorm(bn: nn.Module, index: torch.Tensor) -> None:
     bn.num_features = len(index)
 
 
-#: Built-in architectures: layer-name pattern -> the argument holding its width.
-_WIDTH_KEYS = {
-    "small_cnn": [
-        (re.compile(r"backbone\.conv(\d+)\.0"), "widths"),
-        (re.compile(r"backbone\.fc\.2"), "feature_dim"),
-    ],
-    "mlp": [(re.compile(r"backbone\.fc(\d+)\.0"), "hidden")],
-}
-
-
-def _update_info_widen(model: nn.Module, name: str, width: int, feeds_head: bool) -> bool:
+def _record(model: nn.Module, step: dict[str, Any]) -> bool:
+    """Append ``step`` to ``model.info.growth`` (if the model has a ModelInfo); whether it did."""
     info = getattr(model, "info", None)
-    if info is None:
+    growth = getattr(info, "growth", None)
+    if not isinstance(growth, list):
         return False
-    if feeds_head:
-        info.feature_dim = width
-    if info.arch == "custom":
-        return False
-    kwargs = copy.deepcopy(info.kwargs)
-    matched = False
-    for pattern, key in _WIDTH_KEYS.get(info.arch, []):
-        m = pattern.fullmatch(name)
-        if m is None or key not in kwargs:
-            continue
-        if m.groups():
-            values = list(kwargs[key])
-            i = int(m.group(1)) - 1
-            if not 0 <= i < len(values):
-                continue
-            values[i] = width
-            kwargs[key] = values
-        else:
-            kwargs[key] = width
-        matched = True
-    if matched and _rebuilds(model, info.arch, kwargs):
-        info.kwargs = kwargs
-        return True
-    logger.warning(
-        "cannot express the widened %s in %r's arguments; info.arch set to 'custom' (reload by "
-        "repeating widen on the original and load_state_dict)",
-        name,
-        info.arch,
-    )
-    info.source = f"{info.source}; {info.arch}({info.kwargs}) widened at {name!r}"
-    info.arch = "custom"
-    return False
-
-
-def _rebuilds(model: nn.Module, arch: str, kwargs: dict[str, Any]) -> bool:
-    """Whether ``create_model(arch, **kwargs)`` has exactly ``model``'s state-dict shapes."""
-    from transferkit.models.zoo import create_model
-
-    try:
-        built = create_model(arch, num_classes=model.info.num_classes, **kwargs)
-    except Exception:  # noqa: BLE001 - any failure means "cannot rebuild"
-        return False
-    mine = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    theirs = {k: tuple(v.shape) for k, v in built.state_dict().items()}
-    return mine == theirs
+    growth.append(step)
+    return True
 
 
 @torch.no_grad()
@@ -593,4 +650,4 @@ def _nonnegative(module: nn.Module) -> bool:
     return False
 
 
-__all__ = ["GrowthReport", "deepen", "widen"]
+__all__ = ["GrowthReport", "apply_growth", "clone_structure", "deepen", "widen"]
