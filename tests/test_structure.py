@@ -357,3 +357,23 @@ def test_clone_structure_refusals(cnn):
         clone_structure(cnn, num_classes=0)
     with pytest.raises(ConfigError, match="without a registered architecture"):
         clone_structure(nn.Sequential(nn.Linear(2, 2)))
+
+
+def test_widen_refuses_when_the_output_is_used_outside_the_traced_chain():
+    """A sum over the hidden units in a custom forward is invisible to the tracing; the probe catches it."""
+
+    class SumSkip(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.act, self.fc2 = nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)
+
+        def forward(self, x):
+            h = self.act(self.fc1(x))
+            return self.fc2(h) + h.sum(1, keepdim=True)  # replicated units would be counted twice
+
+    torch.manual_seed(0)
+    model = SumSkip()
+    with torch.no_grad():
+        model.fc1.bias.fill_(1.0)  # every hidden unit active, so duplicates change the sum
+    with pytest.raises(ShapeError, match="outside the traced chain"):
+        widen(model, "fc1", 5, example=torch.rand(8, 4))

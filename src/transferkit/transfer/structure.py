@@ -36,6 +36,10 @@ from transferkit.errors import ConfigError, ShapeError, UnknownNameError
 
 logger = logging.getLogger(__name__)
 
+# Largest output change (relative to the output's scale, when that is > 1) a growth step without
+# noise may show on its probe batch; float32 round-off is far below it.
+PRESERVE_TOL = 1e-4
+
 #: Modules applied per element: they keep replicated units identical.
 ELEMENTWISE = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
@@ -216,6 +220,8 @@ def widen(
     diff = _diff(new, probe, ref)
     for m, mode in modes.items():
         m.training = mode
+    if noise == 0:
+        _check_preserved(diff, ref, f"widening {name!r}")
     new.growth_report = GrowthReport(
         operation="widen",
         layer=name,
@@ -364,6 +370,7 @@ def deepen(
     for m, mode in modes.items():
         m.training = mode
     inserted.train(modes[new_parent])
+    _check_preserved(diff, ref, f"deepening after {after!r}")
     new.growth_report = GrowthReport(
         operation="deepen",
         layer=after,
@@ -636,6 +643,23 @@ def _diff(model: nn.Module, probe: torch.Tensor, ref: Any) -> float:
     if out.shape != ref.shape:
         return float("inf")
     return float((out - ref).abs().max()) if out.numel() else 0.0
+
+
+def _check_preserved(diff: float, ref: Any, what: str) -> None:
+    """Refuse a growth step whose measured output change exceeds float tolerance.
+
+    The tracing sees only the chain from the grown layer to its consumer; a model that uses the
+    layer's output elsewhere (a residual connection or a sum inside a custom ``forward``) would be
+    changed silently. The probe catches that, whatever the cause.
+    """
+    scale = float(ref.abs().max()) if isinstance(ref, torch.Tensor) and ref.numel() else 1.0
+    if not diff <= PRESERVE_TOL * max(1.0, scale):
+        raise ShapeError(
+            f"{what} changed the model's output by {diff:.3g} on the probe batch (tolerance "
+            f"{PRESERVE_TOL:g}): the model uses this layer's output outside the traced chain (for "
+            "example a residual connection or a sum in a custom forward), so the function cannot "
+            "be preserved; grow another layer or restructure the model as nn.Sequential blocks"
+        )
 
 
 def _nonnegative(module: nn.Module) -> bool:
