@@ -355,8 +355,39 @@ def test_clone_structure_refusals(cnn):
         clone_structure(cnn, weights="pretrained")
     with pytest.raises(ConfigError, match="num_classes must be a positive integer, got 0"):
         clone_structure(cnn, num_classes=0)
-    with pytest.raises(ConfigError, match="without a registered architecture"):
-        clone_structure(nn.Sequential(nn.Linear(2, 2)))
+    with pytest.raises(ConfigError, match="needs a TransferNet"):
+        clone_structure(nn.Sequential(nn.Linear(2, 2)), num_classes=3)
+
+    class Scale(nn.Module):  # a parameter without reset_parameters()
+        def __init__(self):
+            super().__init__()
+            self.s = nn.Parameter(torch.ones(2))
+
+        def forward(self, x):
+            return x * self.s
+
+    with pytest.raises(ConfigError, match="no reset_parameters"):
+        clone_structure(nn.Sequential(nn.Linear(2, 2), Scale()))
+    assert isinstance(clone_structure(nn.Sequential(Scale()), weights="source")[0], Scale)
+
+
+def test_clone_structure_of_models_without_a_registered_architecture():
+    from transferkit.models import wrap_model
+
+    torch.manual_seed(0)
+    plain = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+    fresh = clone_structure(plain, seed=1)
+    assert [p.shape for p in fresh.parameters()] == [p.shape for p in plain.parameters()]
+    assert not torch.equal(fresh[0].weight, plain[0].weight)  # newly initialised
+    assert torch.equal(clone_structure(plain, seed=1)[0].weight, fresh[0].weight)  # seeded
+    same = clone_structure(plain, weights="source")
+    ref = plain.state_dict()
+    assert all(torch.equal(v, ref[k]) for k, v in same.state_dict().items())
+    wrapped = wrap_model(plain, input_size=(4,))
+    clone = clone_structure(wrapped, num_classes=5, weights="source")
+    assert clone.head.out_features == 5 and clone.info.num_classes == 5
+    assert torch.equal(clone.backbone[0].weight, wrapped.backbone[0].weight)
+    assert wrapped.head.out_features == 3  # the original is untouched
 
 
 def test_widen_refuses_when_the_output_is_used_outside_the_traced_chain():

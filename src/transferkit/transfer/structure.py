@@ -436,7 +436,9 @@ def clone_structure(
     """The same architecture as ``model`` (arch, kwargs and growth replayed) as a new model.
 
     Args:
-        model: A :class:`~transferkit.models.TransferNet` built by name (not ``wrap_model``).
+        model: A :class:`~transferkit.models.TransferNet` built by name (rebuilt from its
+            architecture, growth replayed), or any module whose modules can be copied (deep copy,
+            then ``reset_parameters()`` for fresh weights).
         num_classes: Head size of the clone; defaults to ``model``'s.
         weights: ``"fresh"``: newly initialised weights; ``"source"``: a copy of ``model``'s
             weights (all but the head when ``num_classes`` differs, via
@@ -448,8 +450,8 @@ def clone_structure(
         its ``info`` (input size, normalisation, growth) and its ``num_classes``/``source`` set.
 
     Raises:
-        ConfigError: ``model`` has no rebuildable ``info`` (arch ``"custom"``), bad ``weights`` or
-            ``num_classes``.
+        ConfigError: bad ``weights`` or ``num_classes``; a copied module with parameters but no
+            ``reset_parameters()`` when ``weights="fresh"``.
     """
     from transferkit.models.zoo import create_model
 
@@ -457,11 +459,7 @@ def clone_structure(
         raise ConfigError(f"weights must be 'fresh' or 'source', got {weights!r}")
     info = getattr(model, "info", None)
     if info is None or getattr(info, "arch", "custom") == "custom":
-        raise ConfigError(
-            f"cannot clone a {type(model).__name__} without a registered architecture (info.arch "
-            f"{getattr(info, 'arch', None)!r}); build it with transferkit.models.create_model, or "
-            "copy.deepcopy the module"
-        )
+        return _clone_by_copy(model, num_classes=num_classes, weights=weights, seed=seed)
     n = info.num_classes if num_classes is None else num_classes
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ConfigError(f"num_classes must be a positive integer, got {num_classes!r}")
@@ -643,6 +641,43 @@ def _diff(model: nn.Module, probe: torch.Tensor, ref: Any) -> float:
     if out.shape != ref.shape:
         return float("inf")
     return float((out - ref).abs().max()) if out.numel() else 0.0
+
+
+def _clone_by_copy(
+    model: nn.Module, *, num_classes: int | None, weights: str, seed: int | None
+) -> nn.Module:
+    """Clone a model with no registered architecture: copy its modules, then re-initialise.
+
+    ``"fresh"`` calls ``reset_parameters()`` on every submodule that has one (Linear, Conv,
+    BatchNorm, ...); a parameter held by a module without it cannot be re-initialised and is refused.
+    A different ``num_classes`` needs a TransferNet (its ``head`` is replaced).
+    """
+    clone = copy.deepcopy(model)
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(int(seed))
+        if weights == "fresh":
+            for name, module in clone.named_modules():
+                own = list(module.parameters(recurse=False))
+                if not own:
+                    continue
+                if not callable(getattr(module, "reset_parameters", None)):
+                    raise ConfigError(
+                        f"cannot re-initialise module {name!r} ({type(module).__name__}): it has "
+                        "parameters but no reset_parameters(); clone with weights='source' instead"
+                    )
+                module.reset_parameters()
+        info = getattr(clone, "info", None)
+        if num_classes is not None and info is not None and num_classes != info.num_classes:
+            from transferkit.models.surgery import replace_head
+
+            replace_head(clone, num_classes)
+        elif num_classes is not None and info is None:
+            raise ConfigError(
+                "a new num_classes needs a TransferNet (with a 'head'); wrap the model with "
+                "transferkit.models.wrap_model first"
+            )
+    return clone
 
 
 def _check_preserved(diff: float, ref: Any, what: str) -> None:
