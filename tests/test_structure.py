@@ -10,7 +10,8 @@ from torch import nn
 
 from transferkit.errors import CheckpointError, ConfigError, ShapeError, UnknownNameError
 from transferkit.models import create_model, load_model, save_model
-from transferkit.transfer.structure import GrowthReport, clone_structure, deepen, widen
+from transferkit.transfer.clone import clone_structure
+from transferkit.transfer.structure import GrowthReport, deepen, widen
 
 TOL = 1e-5
 

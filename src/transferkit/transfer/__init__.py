@@ -7,8 +7,9 @@
 * ``transferkit.transfer.regularize``: fine-tuning regularisers that keep the source's knowledge.
 """
 
+from transferkit.transfer.clone import clone_structure
 from transferkit.transfer.parameters import TransferEntry, TransferReport, transfer_parameters
-from transferkit.transfer.structure import GrowthReport, apply_growth, clone_structure, deepen, widen
+from transferkit.transfer.structure import GrowthReport, apply_growth, deepen, widen
 
 __all__ = [
     "GrowthReport",
