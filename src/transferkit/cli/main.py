@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from transferkit import __version__
-from transferkit.cli import demo, distill, evaluate, finetune, grow, inspect, validate
+from transferkit.cli import demo, distill, evaluate, finetune, grow, inspect, rank, validate
 
 app = typer.Typer(
     name="transferkit",
@@ -22,6 +22,7 @@ app.command("distill")(distill.distill)
 app.command("evaluate")(evaluate.evaluate)
 app.command("grow")(grow.grow)
 app.command("inspect")(inspect.inspect)
+app.command("rank")(rank.rank)
 app.command("validate")(validate.validate)
 
 

@@ -1,5 +1,18 @@
 """Transferability scores: rank candidate source models on target data without fine-tuning."""
 
+from transferkit.selection.rank import DEFAULT_SCORES, KNOWN_SCORES, RankResult, rank
 from transferkit.selection.scores import SCORES, gbc, h_score, knn_accuracy, leep, logme, nce
 
-__all__ = ["SCORES", "gbc", "h_score", "knn_accuracy", "leep", "logme", "nce"]
+__all__ = [
+    "DEFAULT_SCORES",
+    "KNOWN_SCORES",
+    "RankResult",
+    "SCORES",
+    "gbc",
+    "h_score",
+    "knn_accuracy",
+    "leep",
+    "logme",
+    "nce",
+    "rank",
+]

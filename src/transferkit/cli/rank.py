@@ -1,0 +1,46 @@
+"""``transferkit rank``: score candidate source models on target data, without training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from transferkit.cli._common import console, handle_errors, setup_logging
+
+
+@handle_errors
+def rank(
+    candidates: list[str] = typer.Option(
+        ..., "--candidates", help="Candidate model: folder, weights file or name (repeatable)."
+    ),
+    data: str = typer.Option(..., "--data", help="Target data: built-in name or path."),
+    scores: str = typer.Option(
+        "logme,leep,nce,h_score,gbc",
+        "--scores",
+        help="Comma-separated scores: logme, leep, nce, h_score, h_score_shrinkage, gbc, knn.",
+    ),
+    shots: int | None = typer.Option(None, "--shots", help="Labelled examples per class."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the few-shot sample."),
+    batch_size: int = typer.Option(256, "--batch-size", help="Examples per forward pass."),
+    out: Path | None = typer.Option(None, "--out", help="Write the ranking (.json or .csv)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log each candidate's scores."),
+) -> None:
+    """Rank candidate source models by transferability scores on the target's training data."""
+    from transferkit.data import few_shot, load_dataset
+    from transferkit.errors import ConfigError
+    from transferkit.selection import rank as run_rank
+
+    setup_logging(verbose)
+    names = [s.strip() for s in scores.split(",") if s.strip()]
+    if out is not None and out.suffix.lower() not in (".json", ".csv"):
+        raise ConfigError(f"--out {str(out)!r} must end in .json or .csv")
+    if len(set(candidates)) != len(candidates):
+        raise ConfigError(f"--candidates repeats a model ({candidates}); give each one once")
+    train = load_dataset(data).train
+    if shots is not None:
+        train = few_shot(train, shots, seed)
+    result = run_rank({c: c for c in candidates}, train, scores=names, batch_size=batch_size)
+    typer.echo(result.table())
+    if out is not None:
+        console.print(f"wrote {result.write(out)}")

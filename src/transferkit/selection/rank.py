@@ -1,0 +1,257 @@
+"""Rank candidate source models on target data with transferability scores.
+
+Each candidate's backbone features are computed once; every requested score is then computed
+from those features (LEEP and NCE also use the candidate's own head on them). Scores are all
+"higher is better", so the best candidate comes first in :meth:`RankResult.order`.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import io
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from transferkit.data.base import TensorDataset
+from transferkit.errors import ConfigError, UnknownNameError
+from transferkit.io import atomic_write_text
+from transferkit.selection.scores import SCORES, leep, nce
+
+logger = logging.getLogger(__name__)
+
+_HEAD_SCORES = ("leep", "nce")
+KNOWN_SCORES: tuple[str, ...] = tuple(sorted({*SCORES, *_HEAD_SCORES}))
+"""Every score name :func:`rank` accepts."""
+
+DEFAULT_SCORES: tuple[str, ...] = ("logme", "leep", "nce", "h_score", "gbc")
+
+
+def _check_scores(scores: Sequence[str]) -> list[str]:
+    """Validate score names; return them lower-cased, de-duplicated, in the given order."""
+    if isinstance(scores, str):
+        scores = [s for s in (p.strip() for p in scores.split(",")) if s]
+    names = list(dict.fromkeys(str(s).strip().lower() for s in scores))
+    if not names:
+        raise ConfigError(
+            f"no scores requested; pass at least one of {', '.join(KNOWN_SCORES)}"
+        )
+    for name in names:
+        if name not in KNOWN_SCORES:
+            close = difflib.get_close_matches(name, KNOWN_SCORES, n=3, cutoff=0.5)
+            hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            raise UnknownNameError(
+                f"unknown score {name!r}.{hint} Known: {', '.join(KNOWN_SCORES)}"
+            )
+    return names
+
+
+def _format(value: Any) -> str:
+    """A table cell: floats with 4 significant digits, anything else as ``str``."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+@dataclass
+class RankResult:
+    """Scores of every candidate.
+
+    Attributes:
+        rows: One dict per candidate, in the order given: ``name``, one float per score, and
+            ``seconds_features`` / ``seconds_scores`` (wall time of the forward passes and of
+            computing all scores).
+        scores: The score names, in the order requested.
+    """
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    scores: list[str] = field(default_factory=list)
+
+    def order(self, score: str | None = None) -> list[str]:
+        """Candidate names, best first, by ``score`` (default: the first score).
+
+        Ties keep the candidates' given order; NaN scores go last.
+
+        Raises:
+            ConfigError: ``score`` is not one of :attr:`scores`.
+        """
+        key = self.scores[0] if score is None else score
+        if key not in self.scores:
+            raise ConfigError(
+                f"score {key!r} was not computed; choose one of {', '.join(self.scores)}"
+            )
+
+        def sort_key(row: dict[str, Any]) -> float:
+            value = float(row[key])
+            return math.inf if math.isnan(value) else -value
+
+        return [row["name"] for row in sorted(self.rows, key=sort_key)]
+
+    def _columns(self) -> list[str]:
+        return ["name", *self.scores, "seconds_features", "seconds_scores"]
+
+    def table(self) -> str:
+        """Aligned plain-text table, best candidate (by the first score) first, with a rank column."""
+        by_name = {row["name"]: row for row in self.rows}
+        header = ["rank", *self._columns()]
+        body = [
+            [str(i), *(_format(by_name[name][c]) for c in self._columns())]
+            for i, name in enumerate(self.order() if self.scores else [], start=1)
+        ]
+        widths = [max(len(r[j]) for r in [header, *body]) for j in range(len(header))]
+
+        def line(cells: list[str]) -> str:
+            # names left-aligned, numbers right-aligned
+            pairs = enumerate(zip(cells, widths, strict=True))
+            return "  ".join(c.ljust(w) if j == 1 else c.rjust(w) for j, (c, w) in pairs).rstrip()
+
+        return "\n".join(line(r) for r in [header, *body])
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-serialisable data: ``scores``, ``rows`` and ``order`` (by the first score)."""
+        return {
+            "scores": list(self.scores),
+            "rows": [dict(row) for row in self.rows],
+            "order": self.order() if self.scores else [],
+        }
+
+    def write(self, path: str | os.PathLike) -> Path:
+        """Write the result atomically as ``.json`` (:meth:`to_dict`) or ``.csv`` (one row each).
+
+        Returns:
+            The path written.
+
+        Raises:
+            ConfigError: the suffix is neither ``.json`` nor ``.csv``.
+        """
+        path = Path(path)
+        suffix = path.suffix.lower()
+        if suffix == ".json":
+            text = json.dumps(self.to_dict(), indent=2) + "\n"
+        elif suffix == ".csv":
+            buf = io.StringIO()
+            writer = csv.DictWriter(buf, fieldnames=self._columns(), lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(self.rows)
+            text = buf.getvalue()
+        else:
+            raise ConfigError(
+                f"cannot write a ranking to {str(path)!r} (suffix {path.suffix!r}); "
+                "use a .json or .csv file"
+            )
+        return atomic_write_text(path, text)
+
+
+def _resolve(candidate: nn.Module | str | os.PathLike, name: str) -> nn.Module:
+    """A model from a module or a :func:`~transferkit.models.load_model` spec."""
+    if isinstance(candidate, nn.Module):
+        model = candidate
+    elif isinstance(candidate, (str, os.PathLike)):
+        from transferkit.models import load_model
+
+        model = load_model(candidate)
+    else:
+        raise ConfigError(
+            f"candidate {name!r} is a {type(candidate).__name__}; pass an nn.Module, a model "
+            "folder or a model name"
+        )
+    if not hasattr(model, "forward_features"):
+        raise ConfigError(
+            f"candidate {name!r} ({type(model).__name__}) has no forward_features(); wrap it "
+            "with transferkit.models.wrap_model"
+        )
+    return model
+
+
+def rank(
+    candidates: Mapping[str, nn.Module | str | os.PathLike],
+    data: TensorDataset,
+    *,
+    scores: Sequence[str] = DEFAULT_SCORES,
+    batch_size: int = 256,
+    device: str | torch.device | None = None,
+) -> RankResult:
+    """Score every candidate source model on the target data, without training.
+
+    For each candidate the backbone features ``(N, D)`` are computed once. LEEP uses the
+    candidate's own head on them (softmax, ``(N, Z)``) and NCE its hard predictions ``(N,)``;
+    the other scores use the features and ``data.y`` ``(N,)`` directly.
+
+    Args:
+        candidates: Name -> model (a TransferNet or anything with ``forward_features`` and,
+            for LEEP/NCE, ``head``) or a spec for :func:`~transferkit.models.load_model`
+            (folder, weights file, built-in name).
+        data: Target data ``x`` ``(N, ...)``, ``y`` ``(N,)``.
+        scores: Score names, from :data:`KNOWN_SCORES`: ``logme``, ``leep``, ``nce``,
+            ``h_score``, ``h_score_shrinkage``, ``gbc``, ``knn``.
+        batch_size: Examples per forward pass.
+        device: Where to run the models (they are moved there); default: each model's own.
+
+    Returns:
+        A :class:`RankResult`; ``seconds_features`` includes the head's forward pass.
+
+    Raises:
+        ConfigError: no candidates, no scores, a bad ``batch_size`` or an unusable candidate.
+        UnknownNameError: an unknown score name (the message lists the known ones).
+        DataError, ShapeError, LabelError: from the scores on degenerate features or labels.
+    """
+    names = _check_scores(scores)
+    if not candidates:
+        raise ConfigError("no candidates to rank; pass at least one name -> model or model spec")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+    labels = data.y.detach().cpu().numpy()
+    need_head = any(n in _HEAD_SCORES for n in names)
+    rows: list[dict[str, Any]] = []
+    for cand_name, candidate in candidates.items():
+        model = _resolve(candidate, str(cand_name))
+        if need_head and not isinstance(getattr(model, "head", None), nn.Module):
+            raise ConfigError(
+                f"candidate {cand_name!r} has no head module, which LEEP/NCE need; drop "
+                f"{', '.join(n for n in names if n in _HEAD_SCORES)} from scores"
+            )
+        if device is not None:
+            model = model.to(device)
+        from transferkit.engine import predict_features
+
+        start = time.perf_counter()
+        feats = predict_features(model, data, batch_size=batch_size, device=device)
+        probs = None
+        if need_head:
+            was_training = model.training
+            model.eval()
+            try:
+                with torch.no_grad():
+                    probs = torch.softmax(model.head(feats).float(), dim=-1).cpu().numpy()
+            finally:
+                model.train(was_training)
+        feats_np = feats.detach().float().cpu().numpy()
+        seconds_features = time.perf_counter() - start
+
+        row: dict[str, Any] = {"name": str(cand_name)}
+        start = time.perf_counter()
+        for score in names:
+            if score == "leep":
+                row[score] = float(leep(probs, labels))
+            elif score == "nce":
+                row[score] = float(nce(probs.argmax(axis=1), labels))  # type: ignore[union-attr]
+            else:
+                row[score] = float(SCORES[score](feats_np, labels))
+        row["seconds_features"] = seconds_features
+        row["seconds_scores"] = time.perf_counter() - start
+        logger.info("ranked %s: %s", cand_name, {k: row[k] for k in names})
+        rows.append(row)
+    return RankResult(rows=rows, scores=names)
+
+
+__all__ = ["DEFAULT_SCORES", "KNOWN_SCORES", "RankResult", "rank"]
