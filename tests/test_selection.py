@@ -9,7 +9,7 @@ from scipy.optimize import minimize
 
 from transferkit.errors import ConfigError, DataError, LabelError, ShapeError
 from transferkit.selection import SCORES, gbc, h_score, knn_accuracy, leep, logme, nce
-from transferkit.selection.scores import _logme_evidence
+from transferkit.selection.logme import _logme_evidence
 
 
 def _blobs(n: int = 120, d: int = 6, c: int = 3, sep: float = 4.0, seed: int = 0):
