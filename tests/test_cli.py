@@ -7,25 +7,8 @@ import json
 import pytest
 import torch
 from torch import nn
-from typer.testing import CliRunner
 
-from transferkit.cli.main import app
-
-runner = CliRunner()
-
-
-def run(*args: str):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def assert_one_line_error(result, *fragments: str) -> None:
-    assert result.exit_code == 2, result.output
-    err = result.stderr.strip().splitlines()
-    assert len(err) == 1, result.stderr
-    assert err[0].startswith("error: ")
-    assert "Traceback" not in result.output
-    for frag in fragments:
-        assert frag in err[0], err[0]
+from cli_helpers import assert_one_line_error, run
 
 
 def test_version():

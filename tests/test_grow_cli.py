@@ -3,26 +3,9 @@
 from __future__ import annotations
 
 import torch
-from typer.testing import CliRunner
 
-from transferkit.cli.main import app
+from cli_helpers import assert_one_line_error, run
 from transferkit.models import load_model
-
-runner = CliRunner()
-
-
-def run(*args: str):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def assert_one_line_error(result, *fragments: str) -> None:
-    assert result.exit_code == 2, result.output
-    err = result.stderr.strip().splitlines()
-    assert len(err) == 1, result.stderr
-    assert err[0].startswith("error: ")
-    assert "Traceback" not in result.output
-    for frag in fragments:
-        assert frag in err[0], err[0]
 
 
 def test_grow_saves_a_function_preserving_model(digits_source, digits, tmp_path):

@@ -8,9 +8,8 @@ import math
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from transferkit.cli.main import app
+from cli_helpers import assert_one_line_error, run
 from transferkit.data import load_dataset
 from transferkit.engine import TrainConfig, Trainer
 from transferkit.errors import ConfigError, UnknownNameError
@@ -155,9 +154,8 @@ def test_cli_rank(models, tmp_path):
     good = str(save_model(models["trained"], tmp_path / "good"))
     bad = str(save_model(models["untrained"], tmp_path / "bad"))
     out = tmp_path / "ranking.json"
-    runner = CliRunner()
     args = ["rank", "--candidates", bad, "--candidates", good, "--data", "digits"]
-    res = runner.invoke(app, [*args, "--scores", "logme,leep", "--shots", "20", "--out", str(out)])
+    res = run(*args, "--scores", "logme,leep", "--shots", "20", "--out", out)
     assert res.exit_code == 0, res.output
     assert good in res.output and bad in res.output
     lines = res.output.splitlines()
@@ -166,7 +164,6 @@ def test_cli_rank(models, tmp_path):
     assert loaded["scores"] == ["logme", "leep"]
     assert loaded["order"] == [good, bad]
 
-    res = runner.invoke(app, [*args, "--scores", "logme,nope"])
-    assert res.exit_code == 2
-    assert res.stderr.strip().count("\n") == 0
+    res = run(*args, "--scores", "logme,nope")
+    assert_one_line_error(res, "unknown score 'nope'")
     assert res.stderr.startswith("error: unknown score 'nope'")
