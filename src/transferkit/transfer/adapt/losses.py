@@ -1,0 +1,108 @@
+"""Pure losses of the domain-adaptation methods: gradient reversal, multi-kernel MMD, CORAL.
+
+* Gradient reversal (Ganin et al., 2016, "Domain-Adversarial Training of Neural Networks"): identity
+  forward, gradient multiplied by ``-coeff`` backward, so a feature extractor learns to fool a domain
+  classifier trained on top of it.
+* MMD with a family of Gaussian kernels (Long et al., 2015, "Learning Transferable Features with
+  Deep Adaptation Networks"): the squared maximum mean discrepancy between source and target
+  features, summed over kernel bandwidths set around the mean pairwise distance.
+* CORAL (Sun & Saenko, 2016, "Deep CORAL: Correlation Alignment for Deep Domain Adaptation"): the
+  squared Frobenius distance between the two feature covariances, divided by ``4 d**2``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from transferkit.errors import ConfigError, ShapeError
+
+
+class _Reverse(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, coeff: float) -> torch.Tensor:  # type: ignore[override]
+        ctx.coeff = coeff
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        return -ctx.coeff * grad, None
+
+
+def grad_reverse(x: torch.Tensor, coeff: float = 1.0) -> torch.Tensor:
+    """Identity on ``x`` whose gradient is multiplied by ``-coeff`` (``coeff >= 0``)."""
+    if not coeff >= 0:
+        raise ConfigError(f"gradient reversal coeff must be >= 0, got {coeff!r}")
+    return _Reverse.apply(x, float(coeff))
+
+
+class GradientReversal(torch.nn.Module):
+    """Module form of :func:`grad_reverse`; ``coeff`` may be changed during training (DANN's schedule)."""
+
+    def __init__(self, coeff: float = 1.0) -> None:
+        super().__init__()
+        self.coeff = float(coeff)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return grad_reverse(x, self.coeff)
+
+
+def _pair(source: torch.Tensor, target: torch.Tensor, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if source.ndim != 2 or target.ndim != 2 or source.shape[1] != target.shape[1]:
+        raise ShapeError(
+            f"{what} needs source and target features of shape (n, d) with the same d, got "
+            f"{tuple(source.shape)} and {tuple(target.shape)}; flatten or pool them first"
+        )
+    if len(source) < 2 or len(target) < 2:
+        raise ShapeError(f"{what} needs at least 2 source and 2 target examples, got "
+                         f"{len(source)} and {len(target)}")
+    return source.float(), target.float()
+
+
+def mmd_loss(
+    source: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    kernel_mul: float = 2.0,
+    num_kernels: int = 5,
+    bandwidths: Sequence[float] | None = None,
+) -> torch.Tensor:
+    """Squared MMD between two samples under a sum of Gaussian kernels (biased estimate).
+
+    ``MMD² = mean k(s, s') + mean k(t, t') - 2 mean k(s, t)`` with ``k = Σ_b exp(-||a - b||² / b)``.
+
+    Args:
+        source: Source features ``(n, d)``.
+        target: Target features ``(m, d)``.
+        kernel_mul: Ratio between consecutive bandwidths.
+        num_kernels: Number of kernels, centred (geometrically) on the mean pairwise squared distance.
+        bandwidths: Explicit bandwidths; overrides the two arguments above.
+
+    Returns:
+        A scalar ``>= 0`` (up to round-off), zero when the two samples are identical.
+    """
+    s, t = _pair(source, target, "mmd_loss")
+    both = torch.cat([s, t])
+    d2 = torch.cdist(both, both).pow(2)
+    if bandwidths is None:
+        n = len(both)
+        base = d2.detach().sum() / (n * n - n)
+        base = base / kernel_mul ** (num_kernels // 2)
+        bandwidths = [float(base) * kernel_mul**i for i in range(num_kernels)]
+    if not bandwidths or any(not b > 0 for b in bandwidths):
+        raise ConfigError(f"bandwidths must be positive numbers, got {list(bandwidths)}; "
+                          "identical features everywhere give a zero distance scale")
+    k = sum(torch.exp(-d2 / b) for b in bandwidths)
+    n_s = len(s)
+    return k[:n_s, :n_s].mean() + k[n_s:, n_s:].mean() - 2 * k[:n_s, n_s:].mean()
+
+
+def coral_loss(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """CORAL: ``||C_s - C_t||_F² / (4 d²)`` with unbiased feature covariances ``(d, d)``."""
+    s, t = _pair(source, target, "coral_loss")
+    d = s.shape[1]
+    cs, ct = torch.cov(s.T), torch.cov(t.T)
+    if d == 1:
+        cs, ct = cs.reshape(1, 1), ct.reshape(1, 1)
+    return (cs - ct).pow(2).sum() / (4 * d * d)

@@ -1,0 +1,61 @@
+"""Domain-adaptation losses against direct computations."""
+
+import math
+
+import pytest
+import torch
+
+from transferkit.errors import ConfigError, ShapeError
+from transferkit.transfer.adapt import GradientReversal, coral_loss, grad_reverse, mmd_loss
+
+
+def test_gradient_reversal_flips_the_sign_with_the_factor():
+    x = torch.tensor([1.0, -2.0, 3.0], requires_grad=True)
+    y = grad_reverse(x, 0.5)
+    assert torch.equal(y, x)  # identity forward
+    (y * torch.tensor([1.0, 2.0, 3.0])).sum().backward()
+    assert torch.equal(x.grad, torch.tensor([-0.5, -1.0, -1.5]))
+    layer = GradientReversal(2.0)
+    x.grad = None
+    layer(x).sum().backward()
+    assert torch.equal(x.grad, torch.full((3,), -2.0))
+    with pytest.raises(ConfigError, match="coeff must be >= 0"):
+        grad_reverse(x, -1.0)
+
+
+def test_mmd_is_zero_for_identical_samples_and_matches_a_direct_kernel_sum():
+    torch.manual_seed(0)
+    s = torch.randn(5, 3)
+    assert mmd_loss(s, s.clone()).abs().item() < 1e-6
+    t = torch.randn(4, 3) + 1.0
+    bw = [0.5, 2.0]
+
+    def k(a, b):
+        return sum(math.exp(-float(((a - b) ** 2).sum()) / w) for w in bw)
+
+    direct = (sum(k(a, b) for a in s for b in s) / 25 + sum(k(a, b) for a in t for b in t) / 16
+              - 2 * sum(k(a, b) for a in s for b in t) / 20)
+    assert mmd_loss(s, t, bandwidths=bw).item() == pytest.approx(direct, rel=1e-5)
+    assert mmd_loss(s, t).item() > mmd_loss(s, s + 0.01).item()  # a shifted domain is farther
+
+
+def test_coral_matches_its_formula():
+    s = torch.tensor([[1.0, 2.0], [3.0, 0.0], [0.0, 1.0]])
+    t = torch.tensor([[0.0, 0.0], [2.0, 2.0], [4.0, 1.0]])
+    # unbiased covariances by hand: s columns (1,3,0), (2,0,1): var 7/3 and 1, cov (-1/3-5/3)/2 = -1;
+    # t columns (0,2,4), (0,2,1): var 4 and 1, cov 2/2 = 1
+    cs = torch.tensor([[7 / 3, -1.0], [-1.0, 1.0]])
+    ct = torch.tensor([[4.0, 1.0], [1.0, 1.0]])
+    expected = float(((cs - ct) ** 2).sum()) / (4 * 2 * 2)
+    assert expected == pytest.approx((25 / 9 + 4 + 4) / 16)
+    assert coral_loss(s, t).item() == pytest.approx(expected, rel=1e-6)
+    assert coral_loss(s, s).item() == 0.0
+
+
+def test_bad_inputs():
+    with pytest.raises(ShapeError, match="same d"):
+        mmd_loss(torch.zeros(3, 2), torch.zeros(3, 4))
+    with pytest.raises(ShapeError, match="at least 2"):
+        coral_loss(torch.zeros(1, 2), torch.zeros(3, 2))
+    with pytest.raises(ConfigError, match="bandwidths must be positive"):
+        mmd_loss(torch.ones(3, 2), torch.ones(3, 2))
