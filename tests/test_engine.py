@@ -474,3 +474,16 @@ def test_batch_index_points_at_the_training_examples():
     Trainer(make_net(), cpu(epochs=2, batch_size=16), [CrossEntropy(), Spy()]).fit(data)
     epoch1 = torch.cat(seen[: len(seen) // 2])
     assert sorted(epoch1.tolist()) == list(range(40))  # each example once per epoch
+
+
+def test_check_coefficient_is_the_one_non_negative_rule():
+    from transferkit.engine import check_coefficient
+
+    assert check_coefficient("X", "w", 3) == 3.0 and check_coefficient("X", "w", 0.0) == 0.0
+    for bad, msg in [(True, "must be a number"), ("1", "must be a number"),
+                     (-1, "finite number >= 0, got -1.0"), (float("inf"), "got inf"),
+                     (float("nan"), "got nan")]:
+        with pytest.raises(ConfigError, match=f"X w {msg}"):
+            check_coefficient("X", "w", bad)
+    with pytest.raises(ConfigError, match="; try 1"):
+        check_coefficient("X", "w", -2, "try 1")

@@ -7,7 +7,14 @@ precision.
 
 from transferkit.engine.checkpoint import RunDir
 from transferkit.engine.config import TrainConfig
-from transferkit.engine.objectives import OBJECTIVES, Batch, CrossEntropy, Objective, build_objectives
+from transferkit.engine.objectives import (
+    OBJECTIVES,
+    Batch,
+    CrossEntropy,
+    Objective,
+    build_objectives,
+    check_coefficient,
+)
 from transferkit.engine.strategies import (
     apply_strategy,
     backbone_blocks,
@@ -33,6 +40,7 @@ __all__ = [
     "build_optimizer",
     "build_param_groups",
     "build_scheduler",
+    "check_coefficient",
     "lr_factor",
     "predict_features",
 ]

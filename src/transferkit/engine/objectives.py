@@ -10,6 +10,8 @@ Two methods at once is a list of two objectives, not new code.
 from __future__ import annotations
 
 import inspect
+import math
+import numbers
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -56,6 +58,23 @@ class Batch:
     index: torch.Tensor | None = None
 
 
+def check_coefficient(owner: str, name: str, value: object, hint: str = "") -> float:
+    """``value`` as a float, checked to be a finite number >= 0 (loss weights, penalty strengths).
+
+    Raises:
+        ConfigError: ``value`` is not a real number (booleans included), is negative, NaN or
+            infinite; the message names ``owner``, ``name`` and the value, plus ``hint`` if given.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ConfigError(f"{owner} {name} must be a number >= 0, got {value!r}")
+    v = float(value)
+    if not (v >= 0 and math.isfinite(v)):
+        raise ConfigError(
+            f"{owner} {name} must be a finite number >= 0, got {v!r}" + (f"; {hint}" if hint else "")
+        )
+    return v
+
+
 def _snake(name: str) -> str:
     """``CrossEntropy`` -> ``cross_entropy``; acronyms stay whole (``MyRKDLoss`` -> ``my_rkd_loss``)."""
     return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name).lower()
@@ -89,12 +108,7 @@ class Objective(nn.Module):
 
     def __init__(self, weight: float = 1.0) -> None:
         super().__init__()
-        weight = float(weight)
-        if not weight >= 0 or weight == float("inf"):
-            raise ConfigError(
-                f"{type(self).__name__} weight must be a finite number >= 0, got {weight!r}"
-            )
-        self.weight = weight
+        self.weight = check_coefficient(type(self).__name__, "weight", weight)
 
     @property
     def name(self) -> str:
@@ -197,4 +211,4 @@ def build_objectives(specs: Sequence[Mapping[str, object]], **context: object) -
     return out
 
 
-__all__ = ["OBJECTIVES", "Batch", "CrossEntropy", "Objective", "build_objectives"]
+__all__ = ["OBJECTIVES", "Batch", "CrossEntropy", "Objective", "build_objectives", "check_coefficient"]

@@ -17,7 +17,6 @@ hyper-parameters -> registered in :data:`transferkit.engine.objectives.OBJECTIVE
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -25,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from transferkit.engine.objectives import OBJECTIVES, Batch, Objective
+from transferkit.engine.objectives import OBJECTIVES, Batch, Objective, check_coefficient
 from transferkit.errors import ConfigError, ShapeError
 from transferkit.models.surgery import backbone_blocks
 from transferkit.transfer.distill.layers import (
@@ -143,14 +142,6 @@ def rkd_angle_loss(student_emb: torch.Tensor, teacher_emb: torch.Tensor) -> torc
     return F.smooth_l1_loss(s, t)
 
 
-def _nonneg(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-        0 <= value < math.inf
-    ):
-        raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
-    return float(value)
-
-
 class RKD(Objective):
     """Relational knowledge distillation (Park et al., 2019); registered as ``"rkd"``.
 
@@ -184,8 +175,8 @@ class RKD(Objective):
     ) -> None:
         super().__init__(weight)
         _check_teacher(teacher, "RKD")
-        self.distance_weight = _nonneg("RKD distance_weight", distance_weight)
-        self.angle_weight = _nonneg("RKD angle_weight", angle_weight)
+        self.distance_weight = check_coefficient("RKD", "distance_weight", distance_weight)
+        self.angle_weight = check_coefficient("RKD", "angle_weight", angle_weight)
         if self.distance_weight == 0 and self.angle_weight == 0:
             raise ConfigError(
                 "RKD distance_weight and angle_weight are both 0, so the term is always 0; "

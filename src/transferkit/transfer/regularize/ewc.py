@@ -32,10 +32,10 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from transferkit.data.base import TensorDataset
-from transferkit.engine.objectives import OBJECTIVES, Batch, Objective
+from transferkit.engine.objectives import OBJECTIVES, Batch, Objective, check_coefficient
 from transferkit.errors import CheckpointError, ConfigError, LabelError, ShapeError
 from transferkit.io import load_state_dict, save_state_dict
-from transferkit.transfer.regularize.l2sp import check_coefficient, match_reference
+from transferkit.transfer.regularize.l2sp import match_reference
 
 if TYPE_CHECKING:
     from transferkit.engine.trainer import Trainer

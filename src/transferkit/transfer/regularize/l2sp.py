@@ -15,39 +15,19 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from transferkit.engine.objectives import OBJECTIVES, Batch, Objective
+from transferkit.engine.objectives import OBJECTIVES, Batch, Objective, check_coefficient
 from transferkit.errors import ConfigError
 
 if TYPE_CHECKING:
     from transferkit.engine.trainer import Trainer
 
 logger = logging.getLogger(__name__)
-
-
-def check_coefficient(owner: str, name: str, value: object, hint: str = "") -> float:
-    """``value`` as a float, checked to be finite and >= 0.
-
-    Raises:
-        ConfigError: ``value`` is not a number, is negative, NaN or infinite (message names
-            ``owner``, ``name`` and the value).
-    """
-    try:
-        v = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{owner} {name} must be a number >= 0, got {value!r}") from exc
-    if not (v >= 0 and math.isfinite(v)):
-        raise ConfigError(
-            f"{owner} {name} must be a finite number >= 0, got {value!r}"
-            + (f"; {hint}" if hint else "")
-        )
-    return v
 
 
 def source_tensors(source: nn.Module | Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -223,4 +203,4 @@ class L2SP(Objective):
 
 OBJECTIVES.register("l2sp", L2SP)
 
-__all__ = ["L2SP", "check_coefficient", "l2sp_penalty", "match_reference", "source_tensors"]
+__all__ = ["L2SP", "l2sp_penalty", "match_reference", "source_tensors"]
