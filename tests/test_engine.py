@@ -481,8 +481,9 @@ def test_check_coefficient_is_the_one_non_negative_rule():
 
     assert check_coefficient("X", "w", 3) == 3.0 and check_coefficient("X", "w", 0.0) == 0.0
     for bad, msg in [(True, "must be a number"), ("1", "must be a number"),
-                     (-1, "finite number >= 0, got -1.0"), (float("inf"), "got inf"),
-                     (float("nan"), "got nan")]:
+                     (-1, "must be a finite number >= 0, got -1.0"),
+                     (float("inf"), "must be a finite number >= 0, got inf"),
+                     (float("nan"), "must be a finite number >= 0, got nan")]:
         with pytest.raises(ConfigError, match=f"X w {msg}"):
             check_coefficient("X", "w", bad)
     with pytest.raises(ConfigError, match="; try 1"):
