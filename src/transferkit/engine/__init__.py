@@ -12,6 +12,7 @@ from transferkit.engine.objectives import (
     Batch,
     CrossEntropy,
     Objective,
+    Phase,
     build_objectives,
     check_coefficient,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "CrossEntropy",
     "History",
     "Objective",
+    "Phase",
     "RunDir",
     "TrainConfig",
     "Trainer",

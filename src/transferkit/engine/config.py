@@ -55,6 +55,12 @@ class TrainConfig(BaseModel):
             fine-tuning on few examples or with small batches.
         channels_last: Convert convolutional models to the channels-last memory format; on CPU
             this speeds up depthwise/pointwise convolutions (1.4-1.8x measured on EfficientNet).
+        select_metric: The per-epoch value that picks the epoch whose weights the model ends with
+            (and that early stopping watches): ``"val_accuracy"`` or any key of the epoch row, such
+            as a monitor's (``"target_snd"``, ``"dev_risk"``). Epochs where it is ``None`` are not
+            candidates; when no epoch has it the model keeps the last epoch's weights.
+        select_mode: ``"max"`` or ``"min"``; ``"auto"`` minimises names containing ``loss``,
+            ``risk``, ``entropy`` or ``error`` and maximises the rest.
     """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -82,6 +88,8 @@ class TrainConfig(BaseModel):
     progress: bool = False
     freeze_bn: bool = False
     channels_last: bool = False
+    select_metric: str = "val_accuracy"
+    select_mode: Literal["auto", "max", "min"] = "auto"
 
     @field_validator("device")
     @classmethod
@@ -124,6 +132,13 @@ class TrainConfig(BaseModel):
             return cls(**d)
         except ValidationError as exc:
             raise ConfigError(format_validation_error(exc)) from exc
+
+    def selection_mode(self) -> Literal["max", "min"]:
+        """``select_mode`` with ``"auto"`` resolved from the metric's name."""
+        if self.select_mode != "auto":
+            return self.select_mode
+        lowered = self.select_metric.lower()
+        return "min" if any(w in lowered for w in ("loss", "risk", "entropy", "error")) else "max"
 
     def resolve_device(self) -> torch.device:
         """The device training runs on: ``"auto"`` picks CUDA when available, else CPU."""

@@ -5,6 +5,12 @@ holding its hyper-parameters (and any trainable parts, such as distillation adap
 ``forward`` maps a :class:`Batch` to an unweighted scalar loss. The trainer computes
 ``loss = sum(o.weight * o(batch) for o in objectives)``, logs every term, backpropagates and steps.
 Two methods at once is a list of two objectives, not new code.
+
+Domain adaptation adds unlabelled *target* examples: an objective with ``uses_target = True`` gets a
+target batch (same size as the source batch) forwarded with the source batch in one pass, in the
+``target_*`` fields of :class:`Batch`. Methods that alternate updates of different parts of the model
+(MCD's three steps) declare extra :class:`Phase` s; the trainer runs them after the main step on
+the same batch, each updating only the parameters it names.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import numbers
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +51,14 @@ class Batch:
         index: Positions of the batch's examples in the training dataset, ``(N,)`` int64 on the
             CPU; lets an objective look up per-example values it precomputed once (e.g. teacher
             outputs).
+        progress: Fraction of training done before this step, in ``[0, 1)``: ``(epoch *
+            steps_per_epoch + step) / (epochs * steps_per_epoch)`` (schedules such as DANN's).
+        phase: ``"main"`` in the ordinary step; the name of an extra :class:`Phase` otherwise.
+        target_x: Unlabelled target inputs ``(M, ...)`` when an objective uses target data.
+        target_logits: Student logits of ``target_x`` ``(M, num_classes)``, same forward pass.
+        target_features: Student backbone output of ``target_x`` ``(M, D)``.
+        target_taps: The tapped modules' outputs for ``target_x``, by module name.
+        target_index: Positions of the target examples in the target dataset, ``(M,)``.
     """
 
     x: torch.Tensor
@@ -56,6 +70,49 @@ class Batch:
     epoch: int = 0
     step: int = 0
     index: torch.Tensor | None = None
+    progress: float = 0.0
+    phase: str = "main"
+    target_x: torch.Tensor | None = None
+    target_logits: torch.Tensor | None = None
+    target_features: torch.Tensor | None = None
+    target_taps: dict[str, torch.Tensor] = field(default_factory=dict)
+    target_index: torch.Tensor | None = None
+
+    @property
+    def domain(self) -> torch.Tensor:
+        """Explicit domain labels of the source examples then the target examples: 0 = source,
+        1 = target, ``(N + M,)`` int64 (``(N,)`` zeros without target data)."""
+        n = len(self.features)
+        m = 0 if self.target_features is None else len(self.target_features)
+        dev = self.features.device
+        return torch.cat([torch.zeros(n, dtype=torch.long, device=dev),
+                          torch.ones(m, dtype=torch.long, device=dev)])
+
+
+@dataclass(frozen=True)
+class Phase:
+    """An extra update on the same batch after the main step (MCD's steps B and C).
+
+    Attributes:
+        name: Passed to the objective as ``batch.phase``; logged as ``loss_<objective>_<name>``.
+        update: Which parameters this phase steps: ``"heads"`` (the model's head and the
+            objectives' own parameters; the backbone's features are computed without gradients),
+            ``"backbone"`` (the input adapter and backbone only) or ``"all"``.
+        repeat: How many times the phase runs per batch (>= 1).
+    """
+
+    name: str
+    update: Literal["all", "heads", "backbone"] = "all"
+    repeat: int = 1
+
+    def __post_init__(self) -> None:
+        if self.update not in ("all", "heads", "backbone"):
+            raise ConfigError(f"Phase {self.name!r}: update must be 'all', 'heads' or 'backbone', "
+                              f"got {self.update!r}")
+        if isinstance(self.repeat, bool) or not isinstance(self.repeat, int) or self.repeat < 1:
+            raise ConfigError(f"Phase {self.name!r}: repeat must be an integer >= 1, got {self.repeat!r}")
+        if self.name == "main":
+            raise ConfigError("Phase name 'main' is the ordinary step's; pick another name")
 
 
 def check_coefficient(owner: str, name: str, value: object, hint: str = "") -> float:
@@ -101,10 +158,16 @@ class Objective(nn.Module):
         name: Short name used for logging the term (``"loss_<name>"``); defaults to the name the
             class is registered under in :data:`OBJECTIVES` (``"rkd"``), else the class name in
             snake case.
+        uses_target: True when the objective reads the unlabelled target fields of the batch
+            (domain adaptation); the trainer then needs ``fit(..., target=...)``.
+        phases: Extra updates the trainer runs after the main step on every batch (at most one
+            objective of a run may declare them); in those phases only this objective's loss counts.
     """
 
     taps: tuple[str, ...] = ()
     head_only: ClassVar[bool] = False
+    uses_target: ClassVar[bool] = False
+    phases: tuple[Phase, ...] = ()
 
     def __init__(self, weight: float = 1.0) -> None:
         super().__init__()
@@ -211,4 +274,12 @@ def build_objectives(specs: Sequence[Mapping[str, object]], **context: object) -
     return out
 
 
-__all__ = ["OBJECTIVES", "Batch", "CrossEntropy", "Objective", "build_objectives", "check_coefficient"]
+__all__ = [
+    "OBJECTIVES",
+    "Batch",
+    "CrossEntropy",
+    "Objective",
+    "Phase",
+    "build_objectives",
+    "check_coefficient",
+]

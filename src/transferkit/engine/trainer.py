@@ -4,16 +4,22 @@
 optimiser, schedule, freezing strategy, early stopping and mixed precision. Methods only contribute
 :class:`~transferkit.engine.objectives.Objective` terms, so two methods at once is a list of two
 objectives. With a ``run_dir`` every epoch leaves a resumable checkpoint and one line of metrics.
+
+Domain adaptation uses the same loop: ``fit(..., target=...)`` draws an unlabelled target batch
+beside every source batch (the smaller set cycles, reshuffled, so unequal sizes need nothing
+special), objectives declaring extra :class:`~transferkit.engine.objectives.Phase` s get those
+updates on the same batch, and monitors (label-free criteria) can pick the epoch to keep.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import time
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -24,7 +30,7 @@ from torch import nn
 from transferkit.data.base import TensorDataset
 from transferkit.engine.checkpoint import RunDir, cpu_state_dict, load_training_state
 from transferkit.engine.config import TrainConfig
-from transferkit.engine.objectives import Batch, CrossEntropy, Objective
+from transferkit.engine.objectives import Batch, CrossEntropy, Objective, Phase
 from transferkit.engine.strategies import (
     apply_strategy,
     backbone_frozen_throughout,
@@ -52,8 +58,10 @@ class History:
         epochs: One dict per finished epoch: ``epoch`` (1-based), ``train_loss``, ``loss_<term>``
             for every objective, ``train_accuracy``, ``val_loss``, ``val_accuracy`` (``None``
             without a validation set), ``lr`` (head learning rate used in the epoch) and ``seconds``.
-        best_epoch: 1-based epoch with the highest validation accuracy (``None`` without val).
-        best_val_accuracy: That accuracy.
+        best_epoch: 1-based epoch chosen by ``config.select_metric`` (highest validation accuracy
+            by default; ``None`` when no epoch had the metric).
+        best_val_accuracy: Validation accuracy of that epoch.
+        best_value: The selection metric's value at that epoch.
         seconds: Total training time, summed over resumed runs.
         stopped_early: Whether early stopping ended training.
     """
@@ -61,6 +69,7 @@ class History:
     epochs: list[dict[str, Any]] = field(default_factory=list)
     best_epoch: int | None = None
     best_val_accuracy: float | None = None
+    best_value: float | None = None
     seconds: float = 0.0
     stopped_early: bool = False
 
@@ -159,12 +168,16 @@ class Trainer:
         config: A :class:`TrainConfig`, a plain mapping of its fields, or ``None`` for defaults.
         objectives: Loss terms; ``None`` means ``[CrossEntropy()]``.
         run_dir: Folder for ``metrics.jsonl`` and checkpoints; ``None`` keeps everything in memory.
+        monitors: Callables ``monitor(trainer) -> {name: value}`` run after every epoch (after
+            validation); their values join the epoch's row, where ``config.select_metric`` can pick
+            them (label-free model choice in domain adaptation).
 
     Attributes:
         device: The device training runs on (``config.device`` resolved).
         use_amp: Whether mixed precision is on (``config.amp`` and a CUDA device).
         optimizer, scheduler, scaler: Built by :meth:`fit`.
-        train_data, val_data: The datasets of the current :meth:`fit` (for objectives' ``setup``).
+        train_data, val_data, target_data: The datasets of the current :meth:`fit` (for
+            objectives' ``setup`` and monitors).
         history: The :class:`History` of the last :meth:`fit`.
     """
 
@@ -174,6 +187,7 @@ class Trainer:
         config: TrainConfig | Mapping[str, Any] | None = None,
         objectives: Sequence[Objective] | None = None,
         run_dir: str | os.PathLike | None = None,
+        monitors: Sequence[Callable[[Trainer], Mapping[str, float | None]]] | None = None,
     ) -> None:
         for part in ("backbone", "head", "forward_features"):
             if not hasattr(model, part):
@@ -198,6 +212,15 @@ class Trainer:
                     f"objectives must be Objective instances, got a {type(obj).__name__}; "
                     "subclass transferkit.engine.Objective"
                 )
+        phased = [o for o in objectives if o.phases]
+        if len(phased) > 1:
+            raise ConfigError(
+                f"objectives {', '.join(repr(o.name) for o in phased)} each declare extra update "
+                "phases; at most one objective of a run may (e.g. one MCD)"
+            )
+        self.phases: tuple[Phase, ...] = tuple(phased[0].phases) if phased else ()
+        self._phase_owner: Objective | None = phased[0] if phased else None
+        self.monitors = list(monitors or [])
         self.model = model
         self.config = config
         self.objectives: list[Objective] = objectives
@@ -210,6 +233,8 @@ class Trainer:
         self.scaler: torch.amp.GradScaler | None = None
         self.train_data: TensorDataset | None = None
         self.val_data: TensorDataset | None = None
+        self.target_data: TensorDataset | None = None
+        self.steps_per_epoch = 0
         self.history = History()
         self._tap: LayerTap | None = None
 
@@ -226,6 +251,31 @@ class Trainer:
         head = int(getattr(getattr(self.model, "info", None), "num_classes", 0) or 0)
         if head > 0:
             self._check_labels(train, val, head)
+
+    def _check_target(self, train: TensorDataset, target: TensorDataset | None) -> None:
+        users = [o.name for o in self.objectives if o.uses_target]
+        if target is None:
+            if users:
+                raise ConfigError(
+                    f"objective(s) {', '.join(map(repr, users))} adapt to unlabelled target data; "
+                    "pass it with fit(train, val, target=target_data)"
+                )
+            return
+        if len(target) == 0:
+            raise DataError(
+                f"target set {target.name!r} is empty; domain adaptation needs unlabelled target "
+                "examples (at least one batch)"
+            )
+        if target.input_shape != train.input_shape:
+            hint = ""
+            if len(target.input_shape) == len(train.input_shape) == 3:
+                hint = (f" (target has {target.input_shape[0]} channel(s), source "
+                        f"{train.input_shape[0]})")
+            raise ShapeError(
+                f"target inputs have shape {target.input_shape} but source inputs "
+                f"{train.input_shape}{hint}; bring them to one shape first, e.g. "
+                f"transferkit.data.match_shape(target, {train.input_shape})"
+            )
 
     def _check_labels(self, train: TensorDataset, val: TensorDataset | None, head: int) -> None:
         for split, ds in (("train", train), ("val", val)):
@@ -259,29 +309,39 @@ class Trainer:
 
     # ------------------------------------------------------------------ fit
     def fit(
-        self, train: TensorDataset, val: TensorDataset | None = None, *, resume: bool = False
+        self,
+        train: TensorDataset,
+        val: TensorDataset | None = None,
+        *,
+        target: TensorDataset | None = None,
+        resume: bool = False,
     ) -> History:
         """Train ``self.model`` on ``train``, validating on ``val`` after every epoch.
 
         Args:
             train: Training data.
             val: Validation data for best-epoch selection and early stopping.
+            target: Unlabelled target-domain data for the objectives that use it (``uses_target``);
+                its labels are never read. Every step pairs the source batch with a target batch
+                of the same size; an epoch is one pass over ``train`` and the target set cycles.
             resume: Continue after the last finished epoch of ``run_dir``'s checkpoint (starts
                 fresh, with a logged note, when there is none).
 
         Returns:
-            The :class:`History`. The model ends with the best validation epoch's weights when
-            ``val`` is given, else the last epoch's.
+            The :class:`History`. The model ends with the weights of the epoch ``select_metric``
+            chose (the best validation accuracy by default), else the last epoch's.
 
         Raises:
-            DataError: ``train`` (or ``val``) is empty.
+            DataError: ``train``, ``val`` or ``target`` is empty.
             LabelError: labels do not fit the model's head.
-            ShapeError: inputs do not fit the model (from the first forward pass).
-            ConfigError: ``patience`` without ``val``, or ``resume`` without ``run_dir``.
+            ShapeError: inputs do not fit the model (from the first forward pass), or target
+                inputs differ in shape from the source's.
+            ConfigError: ``patience`` without a selection metric, ``resume`` without ``run_dir``,
+                target-using objectives without ``target``, or an unknown ``select_metric``.
             TrainingError: the loss became NaN or infinite; the last checkpoint is kept.
         """
         cfg = self.config
-        if cfg.patience is not None and val is None:
+        if cfg.patience is not None and val is None and cfg.select_metric.startswith("val_"):
             raise ConfigError(
                 f"patience={cfg.patience} (early stopping) needs a validation set; pass val= or "
                 "set patience=None"
@@ -289,7 +349,9 @@ class Trainer:
         if resume and self.run_dir is None:
             raise ConfigError("resume=True needs a run_dir to read checkpoints from; pass run_dir=")
         self._check_data(train, val)
-        self.train_data, self.val_data = train, val
+        self._check_target(train, target)
+        self.train_data, self.val_data, self.target_data = train, val, target
+        self.steps_per_epoch = len(_batch_slices(len(train), cfg.batch_size))
         model = self.model.to(self.device)
         if cfg.channels_last and any(p.ndim == 4 for p in model.parameters()):
             model = model.to(memory_format=torch.channels_last)
@@ -304,6 +366,11 @@ class Trainer:
             p for o in self.objectives for p in o.parameters()
             if p.requires_grad and id(p) not in model_ids
         ]
+        head_ids = {id(p) for p in model.head.parameters()}
+        self._update_sets = {
+            "heads": head_ids | {id(p) for p in extra},
+            "backbone": {id(p) for p in model.parameters() if id(p) not in head_ids},
+        }
         self.optimizer = build_optimizer(build_param_groups(model, cfg, extra), cfg)
         self.scheduler = build_scheduler(self.optimizer, cfg)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.use_amp)
@@ -323,7 +390,8 @@ class Trainer:
         cached = (
             cfg.cache_features
             and backbone_frozen_throughout(cfg)
-            and all(o.head_only and not o.taps for o in self.objectives)
+            and all(o.head_only and not o.taps and not o.uses_target for o in self.objectives)
+            and not self.phases
         )
         train_feats = val_feats = None
         if cached and not history.stopped_early and len(history.epochs) < cfg.epochs:
@@ -348,7 +416,7 @@ class Trainer:
                 self._tap = None
             progress.close()
             history.seconds += time.perf_counter() - t0
-        if val is not None and best_state is not None:
+        if best_state is not None:
             model.load_state_dict(best_state)
         model.eval()
         return history
@@ -373,22 +441,24 @@ class Trainer:
             row["val_loss"], row["val_accuracy"] = self.evaluate(val, val_feats)
         else:
             row["val_loss"] = row["val_accuracy"] = None
+        for monitor in self.monitors:
+            row.update(monitor(self))
         row["lr"] = lr
         self.scheduler.step()
         row["seconds"] = time.perf_counter() - t_epoch
         history.epochs.append(row)
-        if val is not None and (
-            history.best_val_accuracy is None or row["val_accuracy"] > history.best_val_accuracy
-        ):
+        if self._is_best(row, history):
             history.best_epoch, history.best_val_accuracy = epoch + 1, row["val_accuracy"]
+            history.best_value = float(row[cfg.select_metric])
             best_state = cpu_state_dict(self.model)
             if self.run_dir is not None:
                 self.run_dir.save_best(best_state, epoch + 1)
-        if cfg.patience is not None and epoch + 1 - history.best_epoch >= cfg.patience:
+        if (cfg.patience is not None and history.best_epoch is not None
+                and epoch + 1 - history.best_epoch >= cfg.patience):
             if epoch + 1 < cfg.epochs:
                 history.stopped_early = True
-                logger.info("early stopping after epoch %d: val accuracy has not improved since "
-                            "epoch %d", epoch + 1, history.best_epoch)
+                logger.info("early stopping after epoch %d: %s has not improved since epoch %d",
+                            epoch + 1, cfg.select_metric, history.best_epoch)
         if self.run_dir is not None:
             self._save(epoch + 1, history, best_state)
             self.run_dir.write_metrics(history.epochs)
@@ -399,6 +469,23 @@ class Trainer:
             _fmt(row["val_loss"]), _fmt(row["val_accuracy"]), lr, row["seconds"],
         )
         return best_state
+
+    def _is_best(self, row: dict[str, Any], history: History) -> bool:
+        """Whether this epoch's ``select_metric`` beats every earlier epoch's."""
+        key = self.config.select_metric
+        if key not in row:
+            raise ConfigError(
+                f"select_metric {key!r} is not among the epoch's values "
+                f"({', '.join(sorted(row))}); pass a monitor that reports it or pick one of these"
+            )
+        value = row[key]
+        if value is None or not math.isfinite(float(value)):
+            return False
+        if history.best_value is None:
+            return True
+        if self.config.selection_mode() == "max":
+            return float(value) > history.best_value
+        return float(value) < history.best_value
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.use_amp:
@@ -412,78 +499,151 @@ class Trainer:
         feats: torch.Tensor | None,
         progress: _Progress,
     ) -> dict[str, float]:
-        cfg, model, opt = self.config, self.model, self.optimizer
+        cfg, model = self.config, self.model
         apply_strategy(model, cfg, epoch)
         for obj in self.objectives:
             obj.on_epoch_start(self, epoch)
         gen = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch))
         order = torch.randperm(len(train), generator=gen)
+        target_order = self._target_order(epoch, len(train))
         slices = _batch_slices(len(train), cfg.batch_size)
         progress.start_epoch(epoch, len(slices))
         sums: dict[str, float] = defaultdict(float)
         correct = seen = 0
-        params = [p for g in opt.param_groups for p in g["params"]]
         for step, sl in enumerate(slices):
             idx = order[sl]
+            idx_t = target_order[sl] if target_order is not None else None
             x, y = train.x[idx].to(self.device), train.y[idx].to(self.device)
-            terms = self._step_terms(x, y, idx, feats, epoch, step)
-            loss = sum(o.weight * t for o, t in zip(self.objectives, terms[1], strict=True))
+            batch = self._forward(x, y, idx, idx_t, feats, epoch, step, "main")
+            terms = self._losses(batch, self.objectives)
+            loss = sum(o.weight * t for o, t in zip(self.objectives, terms, strict=True))
             if not torch.isfinite(loss):
-                raise TrainingError(self._nan_message(epoch, step, terms[1]))
-            opt.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            if cfg.grad_clip is not None:
-                self.scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None],
-                                               cfg.grad_clip)
-            self.scaler.step(opt)
-            self.scaler.update()
+                raise TrainingError(self._nan_message(epoch, step, self.term_names, terms))
+            self._update(loss, None)
             n = len(idx)
             sums["train_loss"] += float(loss.detach()) * n
-            for name, t in zip(self.term_names, terms[1], strict=True):
+            for name, t in zip(self.term_names, terms, strict=True):
                 sums[f"loss_{name}"] += float(t.detach()) * n
-            correct += int((terms[0].argmax(1) == y).sum())
+            correct += int((batch.logits.argmax(1) == y).sum())
             seen += n
+            for phase in self.phases:
+                sums[f"loss_{self._phase_owner.name}_{phase.name}"] += n * self._run_phase(
+                    phase, x, y, idx, idx_t, epoch, step
+                )
             progress.advance_batch()
         out = {k: v / seen for k, v in sums.items()}
         out["train_accuracy"] = correct / seen
         return out
 
-    def _step_terms(
+    def _target_order(self, epoch: int, needed: int) -> torch.Tensor | None:
+        """Target positions for one epoch: ``needed`` entries, whole reshuffled passes over the
+        target set back to back (the smaller set cycles), seeded per epoch so resume repeats them."""
+        if self.target_data is None or not any(o.uses_target for o in self.objectives):
+            return None
+        n = len(self.target_data)
+        gen = torch.Generator().manual_seed(epoch_seed(self.config.seed, epoch) ^ 0x7A5C3)
+        passes = -(-needed // n)
+        return torch.cat([torch.randperm(n, generator=gen) for _ in range(passes)])[:needed]
+
+    def _forward(
         self,
         x: torch.Tensor,
         y: torch.Tensor,
         idx: torch.Tensor,
+        idx_t: torch.Tensor | None,
         feats: torch.Tensor | None,
         epoch: int,
         step: int,
-    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Forward one batch; returns the logits and each objective's unweighted loss (float32)."""
+        phase: str,
+        frozen_features: bool = False,
+    ) -> Batch:
+        """One forward pass of the source batch (and the target batch, concatenated after it, so
+        BatchNorm sees both domains) into a :class:`Batch`."""
         model = self.model
+        total = max(1, self.config.epochs * self.steps_per_epoch)
+        common = dict(x=x, y=y, model=model, epoch=epoch, step=step, index=idx, phase=phase,
+                      progress=(epoch * self.steps_per_epoch + step) / total)
         with self._autocast():
             if feats is not None:
                 features = feats[idx.to(feats.device)]
-                logits = model.head(features)
-                taps: dict[str, torch.Tensor] = {}
-            else:
-                if self._tap is not None:
-                    self._tap.features.clear()
+                return Batch(logits=model.head(features), features=features, **common)
+            xt = None
+            if idx_t is not None:
+                xt = self.target_data.x[idx_t].to(self.device)
+                x = torch.cat([x, xt])
+            if self._tap is not None:
+                self._tap.features.clear()
+            with torch.no_grad() if frozen_features else contextlib.nullcontext():
                 features = model.forward_features(x)
-                logits = model.head(features)
-                taps = dict(self._tap.features) if self._tap is not None else {}
-            batch = Batch(x=x, y=y, logits=logits, features=features, taps=taps, model=model,
-                          epoch=epoch, step=step, index=idx)
-            values = [o(batch).float() for o in self.objectives]
-        for obj, v in zip(self.objectives, values, strict=True):
+            logits = model.head(features)
+            taps = dict(self._tap.features) if self._tap is not None else {}
+        if xt is None:
+            return Batch(logits=logits, features=features, taps=taps, **common)
+        n = len(y)
+        return Batch(
+            logits=logits[:n], features=features[:n], taps={k: v[:n] for k, v in taps.items()},
+            target_x=xt, target_logits=logits[n:], target_features=features[n:],
+            target_taps={k: v[n:] for k, v in taps.items()}, target_index=idx_t, **common,
+        )
+
+    def _losses(self, batch: Batch, objectives: Sequence[Objective]) -> list[torch.Tensor]:
+        """Each objective's unweighted loss on ``batch`` (float32 scalars)."""
+        with self._autocast():
+            values = [o(batch).float() for o in objectives]
+        for obj, v in zip(objectives, values, strict=True):
             if v.ndim != 0:
                 raise TrainingError(
                     f"objective {obj.name!r} returned a loss of shape {tuple(v.shape)}; "
                     "forward(batch) must return a scalar (reduce with .mean())"
                 )
-        return logits, values
+        return values
 
-    def _nan_message(self, epoch: int, step: int, values: list[torch.Tensor]) -> str:
-        pairs = zip(self.term_names, values, strict=True)
+    def _update(self, loss: torch.Tensor, only: set[int] | None) -> None:
+        """Backpropagate ``loss`` and step the optimiser; with ``only``, parameters outside it
+        (by ``id``) lose their gradient first, so the optimiser leaves them untouched."""
+        opt, cfg = self.optimizer, self.config
+        opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        params = [p for g in opt.param_groups for p in g["params"]]
+        if only is not None:
+            for p in params:
+                if id(p) not in only:
+                    p.grad = None
+        if cfg.grad_clip is not None:
+            self.scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], cfg.grad_clip)
+        self.scaler.step(opt)
+        self.scaler.update()
+
+    def _run_phase(
+        self,
+        phase: Phase,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        idx: torch.Tensor,
+        idx_t: torch.Tensor | None,
+        epoch: int,
+        step: int,
+    ) -> float:
+        """Run an extra update phase ``phase.repeat`` times on the batch; returns its mean loss."""
+        owner = self._phase_owner
+        only = None if phase.update == "all" else self._update_sets[phase.update]
+        total = 0.0
+        for _ in range(phase.repeat):
+            batch = self._forward(x, y, idx, idx_t, None, epoch, step, phase.name,
+                                  frozen_features=phase.update == "heads")
+            (loss,) = self._losses(batch, [owner])
+            if not torch.isfinite(loss):
+                raise TrainingError(self._nan_message(
+                    epoch, step, [f"{owner.name}_{phase.name}"], [loss]))
+            self._update(owner.weight * loss, only)
+            total += float(loss.detach())
+        return total / phase.repeat
+
+    def _nan_message(
+        self, epoch: int, step: int, names: Sequence[str], values: Sequence[torch.Tensor]
+    ) -> str:
+        pairs = zip(names, values, strict=True)
         terms = ", ".join(f"{n}={float(v.detach()):.4g}" for n, v in pairs)
         kept = ""
         if self.run_dir is not None and self.run_dir.has_checkpoint():
@@ -556,6 +716,8 @@ class Trainer:
         if changed:
             logger.warning("resuming with changed config values: %s", ", ".join(changed))
         history = History(**state["history"])
+        if history.best_value is None and self.config.select_metric == "val_accuracy":
+            history.best_value = history.best_val_accuracy  # checkpoints written before best_value
         logger.info("resuming from %s after epoch %d", path.parent, int(state["epoch"]))
         return history, state.get("best_model")
 

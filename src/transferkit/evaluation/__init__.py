@@ -3,7 +3,10 @@
 * :func:`evaluate` / :func:`predict` / :func:`classification_metrics` -> :class:`Metrics`;
 * :class:`RunResult` (one method, one seed), :func:`summarize` (mean/std over seeds, gain over the
   baseline, negative transfer, significance) and :func:`format_table`;
-* :func:`write_metrics_json` and :func:`write_report` (self-contained HTML with plots).
+* :func:`write_metrics_json` and :func:`write_report` (self-contained HTML with plots);
+* label-free model choice for domain adaptation (:mod:`.unsupervised`): :func:`prediction_entropy`,
+  :func:`snd_score`, :func:`dev_risk`, and the domain gap (:func:`domain_gap`,
+  :func:`proxy_a_distance`).
 """
 
 from transferkit.evaluation.compare import RunResult, format_gain, format_table, summarize
@@ -15,16 +18,30 @@ from transferkit.evaluation.metrics import (
     predict,
 )
 from transferkit.evaluation.report import write_metrics_json, write_report
+from transferkit.evaluation.unsupervised import (
+    dev_risk,
+    dev_weights,
+    domain_gap,
+    prediction_entropy,
+    proxy_a_distance,
+    snd_score,
+)
 
 __all__ = [
     "Metrics",
     "RunResult",
     "classification_metrics",
+    "dev_risk",
+    "dev_weights",
+    "domain_gap",
     "evaluate",
     "evaluate_with_head",
     "format_gain",
     "format_table",
     "predict",
+    "prediction_entropy",
+    "proxy_a_distance",
+    "snd_score",
     "summarize",
     "write_metrics_json",
     "write_report",
