@@ -59,3 +59,45 @@ def test_bad_inputs():
         coral_loss(torch.zeros(1, 2), torch.zeros(3, 2))
     with pytest.raises(ConfigError, match="bandwidths must be positive"):
         mmd_loss(torch.ones(3, 2), torch.ones(3, 2))
+
+
+def test_joint_mmd_with_one_layer_is_mmd_and_multiplies_kernels_across_layers():
+    from transferkit.transfer.adapt import jmmd_loss
+
+    torch.manual_seed(1)
+    s, t = torch.randn(5, 3), torch.randn(4, 3) + 0.5
+    assert jmmd_loss([s], [t]).item() == pytest.approx(mmd_loss(s, t).item(), rel=1e-6)
+    assert jmmd_loss([s], [t], kernel_mul=3.0, num_kernels=2).item() == pytest.approx(
+        mmd_loss(s, t, kernel_mul=3.0, num_kernels=2).item(), rel=1e-6)
+    ps, pt = torch.softmax(torch.randn(5, 2), 1), torch.softmax(torch.randn(4, 2), 1)
+    bw = [[0.5, 2.0], [1.68]]
+
+    def k(i, j, a, b):  # product over the two layers of each layer's kernel sum
+        k1 = sum(math.exp(-float(((a[0][i] - b[0][j]) ** 2).sum()) / w) for w in bw[0])
+        return k1 * math.exp(-float(((a[1][i] - b[1][j]) ** 2).sum()) / 1.68)
+
+    src, tgt = (s, ps), (t, pt)
+    direct = (sum(k(i, j, src, src) for i in range(5) for j in range(5)) / 25
+              + sum(k(i, j, tgt, tgt) for i in range(4) for j in range(4)) / 16
+              - 2 * sum(k(i, j, src, tgt) for i in range(5) for j in range(4)) / 20)
+    assert jmmd_loss([s, ps], [t, pt], bandwidths=bw).item() == pytest.approx(direct, rel=1e-5)
+    # a layer on which every example agrees contributes a kernel of 1: the joint MMD is the other's
+    same = torch.ones(5, 2), torch.ones(4, 2)
+    assert jmmd_loss([s, same[0]], [t, same[1]], bandwidths=[None, [1.0]]).item() == pytest.approx(
+        mmd_loss(s, t).item(), rel=1e-6)
+
+
+def test_joint_mmd_bad_inputs():
+    from transferkit.transfer.adapt import jmmd_loss
+
+    s, t = torch.randn(5, 3), torch.randn(4, 3)
+    with pytest.raises(ShapeError, match="one source and one target tensor per layer"):
+        jmmd_loss([s, s], [t])
+    with pytest.raises(ShapeError, match="at least one"):
+        jmmd_loss([], [])
+    with pytest.raises(ShapeError, match="same examples"):
+        jmmd_loss([s, s[:4]], [t, t])
+    with pytest.raises(ConfigError, match="one entry .* per layer: 2 layer"):
+        jmmd_loss([s, s], [t, t], bandwidths=[None])
+    with pytest.raises(ConfigError, match="bandwidths must be positive"):
+        jmmd_loss([s], [t], bandwidths=[[0.0]])

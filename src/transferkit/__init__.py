@@ -13,6 +13,8 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
+    "AdaptConfig": "transferkit.config",
+    "adapt": "transferkit.workflows",
     "DataSplits": "transferkit.data",
     "FinetuneConfig": "transferkit.config",
     "LayerTap": "transferkit.models",

@@ -264,3 +264,83 @@ class DistillConfig(_Strict):
             if not m.get("name"):
                 raise ValueError(f"method #{i + 1} {m!r} has no 'name'")
         return v
+
+
+class DomainDataConfig(_Strict):
+    """One domain's data in a domain-adaptation run.
+
+    Attributes:
+        dataset: A built-in name (``mnist5k``, ``digits``, ``fashion-mnist``) or a path.
+        root: Folder holding the dataset's files, for built-ins that read from disk.
+        val_fraction: Share of the training split held out (source: DEV's validation set; target:
+            only the oracle baseline's validation set).
+    """
+
+    dataset: str
+    root: str | None = None
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+
+
+def _default_adapt_methods() -> list[dict[str, Any]]:
+    return [{"name": "dann"}]
+
+
+class AdaptConfig(_Strict):
+    """A domain-adaptation run: labelled source data, unlabelled target data, the same task.
+
+    Every method is trained for every trade-off weight in ``weights`` and every seed, next to a
+    source-only model and (with ``oracle``) a model trained on the labelled target. The checkpoint
+    and the weight are chosen by the label-free criterion ``select``; the report shows the accuracy
+    every criterion's choice gave next to the choice target labels would have made.
+
+    Attributes:
+        source_data: The labelled source domain.
+        target_data: The target domain; its training inputs are used without labels, its test
+            split gives the reported accuracy.
+        image_size: Both domains' images are resized to this (square) size; ``None`` uses the
+            larger of the two.
+        methods: Objectives adapting to the target, each ``{name: ..., <args>}`` (``dann``,
+            ``cdan``, ``cdan_e``, ``dan``, ``jan``, ``coral``, ``mcd``); cross-entropy on the source
+            is always added.
+        weights: Grid of the methods' trade-off weight (the objective's ``weight``; MCD's
+            ``trade_off``), unless a method sets it itself.
+        select: Label-free criterion picking checkpoint and weight: ``dev`` (importance-weighted
+            source validation loss), ``snd`` (soft neighbourhood density) or ``entropy``.
+        source_only: Also train on the source alone (the baseline of the report).
+        oracle: Also train on the labelled target (an upper bound no user without target labels
+            can reach).
+        model: The network: ``arch`` (default ``small_cnn``) with ``kwargs``, or a ``source``
+            model folder to start from.
+    """
+
+    name: str = "adapt"
+    out: str = "runs/adapt"
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    resume: bool = False
+    source_data: DomainDataConfig = Field(default_factory=lambda: DomainDataConfig(dataset="mnist5k"))
+    target_data: DomainDataConfig = Field(default_factory=lambda: DomainDataConfig(dataset="digits"))
+    image_size: int | None = Field(None, ge=4)
+    methods: list[dict[str, Any]] = Field(default_factory=_default_adapt_methods)
+    weights: list[float] = Field(default_factory=lambda: [1.0])
+    select: Literal["dev", "snd", "entropy"] = "dev"
+    source_only: bool = True
+    oracle: bool = True
+    model: ModelConfig = Field(default_factory=lambda: ModelConfig(arch="small_cnn"))
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(backbone_lr_scale=1.0))
+
+    _seeds_not_empty = field_validator("seeds")(_check_seeds)
+
+    @field_validator("methods")
+    @classmethod
+    def _methods_named(cls, v: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for i, m in enumerate(v):
+            if not m.get("name"):
+                raise ValueError(f"method #{i + 1} {m!r} has no 'name', e.g. {{name: dann}}")
+        return v
+
+    @field_validator("weights")
+    @classmethod
+    def _weights_ok(cls, v: list[float]) -> list[float]:
+        if not v or any(not w >= 0 for w in v):
+            raise ValueError(f"weights must be a non-empty list of numbers >= 0, got {v}")
+        return v

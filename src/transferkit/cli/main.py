@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from transferkit import __version__
-from transferkit.cli import demo, distill, evaluate, finetune, grow, inspect, rank, validate
+from transferkit.cli import adapt, demo, distill, evaluate, finetune, grow, inspect, rank, validate
 
 app = typer.Typer(
     name="transferkit",
@@ -15,6 +15,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command("demo")(demo.demo)
+app.command("adapt")(adapt.adapt)
 app.command("finetune", context_settings={"allow_extra_args": True, "ignore_unknown_options": False})(
     finetune.finetune
 )

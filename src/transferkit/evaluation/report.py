@@ -287,6 +287,7 @@ def write_report(
     *,
     title: str = "transferkit report",
     notes: Sequence[str] = (),
+    tables: Sequence[tuple[str, str]] = (),
 ) -> Path:
     """Write a self-contained ``out_dir/report.html`` plus its plots as PNG files.
 
@@ -303,6 +304,7 @@ def write_report(
         baseline: Name of the baseline configuration.
         title: Page title.
         notes: Free-text notes shown as a list (escaped).
+        tables: More ``(title, preformatted text)`` sections, shown after the summary.
 
     Returns:
         Path of ``report.html``.
@@ -351,6 +353,7 @@ def write_report(
         "difference, i.e. not clearly different from the baseline.</p>",
         "<h2>Summary</h2>",
         _summary_html(summary),
+        *(f"<h2>{esc(t)}</h2>\n<pre>{esc(body)}</pre>" for t, body in tables),
         "<h2>Learning curves</h2>",
         _img(pngs["curves.png"], "learning curves"),
         "<h2>Accuracy per method</h2>",

@@ -140,7 +140,9 @@ class InputAdapter(nn.Module):
                     "conversion is automatic: convert the data or change the model's in_channels"
                 )
         if tuple(x.shape[2:]) != (h, w):
-            x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
+            # antialias when shrinking: plain bilinear sampling skips pixels (28 -> 8 would alias)
+            shrink = h < x.shape[2] or w < x.shape[3]
+            x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=shrink)
         return self._normalise(x, vector=False)
 
     def _normalise(self, x: torch.Tensor, vector: bool) -> torch.Tensor:

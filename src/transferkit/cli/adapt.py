@@ -1,0 +1,80 @@
+"""``transferkit adapt``: domain adaptation from labelled source data to unlabelled target data."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+from transferkit.cli._common import console, handle_errors, parse_objective_spec, setup_logging
+
+
+@handle_errors
+def adapt(
+    overrides: list[str] | None = typer.Argument(None, help="key=value overrides, e.g. train.lr=0.01"),
+    config: Path | None = typer.Option(None, "--config", "-c", help="YAML config file."),
+    method: list[str] | None = typer.Option(
+        None,
+        "--method",
+        "-m",
+        help="Adaptation method NAME[:key=value,...], repeatable: dann, cdan, cdan+e, dan, jan, coral, mcd "
+        "(e.g. -m dann -m cdan:entropy=true).",
+    ),
+    source_data: str | None = typer.Option(None, "--source-data", help="Labelled source data: name or path."),
+    target_data: str | None = typer.Option(
+        None, "--target-data", help="Target data (its training labels are never used): name or path."
+    ),
+    weights: str | None = typer.Option(
+        None, "--weights", help="Comma-separated grid of the trade-off weight, e.g. 0.1,0.3,1."
+    ),
+    select: str | None = typer.Option(
+        None, "--select", help="Label-free model choice: dev | snd | entropy (default dev)."
+    ),
+    image_size: int | None = typer.Option(None, "--image-size", help="Bring both domains to this size."),
+    arch: str | None = typer.Option(None, "--arch", help="Network (default small_cnn)."),
+    source: str | None = typer.Option(None, "--source", help="Start from this model folder."),
+    epochs: int | None = typer.Option(None, "--epochs", help="Epochs (passes over the source)."),
+    seeds: str | None = typer.Option(None, "--seeds", help="Comma-separated seeds, e.g. 0,1,2."),
+    out: Path | None = typer.Option(None, "--out", help="Output folder."),
+    oracle: bool | None = typer.Option(
+        None, "--oracle/--no-oracle", help="Also train on the labelled target (upper bound)."
+    ),
+    resume: bool = typer.Option(False, "--resume", help="Continue killed runs from checkpoints."),
+    progress: bool | None = typer.Option(
+        None, "--progress/--no-progress", help="Progress bars (default: on when stderr is a terminal)."
+    ),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every epoch."),
+) -> None:
+    """Adapt to an unlabelled target domain (DANN, CDAN, DAN, JAN, CORAL, MCD); compare with source-only."""
+    from transferkit.config import AdaptConfig, apply_overrides, build_config, read_yaml
+    from transferkit.workflows import adapt as run_adapt
+
+    setup_logging(verbose)
+    base = read_yaml(config) if config is not None else {}
+    pairs = {
+        "source_data.dataset": source_data,
+        "target_data.dataset": target_data,
+        "select": select,
+        "image_size": image_size,
+        "model.arch": arch,
+        "model.source": source,
+        "train.epochs": epochs,
+        "out": str(out) if out else None,
+        "oracle": oracle,
+        "resume": True if resume else None,
+    }
+    items = [f"{k}={v}" for k, v in pairs.items() if v is not None]
+    if progress if progress is not None else sys.stderr.isatty():
+        items.append("train.progress=true")
+    if seeds is not None:
+        items.append(f"seeds=[{seeds}]")
+    if weights is not None:
+        items.append(f"weights=[{weights}]")
+    merged = apply_overrides(base, items + list(overrides or []))
+    if method:
+        merged["methods"] = [parse_objective_spec(m, "--method") for m in method]
+    cfg = build_config(merged, AdaptConfig)
+    result = run_adapt(cfg)
+    typer.echo(result.table())
+    console.print(f"wrote {result.out_dir / 'metrics.json'} and {result.out_dir / 'report.html'}")

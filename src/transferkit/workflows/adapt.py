@@ -1,0 +1,282 @@
+"""``adapt``: domain adaptation with model choice that never reads target labels.
+
+Labelled source data and unlabelled target data of the same task. Every adaptation method (an
+objective next to cross-entropy on the source) is trained for every trade-off weight and seed, next
+to a source-only model and a target oracle. Checkpoint and weight are picked by a label-free
+criterion (:mod:`transferkit.transfer.adapt.monitor`); the target test accuracy of every epoch is
+recorded only to show, in the report, how far each criterion's choice is from the oracle choice.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from transferkit.config import AdaptConfig, DomainDataConfig, build_config, dump_config
+from transferkit.data import DataSplits, TensorDataset, load_dataset, match_shape
+from transferkit.engine import OBJECTIVES, CrossEntropy, Objective, build_objectives
+from transferkit.errors import ConfigError, LabelError, ShapeError
+from transferkit.evaluation import RunResult
+from transferkit.io import atomic_write_text
+from transferkit.models import load_model
+from transferkit.workflows.arms import Arm, WorkflowResult, run_arms
+
+logger = logging.getLogger(__name__)
+
+#: Label-free criteria shown in the report, then the oracle: label -> (epoch-row key, mode).
+CHOICES: dict[str, tuple[str, str]] = {
+    "dev": ("dev_risk", "min"),
+    "snd": ("target_snd", "max"),
+    "entropy": ("target_entropy", "min"),
+    "oracle": ("oracle_accuracy", "max"),
+}
+
+
+def _load_domain(cfg: DomainDataConfig, seed: int) -> DataSplits:
+    return load_dataset(cfg.dataset, root=cfg.root, val_fraction=cfg.val_fraction, seed=seed)
+
+
+def _to_shape(splits: DataSplits, shape: tuple[int, ...]) -> DataSplits:
+    return DataSplits(*(match_shape(d, shape) for d in (splits.train, splits.val, splits.test)))
+
+
+def prepare_domains(
+    source: DataSplits, target: DataSplits, image_size: int | None = None
+) -> tuple[DataSplits, DataSplits]:
+    """Bring both domains' images to one shape (same channels required; resized to
+    ``image_size`` or the larger of the two sizes).
+
+    Raises:
+        LabelError: The domains have different numbers of classes (not the same task).
+        ShapeError: The domains' inputs differ in channels or in rank.
+    """
+    if source.num_classes != target.num_classes:
+        raise LabelError(
+            f"source has {source.num_classes} classes but target {target.num_classes}; domain "
+            "adaptation needs the same task (the same classes) in both domains"
+        )
+    s, t = source.train.input_shape, target.train.input_shape
+    if len(s) != len(t) or (len(s) == 3 and s[0] != t[0]) or (len(s) != 3 and s != t):
+        what = f"{s[0]} vs {t[0]} channels" if len(s) == len(t) == 3 else f"{s} vs {t}"
+        raise ShapeError(
+            f"source inputs {s} and target inputs {t} differ ({what}); convert one domain first, "
+            f"e.g. transferkit.data.match_shape(target_split, {s})"
+        )
+    if len(s) != 3:
+        return source, target
+    size = image_size or max(s[1], s[2], t[1], t[2])
+    shape = (s[0], size, size)
+    return _to_shape(source, shape), _to_shape(target, shape)
+
+
+def _unlabelled(data: TensorDataset) -> TensorDataset:
+    """The inputs alone: labels replaced by zeros so no training code can read them."""
+    return TensorDataset(data.x, torch.zeros(len(data), dtype=torch.long), list(data.classes),
+                         f"{data.name} (unlabelled)")
+
+
+def _model_kwargs(arch: str, given: dict[str, Any], shape: tuple[int, ...]) -> dict[str, Any]:
+    kwargs = dict(given)
+    if arch == "small_cnn" and len(shape) == 3:
+        kwargs.setdefault("in_channels", shape[0])
+        kwargs.setdefault("image_size", shape[1])
+    elif arch == "mlp":
+        kwargs.setdefault("in_features", math.prod(shape))
+    return kwargs
+
+
+def _method_grid(methods: list[dict[str, Any]], weights: list[float]) -> list[tuple[str, float, dict]]:
+    """(label, trade-off weight, objective spec) for every method and weight of the grid."""
+    out = []
+    for spec in methods:
+        spec = dict(spec)
+        name = str(spec["name"]).replace("+", "_").replace("-", "_")
+        spec["name"] = name
+        cls = OBJECTIVES.get(name)
+        if not getattr(cls, "uses_target", False):
+            raise ConfigError(
+                f"method {name!r} does not adapt to target data; use one of "
+                f"{', '.join(n for n in OBJECTIVES.names() if OBJECTIVES.get(n).uses_target)}"
+            )
+        arg = getattr(cls, "trade_off_arg", "weight")
+        grid = [spec[arg]] if arg in spec else weights
+        for w in grid:
+            out.append((name, float(w), {**spec, arg: w}))
+    return out
+
+
+def _better(value: float, best: float | None, mode: str) -> bool:
+    return best is None or (value > best if mode == "max" else value < best)
+
+
+def choose(runs: list[RunResult], names: list[str], seed: int, key: str, mode: str) -> dict | None:
+    """The (run, epoch) among ``names``' runs of ``seed`` with the best ``key`` in their history;
+    returns ``{"name", "epoch", "value", "accuracy", "domain_gap"}`` or ``None``."""
+    best: dict | None = None
+    for run in runs:
+        if run.name not in names or run.seed != seed:
+            continue
+        for row in run.history:
+            v = row.get(key)
+            if v is None or not math.isfinite(float(v)):
+                continue
+            if _better(float(v), None if best is None else best["value"], mode):
+                best = {"name": run.name, "epoch": row["epoch"], "value": float(v),
+                        "accuracy": row.get("oracle_accuracy"), "domain_gap": row.get("domain_gap")}
+    return best
+
+
+def _fmt(values: list[float]) -> str:
+    if not values:
+        return "-"
+    mean = statistics.fmean(values)
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{100 * mean:.1f} ± {100 * std:.1f}"
+
+
+def model_choice_table(
+    runs: list[RunResult], groups: dict[str, list[str]], seeds: list[int], selected: str
+) -> tuple[str, list[dict[str, Any]]]:
+    """Target test accuracy of each criterion's choice (checkpoint and weight) per method.
+
+    Args:
+        runs: All runs (their histories hold every criterion and ``oracle_accuracy`` per epoch).
+        groups: Method label -> names of its arms (one per trade-off weight).
+        seeds: Seeds to average over.
+        selected: The criterion the saved models were chosen by.
+
+    Returns:
+        The table as text and its rows as data.
+    """
+    rows: list[dict[str, Any]] = []
+    for label, names in groups.items():
+        row: dict[str, Any] = {"method": label}
+        for crit, (key, mode) in CHOICES.items():
+            picks = [choose(runs, names, s, key, mode) for s in seeds]
+            picks = [p for p in picks if p is not None and p["accuracy"] is not None]
+            row[crit] = [p["accuracy"] for p in picks]
+            row[f"{crit}_picks"] = [f"{p['name'].rsplit('/', 1)[-1]}@{p['epoch']}" for p in picks]
+            row[f"{crit}_gap"] = [p["domain_gap"] for p in picks if p["domain_gap"] is not None]
+        rows.append(row)
+    crits = list(CHOICES)
+    head = ["method", *[f"{c} (label-free)" if c != "oracle" else "oracle (target labels)" for c in crits],
+            f"oracle - {selected}", f"domain gap @{selected}"]
+    table = [head]
+    for row in rows:
+        gap = [o - s for o, s in zip(row["oracle"], row[selected], strict=False)]
+        table.append([row["method"], *[_fmt(row[c]) for c in crits],
+                      f"{100 * statistics.fmean(gap):.1f} pp" if gap else "-",
+                      f"{statistics.fmean(row[f'{selected}_gap']):.3f}" if row[f"{selected}_gap"] else "-"])
+    widths = [max(len(r[i]) for r in table) for i in range(len(head))]
+    lines = [" | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in table]
+    lines.insert(1, "-+-".join("-" * w for w in widths))
+    lines.append("")
+    lines.append(f"Accuracy: target test set, mean ± std over seeds {seeds}, of the checkpoint and weight "
+                 "each criterion picks (label-free: source labels + unlabelled target only).")
+    lines.append("Domain gap: accuracy of a linear classifier telling source from target features "
+                 "(0.5 = aligned).")
+    for row in rows:
+        lines.append(f"{row['method']}: {selected} picked {', '.join(row[f'{selected}_picks'])}; "
+                     f"oracle picked {', '.join(row['oracle_picks'])}")
+    return "\n".join(lines), rows
+
+
+def adapt(cfg: AdaptConfig | dict[str, Any]) -> WorkflowResult:
+    """Adapt a model from labelled source data to unlabelled target data; compare with source-only.
+
+    Writes into ``cfg.out`` what :func:`transferkit.workflows.finetune` writes, plus a model-choice
+    table (report and ``metrics.json["model_choice"]``): per method, the target accuracy that each
+    label-free criterion's choice of checkpoint and trade-off weight gave, next to the oracle choice.
+
+    Example:
+        >>> adapt({"source_data": {"dataset": "mnist5k"}, "target_data": {"dataset": "digits"},
+        ...        "methods": [{"name": "dann"}, {"name": "coral"}], "weights": [0.3, 1.0],
+        ...        "seeds": [0, 1, 2], "train": {"epochs": 10}})  # doctest: +SKIP
+
+    Raises:
+        LabelError: the domains have different classes.
+        ShapeError: the domains' images differ in channels.
+        DataError: a domain is empty.
+        ConfigError: an unknown method, criterion or option.
+    """
+    import transferkit.transfer.adapt  # noqa: F401  (registers the adaptation objectives)
+    from transferkit.transfer.adapt.monitor import AdaptationMonitor, criterion_key
+
+    if not isinstance(cfg, AdaptConfig):
+        cfg = build_config(cfg, AdaptConfig)
+    grid = _method_grid(cfg.methods, cfg.weights)
+    for _, _, spec in grid:
+        build_objectives([spec])  # validate every method before any data or training
+    if not grid and not cfg.source_only:
+        raise ConfigError("nothing to train: give methods or set source_only=true")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.yaml", dump_config(cfg))
+    seed0 = cfg.seeds[0]
+    source, target = prepare_domains(
+        _load_domain(cfg.source_data, seed0), _load_domain(cfg.target_data, seed0), cfg.image_size
+    )
+    unlabelled = _unlabelled(target.train)
+    shape = source.train.input_shape
+    start = load_model(cfg.model.source, arch=cfg.model.source_arch) if cfg.model.source else None
+    arch = cfg.model.arch or (start.info.arch if start is not None else "small_cnn")
+    kwargs = _model_kwargs(arch, cfg.model.kwargs if start is None else start.info.kwargs, shape)
+    select_key = criterion_key(cfg.select)
+    train_cfg = cfg.train.model_copy(update={"select_metric": select_key, "select_mode": "auto"})
+
+    def monitors() -> list[AdaptationMonitor]:
+        return [AdaptationMonitor(source.train, source.val, unlabelled, oracle=target.test)]
+
+    common = dict(arch=arch, train=train_cfg, source=start, kwargs=kwargs, exclude=(), data=source,
+                  monitors=monitors)
+    arms: list[Arm] = []
+    groups: dict[str, list[str]] = {}
+    if cfg.source_only:
+        arms.append(Arm(f"{cfg.name}/source-only", "source only", **common))
+        groups["source only"] = [arms[-1].name]
+    for name, w, spec in grid:
+        arm_name = f"{cfg.name}/{name}/w={w:g}"
+
+        def objectives(spec: dict = spec) -> list[Objective]:
+            return [CrossEntropy(), *build_objectives([spec])]
+
+        arms.append(Arm(arm_name, f"{name} (w={w:g})", objectives=objectives, target=unlabelled, **common))
+        groups.setdefault(name, []).append(arm_name)
+    if cfg.oracle:
+        arms.append(Arm(f"{cfg.name}/target-oracle", "target oracle (trained on target labels)", arch,
+                        cfg.train, source=start, kwargs=kwargs, exclude=(), data=target))
+    baseline = arms[0].name
+
+    def finalize(runs: list[RunResult]) -> tuple[list[tuple[str, str]], dict[str, Any]]:
+        text, rows = model_choice_table(runs, groups, cfg.seeds, cfg.select)
+        logger.info("model choice:\n%s", text)
+        return ([("Model choice without target labels", text)],
+                {"model_choice": {"criterion": cfg.select, "rows": rows}})
+
+    notes = [
+        f"Source: {cfg.source_data.dataset} ({len(source.train)} labelled training images); target: "
+        f"{cfg.target_data.dataset} ({len(unlabelled)} unlabelled training images, "
+        f"{len(target.test)} labelled test images used only for the reported accuracy); inputs {shape}.",
+        f"Checkpoints and trade-off weights chosen by {cfg.select} ({select_key}), which reads only source "
+        "labels and unlabelled target inputs; the target oracle trains on target labels (an upper bound).",
+    ]
+    return run_arms(
+        arms,
+        DataSplits(source.train, source.val, target.test),
+        seeds=cfg.seeds,
+        out_dir=out,
+        baseline=baseline,
+        title=f"transferkit adapt: {cfg.name}",
+        notes=notes,
+        resume=cfg.resume,
+        finalize=finalize,
+        extra={"source_data": cfg.source_data.dataset, "target_data": cfg.target_data.dataset},
+    )
+
+
+__all__ = ["CHOICES", "adapt", "choose", "model_choice_table", "prepare_domains"]

@@ -1,0 +1,279 @@
+"""Arms and the loop that runs them: every workflow is a list of :class:`Arm` s trained and evaluated
+on the same data for every seed, so a transfer arm and its baseline always see the same examples and
+budget."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from transferkit.data import DataSplits, TensorDataset, few_shot
+from transferkit.engine import (
+    Objective,
+    TrainConfig,
+    Trainer,
+    predict_features,
+)
+from transferkit.errors import ConfigError
+from transferkit.evaluation import (
+    Metrics,
+    RunResult,
+    classification_metrics,
+    evaluate,
+    evaluate_with_head,
+    format_table,
+    summarize,
+    write_metrics_json,
+    write_report,
+)
+from transferkit.io import atomic_write_text
+from transferkit.models import TransferNet, create_model, save_model
+from transferkit.transfer import TransferReport, transfer_parameters
+
+logger = logging.getLogger(__name__)
+
+
+STRATEGY_NAMES = {
+    "full": "full fine-tune",
+    "linear_probe": "linear probe",
+    "gradual": "gradual unfreezing",
+}
+
+
+@dataclass
+class Arm:
+    """One way of producing a target model, trained and evaluated once per seed.
+
+    Attributes:
+        name: Unique name in reports ("mnist-cnn/full").
+        method: Human-readable method ("full fine-tune", "from scratch").
+        arch: Target architecture name (see :func:`transferkit.models.create_model`).
+        train: Training configuration (strategy, budget, learning rates).
+        source: Source model whose parameters are transferred; ``None`` = from scratch.
+        kwargs: Arguments of the target architecture.
+        exclude: Target tensors never transferred (fnmatch patterns); the new head by default.
+        shape_mismatch: ``"slice"`` or ``"skip"`` for tensors whose shapes differ.
+        objectives: Builds the run's loss terms (called once per run, so adapters start fresh);
+            ``None`` trains with cross-entropy alone.
+        data: Training/validation splits of this arm when they are not the workflow's (domain
+            adaptation trains on the source; its oracle on the labelled target); the test split
+            is always the workflow's.
+        target: Unlabelled target data for objectives that adapt to it (``Trainer.fit(target=)``).
+        monitors: Builds the run's per-epoch monitors (``Trainer(monitors=)``).
+    """
+
+    name: str
+    method: str
+    arch: str
+    train: TrainConfig
+    source: TransferNet | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    exclude: Sequence[str] = ("head.*",)
+    shape_mismatch: str = "slice"
+    objectives: Callable[[], list[Objective]] | None = None
+    data: DataSplits | None = None
+    target: TensorDataset | None = None
+    monitors: Callable[[], list[Callable[[Trainer], dict[str, Any]]]] | None = None
+
+
+@dataclass
+class WorkflowResult:
+    """What a workflow produced.
+
+    Attributes:
+        runs: One result per (arm, seed).
+        summary: Per-arm means over seeds with the gain against the baseline.
+        baseline: Name of the baseline arm.
+        out_dir: Output folder.
+        best_name: Arm with the highest mean test accuracy; its first-seed model is in ``out_dir/model``.
+        transfer_reports: Parameter-transfer report per arm (first seed).
+    """
+
+    runs: list[RunResult]
+    summary: list[dict[str, Any]]
+    baseline: str
+    out_dir: Path
+    best_name: str
+    transfer_reports: dict[str, TransferReport] = field(default_factory=dict)
+
+    def table(self) -> str:
+        return format_table(self.summary)
+
+
+def target_splits(data: DataSplits, shots: int | None, val_shots: int | None, seed: int) -> DataSplits:
+    """The training and validation sets one seed trains on; the test split is never subsampled.
+
+    With ``shots`` set, the training set is ``shots`` examples per class drawn with ``seed``, and the
+    validation set ``val_shots`` (default: ``shots``) per class from the validation split.
+    """
+    if shots is None:
+        if val_shots is None:
+            return data
+        return DataSplits(data.train, few_shot(data.val, val_shots, seed), data.test)
+    v = val_shots or shots
+    return DataSplits(few_shot(data.train, shots, seed), few_shot(data.val, v, seed), data.test)
+
+
+def build_target(arm: Arm, num_classes: int) -> tuple[TransferNet, TransferReport | None]:
+    """Create the arm's target model and copy the source's parameters into it."""
+    model = create_model(arm.arch, num_classes=num_classes, pretrained=False, **arm.kwargs)
+    if arm.source is None:
+        return model, None
+    report = transfer_parameters(
+        arm.source,
+        model,
+        exclude=list(arm.exclude),
+        shape_mismatch=arm.shape_mismatch,  # type: ignore[arg-type]
+    )
+    return model, report
+
+
+def _frozen_test_metrics(
+    model: TransferNet, test: TensorDataset, cache: dict[str, torch.Tensor], key: str, batch_size: int
+) -> Metrics:
+    """Test metrics of a linear probe from backbone features computed once per source."""
+    if key not in cache:
+        cache[key] = predict_features(model.to("cpu"), test, batch_size=batch_size, device="cpu")
+    feats = cache[key]
+    head = model.head.to("cpu").eval()
+    with torch.inference_mode():
+        preds = torch.cat([head(f).argmax(1) for f in feats.split(4096)])
+    return classification_metrics(test.y, preds, test.num_classes, test.classes)
+
+
+def run_arms(
+    arms: Sequence[Arm],
+    data: DataSplits,
+    *,
+    seeds: Sequence[int] = (0,),
+    shots: int | None = None,
+    val_shots: int | None = None,
+    out_dir: str | os.PathLike,
+    baseline: str,
+    title: str = "transferkit report",
+    notes: Sequence[str] = (),
+    on_run: Callable[[RunResult], None] | None = None,
+    resume: bool = False,
+    extra: dict[str, Any] | None = None,
+    source_eval: TensorDataset | None = None,
+    finalize: Callable[[list[RunResult]], tuple[list[tuple[str, str]], dict[str, Any]]] | None = None,
+) -> WorkflowResult:
+    """Train and evaluate every arm on every seed, then write metrics.json, report.html and the best model.
+
+    Args:
+        arms: The arms; names must be unique and include ``baseline``.
+        data: Target splits; only ``train``/``val`` are used for training and model choice, ``test``
+            only for the final numbers.
+        seeds: One run per seed (few-shot subsets and initialisation change with the seed).
+        shots: Training examples per class (``None`` = all).
+        val_shots: Validation examples per class.
+        out_dir: Output folder.
+        baseline: Name of the arm every other arm is compared with.
+        on_run: Called after each run (e.g. to print progress).
+        resume: Continue each run from its checkpoint in ``out_dir/runs`` (see ``Trainer.fit``).
+        extra: More top-level entries for ``metrics.json``.
+        source_eval: Labelled test data of the *source* task. When given, every arm with a source
+            also reports the source-task accuracy of its fine-tuned backbone with the source head
+            (LwF's jointly trained old head when LwF is among its objectives), before and after.
+        finalize: Called with all runs before anything is written; returns ``(tables, info)``:
+            ``(title, text)`` tables for the report and more ``metrics.json`` entries.
+    """
+    names = [a.name for a in arms]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"arm names must be unique, got {names}; rename the repeated ones")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    runs: list[RunResult] = []
+    reports: dict[str, TransferReport] = {}
+    feature_cache: dict[str, torch.Tensor] = {}
+    first_models: dict[str, TransferNet] = {}
+    source_before: dict[str, float] = {}
+    for seed in seeds:
+        splits = target_splits(data, shots, val_shots, seed)
+        for arm in arms:
+            start = time.perf_counter()
+            torch.manual_seed(seed)
+            model, report = build_target(arm, data.num_classes)
+            if report is not None and arm.name not in reports:
+                reports[arm.name] = report
+            cfg = arm.train.model_copy(update={"seed": seed})
+            run_dir = out / "runs" / arm.name.replace("/", "-") / f"seed{seed}"
+            objectives = arm.objectives() if arm.objectives is not None else None
+            monitors = arm.monitors() if arm.monitors is not None else None
+            trainer = Trainer(model, cfg, objectives=objectives, run_dir=run_dir, monitors=monitors)
+            train_splits = arm.data if arm.data is not None else splits
+            history = trainer.fit(train_splits.train, train_splits.val, target=arm.target, resume=resume)
+            if cfg.strategy == "linear_probe" and arm.source is not None:
+                metrics = _frozen_test_metrics(model, data.test, feature_cache, arm.name, cfg.eval_batch_size)
+            else:
+                metrics = evaluate(model.to("cpu"), data.test, batch_size=cfg.eval_batch_size)
+            seconds = time.perf_counter() - start
+            retention = {}
+            if source_eval is not None and arm.source is not None:
+                if arm.name not in source_before:
+                    source_before[arm.name] = evaluate(arm.source, source_eval).accuracy
+                head = _source_head(arm.source, objectives)
+                after = evaluate_with_head(model.to("cpu"), head.to("cpu"), source_eval).accuracy
+                retention = {
+                    "source_accuracy_before": source_before[arm.name],
+                    "source_accuracy_after": after,
+                    "forgetting": source_before[arm.name] - after,
+                }
+            result = RunResult(
+                name=arm.name,
+                method=arm.method,
+                metrics=metrics,
+                seconds=seconds,
+                seed=seed,
+                history=history.to_list(),
+                extra={
+                    "arch": arm.arch,
+                    "strategy": cfg.strategy,
+                    "train_examples": len(train_splits.train),
+                    "val_examples": len(train_splits.val),
+                    "test_examples": len(data.test),
+                    "best_epoch": history.best_epoch,
+                    "select_metric": cfg.select_metric,
+                    "best_value": history.best_value,
+                    **retention,
+                },
+            )
+            runs.append(result)
+            first_models.setdefault(arm.name, model)
+            if on_run is not None:
+                on_run(result)
+    summary = summarize(runs, baseline)
+    best = max(summary, key=lambda row: row["accuracy_mean"])["name"]
+    save_model(first_models[best], out / "model")
+    for name, report in reports.items():
+        atomic_write_text(out / "transfer" / f"{name.replace('/', '-')}.txt", report.table() + "\n")
+    tables, finalize_info = finalize(runs) if finalize is not None else ([], {})
+    info = {
+        "best": best,
+        "seeds": list(seeds),
+        "shots": shots,
+        "val_shots": val_shots,
+        "transfer": {k: v.summary() for k, v in reports.items()},
+        **(extra or {}),
+        **finalize_info,
+    }
+    write_metrics_json(out / "metrics.json", runs, baseline, extra=info)
+    write_report(out, runs, baseline, title=title, notes=notes, tables=tables)
+    return WorkflowResult(runs, summary, baseline, out, best, reports)
+
+
+def _source_head(source: TransferNet, objectives: Sequence[Objective] | None) -> nn.Module:
+    """The head to measure the source task with: an objective's own (LwF trains the old head)."""
+    for obj in objectives or ():
+        getter = getattr(obj, "source_head", None)
+        if callable(getter):
+            return getter()
+    return source.head

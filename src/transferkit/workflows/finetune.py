@@ -1,0 +1,128 @@
+"""``finetune``: source model -> parameter transfer -> fine-tune -> comparison with scratch."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from transferkit.config import DataConfig, FinetuneConfig, build_config, dump_config
+from transferkit.data import DataSplits, load_dataset
+from transferkit.engine import (
+    CrossEntropy,
+    Objective,
+    build_objectives,
+)
+from transferkit.errors import ConfigError
+from transferkit.io import atomic_write_text
+from transferkit.models import TransferNet, load_model
+from transferkit.workflows.arms import STRATEGY_NAMES, Arm, WorkflowResult, run_arms
+
+logger = logging.getLogger(__name__)
+
+
+def load_source(cfg: FinetuneConfig) -> TransferNet | None:
+    """The source model named by ``cfg.model`` (``None`` when training from scratch)."""
+    m = cfg.model
+    if m.source is None:
+        return None
+    return load_model(m.source, arch=m.source_arch, pretrained=m.pretrained)
+
+
+def load_target_data(cfg: DataConfig, seed: int = 0) -> DataSplits:
+    """The target dataset's splits (validation carved from training with ``seed``)."""
+    return load_dataset(cfg.dataset, root=cfg.root, val_fraction=cfg.val_fraction, seed=seed)
+
+
+def finetune(cfg: FinetuneConfig | dict[str, Any]) -> WorkflowResult:
+    """Transfer a source model to the target data, fine-tune it, and compare with training from scratch.
+
+    Writes into ``cfg.out``: ``config.yaml`` (the resolved config), ``metrics.json``, ``report.html``
+    with plots, ``transfer/<arm>.txt`` (what was copied, resized or left new), ``runs/<arm>/seed<k>/``
+    (per-epoch ``metrics.jsonl`` and checkpoints) and ``model/`` (the best model).
+
+    Example:
+        >>> finetune({"data": {"dataset": "digits", "shots": 10},
+        ...           "model": {"source": "runs/source-model"},
+        ...           "train": {"strategy": "linear_probe", "epochs": 20}})  # doctest: +SKIP
+    """
+    if not isinstance(cfg, FinetuneConfig):
+        cfg = build_config(cfg)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.yaml", dump_config(cfg))
+    data = load_target_data(cfg.data, seed=cfg.seeds[0])
+    source = load_source(cfg)
+    if source is None and cfg.model.arch is None:
+        raise ConfigError(
+            "give model.source (a model to transfer from) or model.arch (to train from scratch)"
+        )
+    arch = cfg.model.arch or source.info.arch  # type: ignore[union-attr]
+    kwargs = dict(source.info.kwargs) if source is not None and cfg.model.arch is None else {}
+    kwargs.update(cfg.model.kwargs)
+    source_splits = (
+        load_dataset(cfg.data.source_dataset, root=cfg.data.source_root, seed=cfg.seeds[0])
+        if cfg.data.source_dataset is not None
+        else None
+    )
+    regs = cfg.regularizers
+    if regs:
+        import transferkit.transfer.distill  # noqa: F401  (registers objectives)
+        import transferkit.transfer.regularize  # noqa: F401
+        from transferkit.transfer.distill import Teacher
+
+        context = {
+            "source": source,
+            "source_data": source_splits.train if source_splits else None,
+            # the source as a frozen teacher, for hint / attention / rkd / kd regularisers
+            "teacher": Teacher(source, name="source") if source is not None else None,
+            # EWC stores its Fisher beside the source's weights, so it is computed once
+            "cache_dir": cfg.model.source if Path(str(cfg.model.source)).is_dir() else None,
+        }
+        build_objectives(regs, **context)  # validate the regularisers before any training
+
+        def make_objectives() -> list[Objective]:
+            return [CrossEntropy(), *build_objectives(regs, **context)]
+
+    reg_names = "+".join(str(r["name"]) for r in regs)
+    arms: list[Arm] = []
+    if source is not None:
+        arms.append(
+            Arm(
+                name=f"{cfg.name}/{cfg.train.strategy}" + (f"+{reg_names}" if regs else ""),
+                method=STRATEGY_NAMES[cfg.train.strategy] + (f" + {reg_names}" if regs else ""),
+                arch=arch,
+                train=cfg.train,
+                source=source,
+                kwargs=kwargs,
+                exclude=cfg.transfer.exclude,
+                shape_mismatch=cfg.transfer.shape_mismatch,
+                objectives=make_objectives if regs else None,
+            )
+        )
+    scratch_name = f"{cfg.name}/scratch"
+    if cfg.baseline or source is None:
+        arms.append(
+            Arm(
+                name=scratch_name,
+                method="from scratch",
+                arch=arch,
+                train=cfg.train.model_copy(
+                    update={"strategy": "full", "backbone_lr_scale": 1.0, "layer_decay": None}
+                ),
+                kwargs=kwargs,
+            )
+        )
+    baseline = scratch_name if any(a.name == scratch_name for a in arms) else arms[0].name
+    return run_arms(
+        arms,
+        data,
+        seeds=cfg.seeds,
+        shots=cfg.data.shots,
+        val_shots=cfg.data.val_shots,
+        out_dir=out,
+        baseline=baseline,
+        title=f"transferkit finetune: {cfg.name}",
+        resume=cfg.resume,
+        source_eval=source_splits.test if source_splits is not None else None,
+    )
