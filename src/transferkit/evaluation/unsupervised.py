@@ -118,8 +118,7 @@ def snd_score(logits: Tensor, temperature: float = 0.05) -> float:
     maximum ``log(N - 1)``. Use it to compare models trained with the source labels, which
     rarely collapse, and look at :func:`prediction_entropy` too.
 
-    The diagonal is removed exactly, as in pytorch-adapt's ``SNDValidator`` (``mask_out_self``).
-    The authors' code (VisionLearningGroup/SND, ``nc_ps/eval.py::neighbor_density``) instead
+    The diagonal is removed exactly. The authors' code (``neighbor_density``) instead
     fills it with ``-1 / T``, which leaves the self term a weight of at most ``exp(-1/T)``
     (about 2e-9 at ``T = 0.05``) relative to any other; it also adds ``1e-5`` inside the log.
     Both differences are far below anything that changes a model ranking.

@@ -13,6 +13,10 @@ Every method is an :class:`~transferkit.engine.Objective` registered in
 * ``coral`` -- :class:`CORAL`, covariance alignment (Sun & Saenko, 2016);
 * ``mcd`` -- :class:`MCD`, maximum classifier discrepancy with two extra update phases
   (Saito et al., 2018).
+
+:class:`AdaptationMonitor` records label-free model-choice criteria (DEV, SND, entropy) and the
+domain gap after every epoch, so ``TrainConfig.select_metric`` can choose a checkpoint without
+target labels.
 """
 
 from transferkit.transfer.adapt.cdan import (
@@ -33,8 +37,11 @@ from transferkit.transfer.adapt.losses import (
 )
 from transferkit.transfer.adapt.mcd import MCD, classifier_discrepancy
 from transferkit.transfer.adapt.mmd import DAN, JAN
+from transferkit.transfer.adapt.monitor import CRITERIA, AdaptationMonitor, criterion_key
 
 __all__ = [
+    "CRITERIA",
+    "AdaptationMonitor",
     "CDAN",
     "CDANE",
     "CORAL",
@@ -46,6 +53,7 @@ __all__ = [
     "GradientReversal",
     "RandomizedMultilinearMap",
     "classifier_discrepancy",
+    "criterion_key",
     "coral_loss",
     "entropy_weights",
     "grad_reverse",

@@ -15,7 +15,7 @@ CDAN+E (``entropy=True``, registered as ``cdan_e``) weights each example by
 first. As in the reference implementation, the weights are normalised *within* the source and
 *within* the target half, so each domain keeps its share ``N / (N + M)`` and ``M / (N + M)`` of the
 total weight 1 (the reference's ``1/2`` each, for equal halves). Unlike the reference, no gradient
-flows through the weights (they come from the detached ``g``, as in the Transfer-Learning-Library).
+flows through the weights (they come from the detached ``g``).
 
 The gradient-reversal schedule and the discriminator are DANN's
 (:mod:`transferkit.transfer.adapt.dann`).

@@ -9,10 +9,12 @@ domains and the feature extractor to confuse it. The reversal strength grows fro
 
     λ(p) = max_coeff · (2 / (1 + exp(-γ p)) − 1),   p = fraction of training done
 
-The discriminator is ``Linear-BatchNorm1d-ReLU`` twice, then ``Linear`` to one logit (as in the
-Transfer-Learning-Library); it is built in :meth:`DANN.setup` from the model's ``feature_dim`` and
-trained in the objectives' optimiser group. Use beside ``cross_entropy`` on the labelled source:
-``objectives=[CrossEntropy(), DANN()]``.
+``p`` is ``Batch.progress``, counted against the configured ``epochs``: resuming a run with a larger
+``epochs`` than it started with continues on the longer schedule (λ drops back for a while).
+
+The discriminator is ``Linear-BatchNorm1d-ReLU`` twice, then ``Linear`` to one logit; it is built in
+:meth:`DANN.setup` from the model's ``feature_dim`` and trained in the objectives' optimiser group.
+Use beside ``cross_entropy`` on the labelled source: ``objectives=[CrossEntropy(), DANN()]``.
 
 The schedule and the discriminator are shared with CDAN (:mod:`transferkit.transfer.adapt.cdan`).
 """

@@ -8,8 +8,8 @@
 * JAN -- Long, Zhu, Wang & Jordan (2017), "Deep Transfer Learning with Joint Adaptation Networks"
   (ICML): the joint MMD of (features, softmax outputs), whose kernel is the product of a
   multi-kernel Gaussian on the features and a single Gaussian on the softmax outputs,
-  ``exp(-||p - p'||² / 1.68)``: the fixed bandwidth of the authors' code (the
-  Transfer-Learning-Library's ``sigma = 0.92``, ``2 sigma² ≈ 1.69``).
+  ``exp(-||p - p'||² / 1.68)``: the fixed bandwidth of the authors' code (``sigma = 0.92``,
+  ``2 sigma² ≈ 1.69``).
 
 With every feature row equal (collapsed ReLU features), no bandwidth can be derived; both then use
 the exact value of the collapsed layer's kernel (1 everywhere) instead of failing mid-training.

@@ -12,8 +12,8 @@ Three layers, as every method here: pure functions (:func:`delta_penalty`,
 :class:`~transferkit.engine.objectives.Objective` holding the hyper-parameters (:class:`DELTA`),
 registered as ``"delta"`` in :data:`transferkit.engine.objectives.OBJECTIVES`.
 
-Normalisation used throughout (that of the reference implementation, thuml/Transfer-Learning-Library
-``AttentionBehavioralRegularization``, except that the batch is averaged and the factor 1/2 dropped)::
+Normalisation used throughout (that of the authors' code, except that the batch is averaged and the
+factor 1/2 dropped)::
 
     Omega = 1/N sum_n sum_l C_l sum_c W[l, c] * ||FM_student[n, l, c] - FM_source[n, l, c]||^2 / (H_l W_l)
 
@@ -267,8 +267,8 @@ class DELTA(Objective):
             (uniform weights: a plain feature-map distance).
         temperature: Softmax temperature of the supervised weights (> 0); 5 as in the authors' code.
         max_examples: Training examples used to score the channels (>= 1).
-        weight: Multiplier in the total loss (>= 0). tllib trains with a trade-off of 0.01 on
-            half the batch *sum*, i.e. ``0.005 * batch_size`` on this batch mean.
+        weight: Multiplier in the total loss (>= 0). A trade-off of 0.01 on half the batch *sum*
+            (a common setting) is ``0.005 * batch_size`` on this batch mean.
 
     Attributes:
         layers: The layers in use (filled by :meth:`setup`).
