@@ -24,17 +24,13 @@ from transferkit.errors import ConfigError, LabelError, ShapeError
 from transferkit.evaluation import RunResult
 from transferkit.io import atomic_write_text
 from transferkit.models import load_model
+from transferkit.transfer.adapt.monitor import CRITERIA
 from transferkit.workflows.arms import Arm, WorkflowResult, run_arms
 
 logger = logging.getLogger(__name__)
 
 #: Label-free criteria shown in the report, then the oracle: label -> (epoch-row key, mode).
-CHOICES: dict[str, tuple[str, str]] = {
-    "dev": ("dev_risk", "min"),
-    "snd": ("target_snd", "max"),
-    "entropy": ("target_entropy", "min"),
-    "oracle": ("oracle_accuracy", "max"),
-}
+CHOICES: dict[str, tuple[str, str]] = {**CRITERIA, "oracle": ("oracle_accuracy", "max")}
 
 
 def _load_domain(cfg: DomainDataConfig, seed: int) -> DataSplits:

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from transferkit.data.base import TensorDataset
+from transferkit.engine.trainer import predict_features
 from transferkit.errors import ConfigError, DataError
 from transferkit.evaluation.unsupervised import dev_risk, domain_gap, prediction_entropy, snd_score
 
@@ -115,14 +116,12 @@ class AdaptationMonitor:
 
     @torch.no_grad()
     def _outputs(self, trainer: Trainer, data: TensorDataset) -> tuple[torch.Tensor, torch.Tensor]:
+        """Backbone features and logits of ``data`` (eval mode), on the CPU in float32."""
         model = trainer.model
-        model.eval()
-        feats, logits = [], []
-        for start in range(0, len(data), self.batch_size):
-            f = model.forward_features(data.x[start : start + self.batch_size].to(trainer.device))
-            feats.append(f.float().cpu())
-            logits.append(model.head(f).float().cpu())
-        return torch.cat(feats), torch.cat(logits)
+        feats = predict_features(model, data, self.batch_size, trainer.device)
+        model.head.eval()
+        logits = torch.cat([model.head(f) for f in feats.split(self.batch_size)]) if len(feats) else feats
+        return feats.float().cpu(), logits.float().cpu()
 
     def __call__(self, trainer: Trainer) -> dict[str, float | None]:
         was_training = trainer.model.training
