@@ -151,12 +151,64 @@ def test_predict_and_evaluate_errors() -> None:
     with pytest.raises(DataError, match="0 examples"):
         evaluate(_identity_linear(), empty)
     data = TensorDataset(torch.tensor([[0.0, 5.0]]), torch.tensor([0]), ["only"])
-    with pytest.raises(LabelError, match=r"y_pred has values in \[1, 1\] but num_classes is 1"):
-        evaluate(_identity_linear(), data)
     with pytest.raises(ConfigError, match="batch_size must be a positive integer, got 0"):
         predict(_identity_linear(), data, batch_size=0)
     with pytest.raises(DataError, match=r"output of shape \(2,\) for a batch of 1"):
         predict(nn.Flatten(0), data)
+
+
+def test_evaluate_head_larger_than_data_counts_extra_classes_as_errors() -> None:
+    """A 4-class head on 2-class data: predictions of classes 2 and 3 are wrong, not an error."""
+    lin = nn.Linear(4, 4)
+    with torch.no_grad():
+        lin.weight.copy_(torch.eye(4))
+        lin.bias.zero_()
+    x = torch.eye(4)[[0, 1, 3, 2, 1]]  # predicts 0, 1, 3, 2, 1
+    data = TensorDataset(x, torch.tensor([0, 1, 1, 0, 1]), ["a", "b"], "two")
+    m = evaluate(lin, data)
+    # class a: TP=1 FN=1 (predicted 2) -> F1 2/3; class b: TP=2 FN=1 (predicted 3) -> F1 4/5
+    assert m.accuracy == pytest.approx(3 / 5)
+    assert m.per_class_f1 == pytest.approx([2 / 3, 0.8])
+    assert m.macro_f1 == pytest.approx((2 / 3 + 0.8) / 2)
+    assert m.confusion == [[1, 0], [0, 2]]
+    assert (m.n, m.class_names) == (5, ["a", "b"])
+    one = TensorDataset(torch.tensor([[0.0, 5.0]]), torch.tensor([0]), ["only"])
+    assert evaluate(_identity_linear(), one).accuracy == 0.0  # predicts class 1 the data lacks
+
+
+def test_evaluate_refuses_data_with_more_classes_than_the_head() -> None:
+    from transferkit.models import create_model
+
+    three = TensorDataset(torch.randn(6, 2), torch.tensor([0, 1, 2, 0, 1, 2]), name="three")
+    with pytest.raises(LabelError) as exc:
+        evaluate(_identity_linear(), three)  # a plain module: found from its logits' width
+    assert str(exc.value) == (
+        "data 'three' has 3 classes but the model's head predicts 2; evaluate on data with the "
+        "model's classes, or fine-tune a 3-class head first"
+    )
+    net = create_model("mlp", num_classes=10, in_features=4, hidden=(8,))
+    twelve = TensorDataset(torch.randn(24, 7), torch.arange(24) % 12, name="x")  # wrong width too
+    with pytest.raises(LabelError, match=r"^data 'x' has 12 classes but the model's head predicts 10; "):
+        evaluate(net, twelve)  # refused before the forward pass (which would fail on 7 features)
+
+
+def test_evaluate_cli_refuses_more_classes_than_the_head(tmp_path) -> None:
+    from cli_helpers import assert_one_line_error, run
+    from transferkit.models import create_model, save_model
+
+    folder = save_model(create_model("mlp", num_classes=10, in_features=4, hidden=(8,)), tmp_path / "m")
+    x = np.random.default_rng(0).normal(size=(240, 4)).astype(np.float32)
+    np.savez(tmp_path / "twelve.npz", x=x, y=np.arange(240) % 12)
+    result = run("evaluate", folder, "--data", tmp_path / "twelve.npz")
+    assert_one_line_error(
+        result,
+        "data 'twelve/test' has 12 classes but the model's head predicts 10",
+        "fine-tune a 12-class head first",
+    )
+    np.savez(tmp_path / "ten.npz", x=x, y=np.arange(240) % 10)
+    ok = run("evaluate", folder, "--data", tmp_path / "ten.npz", "--json")
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.stdout)["n"] == 48  # the fixed 20% test split
 
 
 # --------------------------------------------------------------------------- compare
@@ -278,8 +330,7 @@ def test_write_report(tmp_path) -> None:
     runs = _three_methods()
     for r in runs:
         r.history = [
-            {"epoch": e, "train_loss": 1.0 / e, "val_accuracy": r.metrics.accuracy * e / 3}
-            for e in (1, 2, 3)
+            {"epoch": e, "train_loss": 1.0 / e, "val_accuracy": r.metrics.accuracy * e / 3} for e in (1, 2, 3)
         ]
     runs.append(_run("t/<script>x</script>", "evil & co", 0.5))  # one seed, no history
     path = write_report(

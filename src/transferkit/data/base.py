@@ -38,7 +38,10 @@ class TensorDataset(Dataset):
                 "they must be the same length"
             )
         if self.y.ndim != 1:
-            raise DataError(f"labels must be 1-D class indices, got shape {tuple(self.y.shape)}")
+            raise DataError(
+                f"labels of dataset {self.name!r} must be 1-D class indices, got shape "
+                f"{tuple(self.y.shape)}; for one-hot labels take y.argmax(1)"
+            )
         self.y = self.y.long()
         if self.x.dtype != torch.float32:
             self.x = self.x.float()

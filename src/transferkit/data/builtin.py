@@ -26,6 +26,8 @@ import torch
 from transferkit.data.base import DataSplits, TensorDataset
 from transferkit.data.sampling import split_train_val, stratified_indices
 from transferkit.data.sources import (
+    _from_arrays,
+    classes_of_label_files,
     find_idx_file,
     from_arrays,
     from_torch_dataset,
@@ -168,19 +170,34 @@ def _idx_dir(root: Path) -> Path | None:
 def load_idx_folder(
     folder: Path, name: str, classes: list[str] | None = None
 ) -> tuple[TensorDataset, TensorDataset]:
-    """Read MNIST-style IDX files (``train-images-idx3-ubyte[.gz]`` etc.) from ``folder``."""
-    out = []
+    """Read MNIST-style IDX files (``train-images-idx3-ubyte[.gz]`` etc.) from ``folder``.
+
+    Without ``classes``, the labels of both files together must cover ``0..K-1`` (the test file
+    may lack a class).
+    """
+    read: dict[str, tuple[str, np.ndarray, np.ndarray]] = {}
     for split, (img_stem, lbl_stem) in _IDX_STEMS.items():
         img_path, lbl_path = find_idx_file(folder, img_stem), find_idx_file(folder, lbl_stem)
         if img_path is None or lbl_path is None:
-            raise DataNotFoundError(f"IDX folder {str(folder)!r} lacks {img_stem}[.gz] or {lbl_stem}[.gz]")
+            raise DataNotFoundError(
+                f"IDX folder {str(folder)!r} lacks {img_stem}[.gz] or {lbl_stem}[.gz]; add the file"
+            )
         images, labels = read_idx(img_path, ndim=3), read_idx(lbl_path, ndim=1)
         if len(images) != len(labels):
             raise DataError(
                 f"{str(img_path)!r} has {len(images)} images but {str(lbl_path)!r} has "
                 f"{len(labels)} labels; the files do not belong together"
             )
-        out.append(from_arrays(images, labels.astype(np.int64), classes, f"{name}/{split}"))
+        where = f"IDX file {str(img_path)!r} (labels {str(lbl_path)!r})"
+        read[split] = where, images, labels.astype(np.int64)
+    if classes is None:
+        classes = classes_of_label_files(
+            [labels for _, _, labels in read.values()], f"IDX folder {str(folder)!r}"
+        )
+    out = [
+        _from_arrays(images, labels, classes, f"{name}/{split}", where)
+        for split, (where, images, labels) in read.items()
+    ]
     return out[0], out[1]
 
 
@@ -254,6 +271,14 @@ def _load_path(path: Path, **kwargs: Any) -> tuple[TensorDataset, TensorDataset]
         _no_kwargs(str(path), kwargs)
         if _idx_dir(path) is not None:
             return load_idx_folder(_idx_dir(path), name)  # type: ignore[arg-type]
+        stems = [s for pair in _IDX_STEMS.values() for s in pair]
+        present = [s for s in stems if find_idx_file(path, s) is not None]
+        if present:
+            missing = [s for s in stems if s not in present]
+            raise DataNotFoundError(
+                f"IDX folder {str(path)!r} has {', '.join(present)} but lacks "
+                f"{', '.join(m + '[.gz]' for m in missing)}; add the missing files"
+            )
         return load_image_folder(path, name, 0.2, TEST_SPLIT_SEED)
     suffix = path.suffix.lower()
     if suffix == ".npz":
@@ -265,9 +290,42 @@ def _load_path(path: Path, **kwargs: Any) -> tuple[TensorDataset, TensorDataset]
         return load_csv(path, name, str(label_column), 0.2, TEST_SPLIT_SEED)
     if path.name.endswith(".csv.gz"):
         raise DataError(f"{str(path)!r} is gzipped; decompress it (gunzip) to a .csv first")
+    if suffix == ".npy":
+        raise DataError(
+            f"{str(path)!r} is a single .npy array; save inputs and labels together with "
+            "np.savez('data.npz', x=x, y=y) and load the .npz"
+        )
     raise DataError(
-        f"cannot read {str(path)!r}: supported are image folders, IDX folders, .npz and .csv files"
+        f"cannot read {str(path)!r}: supported are image folders, IDX folders, .npz and .csv files; "
+        "convert the data to one of them"
     )
+
+
+def _not_found_message(text: str, path: Path) -> str:
+    """Why ``text`` names no dataset, with the closest built-in names or files as the fix."""
+    builtins = f"{', '.join(sorted(_AVAILABLE))}, torchvision:<Name>"
+    close = difflib.get_close_matches(text.lower(), DATASETS.names(), n=3, cutoff=0.5)
+    if close:
+        return (
+            f"{text!r} is neither a built-in dataset ({builtins}) nor an existing file or folder. "
+            f"Did you mean {', '.join(repr(c) for c in close)}?"
+        )
+    looks_like_path = os.sep in text or "/" in text or path.suffix != "" or text.startswith(("~", "."))
+    if not looks_like_path:
+        return (
+            f"{text!r} is neither a built-in dataset ({builtins}) nor an existing file or folder; "
+            "check the spelling, or pass the path of a dataset"
+        )
+    parent = path.parent if str(path.parent) else Path(".")
+    if parent.is_dir():
+        siblings = [p.name for p in parent.iterdir() if not p.name.startswith(".")]
+        near = difflib.get_close_matches(path.name, siblings, n=1, cutoff=0.6)
+        fix = f"did you mean {str(parent / near[0])!r}?" if near else "check the path"
+    else:
+        fix = f"its folder {str(parent)!r} does not exist either; check the path"
+    resolved = str(path.resolve())
+    looked = f" (looked at {resolved!r})" if resolved != text else ""
+    return f"no file or folder {text!r}{looked}; {fix}"
 
 
 def load_dataset(
@@ -312,12 +370,7 @@ def load_dataset(
     else:
         path = Path(text).expanduser()
         if not path.exists():
-            close = difflib.get_close_matches(text.lower(), DATASETS.names(), n=3, cutoff=0.5)
-            hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-            raise DataNotFoundError(
-                f"{text!r} is neither a built-in dataset ({', '.join(sorted(_AVAILABLE))}, "
-                f"torchvision:<Name>) nor an existing file or folder.{hint}"
-            )
+            raise DataNotFoundError(_not_found_message(text, path))
         train, test = _load_path(path, **kwargs)
     train, val = split_train_val(train, val_fraction, seed)
     logger.info(

@@ -23,7 +23,8 @@ def stratified_indices(y: torch.Tensor, test_size: float | int, seed: int) -> tu
 
     Uses :func:`sklearn.model_selection.train_test_split` with ``stratify=y``. When stratifying is
     impossible (a class with a single example, or fewer held-out rows than classes) it falls back
-    to a plain random split and logs a warning.
+    to a plain random split and logs that at INFO level (tiny data often cannot be stratified; the
+    split stays valid, only its class balance may differ).
 
     Args:
         y: Labels, shape ``(N,)``.
@@ -40,7 +41,7 @@ def stratified_indices(y: torch.Tensor, test_size: float | int, seed: int) -> tu
     try:
         keep, held = train_test_split(idx, test_size=test_size, random_state=seed, stratify=labels)
     except ValueError as exc:
-        logger.warning("cannot stratify the split (%s); using a plain random split", exc)
+        logger.info("cannot stratify the split (%s); using a plain random split", exc)
         try:
             keep, held = train_test_split(idx, test_size=test_size, random_state=seed)
         except ValueError as exc2:
@@ -109,6 +110,14 @@ def few_shot(data: TensorDataset, k: int, seed: int) -> TensorDataset:
         raise ConfigError(f"k (examples per class) must be a positive integer, got {k!r}")
     counts = data.class_counts()
     short = [(c, int(n)) for c, n in enumerate(counts.tolist()) if n < k]
+    empty = [c for c, n in short if n == 0]
+    if empty:
+        c = empty[0]
+        raise DataError(
+            f"class {data.classes[c]!r} (index {c}) of dataset {data.name!r} has no examples, so "
+            f"{k}-shot sampling cannot draw any; sample from a split that holds every class "
+            "(e.g. the full training split) or drop the class"
+        )
     if short:
         c, n = short[0]
         raise DataError(

@@ -75,6 +75,27 @@ def _model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def _head_size(model: nn.Module) -> int | None:
+    """Number of classes the model's head predicts, when known without running it."""
+    from transferkit.models.base import TransferNet  # models import evaluation lazily; avoid a cycle
+
+    if not isinstance(model, TransferNet):
+        return None
+    if isinstance(model.head, nn.Linear):
+        return int(model.head.out_features)
+    return int(model.info.num_classes) if model.info.num_classes > 0 else None
+
+
+def _check_head(data: TensorDataset, head: int) -> None:
+    """Refuse data with more classes than the head predicts (its extra classes can never be right)."""
+    if data.num_classes > head:
+        raise LabelError(
+            f"data {data.name!r} has {data.num_classes} classes but the model's head predicts {head}; "
+            f"evaluate on data with the model's classes, or fine-tune a {data.num_classes}-class "
+            "head first"
+        )
+
+
 def predict(
     model: nn.Module,
     data: TensorDataset,
@@ -103,6 +124,14 @@ def predict(
         ConfigError: ``batch_size`` is not a positive integer.
         DataError: The model's output is not logits of shape ``(B, num_classes)``.
     """
+    y_pred, y_true, _ = _predict(model, data, batch_size, device)
+    return y_pred, y_true
+
+
+def _predict(
+    model: nn.Module, data: TensorDataset, batch_size: int, device: str | torch.device | None
+) -> tuple[Tensor, Tensor, int]:
+    """:func:`predict` plus the width of the model's logits (its number of classes)."""
     if len(data) == 0:
         raise DataError(
             f"cannot evaluate on dataset {data.name!r}: it has 0 examples; pass a non-empty split"
@@ -113,6 +142,7 @@ def predict(
     was_training = model.training
     model.eval()
     preds: list[Tensor] = []
+    width = 0
     try:
         with torch.inference_mode():
             for start in range(0, len(data), batch_size):
@@ -123,11 +153,12 @@ def predict(
                         f"model returned output of shape {tuple(logits.shape)} for a batch of "
                         f"{xb.shape[0]}; it must return logits of shape (batch, num_classes)"
                     )
+                width = int(logits.shape[1])
                 preds.append(logits.argmax(dim=1).cpu())
     finally:
         model.train(was_training)
     y_pred = torch.cat(preds).long()
-    return y_pred, data.y.detach().cpu().long()
+    return y_pred, data.y.detach().cpu().long(), width
 
 
 def _as_label_array(values: Any, what: str) -> np.ndarray:
@@ -212,6 +243,10 @@ def evaluate(
 ) -> Metrics:
     """Run ``model`` on ``data`` and compute its :class:`Metrics` over ``data.classes``.
 
+    The head must predict at least ``data``'s classes (checked before the model runs when it is a
+    TransferNet). A head with more classes is fine: the metrics stay over ``data.classes``, and a
+    prediction of a class the data lacks counts as an error (it adds to no confusion column).
+
     Args:
         model: Any module mapping inputs ``(B, *input_shape)`` to logits ``(B, num_classes)``.
         data: The dataset; its ``classes`` give the number of classes and their names.
@@ -220,11 +255,33 @@ def evaluate(
 
     Raises:
         DataError: ``data`` is empty.
-        LabelError: The model predicts a class index ``>= len(data.classes)``.
+        LabelError: ``data`` has more classes than the model's head predicts.
     """
-    y_pred, y_true = predict(model, data, batch_size=batch_size, device=device)
-    num_classes = data.num_classes
-    metrics = classification_metrics(y_true, y_pred, num_classes, data.classes)
+    head = _head_size(model)
+    if head is not None:  # refuse before running the model when the head's size is known
+        _check_head(data, head)
+    y_pred, y_true, width = _predict(model, data, batch_size, device)
+    _check_head(data, width)
+    k = data.num_classes
+    full = classification_metrics(y_true, y_pred, max(width, k))
+    outside = int((y_pred >= k).sum())
+    if outside:
+        logger.info(
+            "%d of %d predictions on %r are classes the data lacks (>= %d); they count as errors",
+            outside,
+            len(y_pred),
+            data.name,
+            k,
+        )
+    per_class = full.per_class_f1[:k]
+    metrics = Metrics(
+        accuracy=full.accuracy,
+        macro_f1=float(np.mean(per_class)),
+        per_class_f1=per_class,
+        confusion=[row[:k] for row in full.confusion[:k]],
+        n=full.n,
+        class_names=list(data.classes),
+    )
     logger.debug(
         "evaluated on %r: accuracy %.4f, macro-F1 %.4f (n=%d)",
         data.name,
