@@ -385,9 +385,10 @@ def test_resume_matches_straight_run(tmp_path, mode):
     assert len(hist.epochs) == 4
     for k, v in straight.state_dict().items():
         assert torch.equal(resumed.state_dict()[k], v), k
-    last_a = load_state_dict(tmp_path / "a" / "checkpoints" / "last.safetensors")
-    last_b = load_state_dict(run / "checkpoints" / "last.safetensors")
+    last_a, _ = RunDir(tmp_path / "a").load_checkpoint()
+    last_b, _ = RunDir(run).load_checkpoint()
     assert all(torch.equal(last_a[k], last_b[k]) for k in last_a)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.safetensors", "last.ckpt"]
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
     rows_a = RunDir(tmp_path / "a").read_metrics()
@@ -409,27 +410,156 @@ def test_resume_without_checkpoint_starts_fresh(tmp_path, caplog):
 def test_nan_loss_raises_and_keeps_checkpoint(tmp_path):
     trainer = Trainer(make_net(), cpu(epochs=3, lr=0.01), [CrossEntropy(), NanAt(1)], tmp_path)
     with pytest.raises(TrainingError, match=r"epoch 2, step 0 \(cross_entropy=.*nan_at=nan\); "
-                       r"lower the learning rate \(lr=0.01\) or set grad_clip"):
+                       r"lower the learning rate \(lr=0.01\) or set grad_clip .*largest \|x\| in "
+                       r"this batch: \d.*checkpoint \(epoch 1\) .* is kept$"):
         trainer.fit(blobs(24))
     weights, st = RunDir(tmp_path).load_checkpoint()
     assert st["epoch"] == 1 and len(RunDir(tmp_path).read_metrics()) == 1
     assert set(weights) == set(trainer.model.state_dict())
+    # with the divergence check off, a huge step size ends in a non-finite loss
     with pytest.raises(TrainingError, match="non-finite.*lower the learning rate"):
         Trainer(make_net(), cpu(epochs=5, lr=1e30, optimizer="sgd", momentum=0.0,
-                                backbone_lr_scale=1.0)).fit(blobs(24))
+                                backbone_lr_scale=1.0, divergence_factor=None)).fit(blobs(24))
 
 
-def test_mismatched_checkpoint_files_detected(tmp_path):
+def test_nan_inputs_are_blamed_instead_of_the_learning_rate():
+    data = blobs(24)
+    data.x[5, 2] = float("nan")
+    data.x[7, 0] = float("inf")
+    with pytest.raises(TrainingError, match=r"non-finite at epoch 1, step \d .*: this batch of "
+                       r"'blobs' holds \d NaN/inf input value\(s\); remove or impute them") as exc:
+        Trainer(make_net(), cpu(epochs=1, batch_size=4)).fit(data)
+    assert "learning rate" not in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_checkpoint_is_one_file_and_refuses_bad_ones(tmp_path):
     Trainer(make_net(), cpu(epochs=2), run_dir=tmp_path).fit(blobs(12))
     rd = RunDir(tmp_path)
-    _, st = rd.load_checkpoint()
-    st["epoch"] = 5
-    torch.save(st, rd.last_state)
-    with pytest.raises(CheckpointError, match="is from epoch 2 but .* from epoch 5"):
+    assert [p.name for p in rd.checkpoints.iterdir()] == ["last.ckpt"]  # no val set: no best
+    weights, st = rd.load_checkpoint()
+    assert st["epoch"] == 2 and set(st) >= {"optimizer", "history", "best_model", "guard"}
+    good = rd.last.read_bytes()
+    rd.last.write_bytes(good[: len(good) // 2])  # truncated
+    with pytest.raises(CheckpointError, match=r"last.ckpt' could not be read .*delete .* start over"):
         rd.load_checkpoint()
-    rd.last_weights.unlink()
-    with pytest.raises(CheckpointError, match="is missing while its partner exists"):
+    torch.save({"format": "transferkit-checkpoint", "version": 1, "model": {}, "state": {},
+                "evil": nn.Linear(2, 2)}, rd.last)
+    with pytest.raises(CheckpointError, match="objects other than tensors .*could run code"):
         rd.load_checkpoint()
+    torch.save({"weights": weights}, rd.last)
+    with pytest.raises(CheckpointError, match="not a transferkit training checkpoint"):
+        rd.load_checkpoint()
+    with pytest.raises(CheckpointError, match="not a transferkit training checkpoint"):
+        Trainer(make_net(), cpu(epochs=3), run_dir=tmp_path).fit(blobs(12), resume=True)
+
+
+def test_old_two_file_checkpoint_is_refused_on_resume_and_cleared_on_a_fresh_run(tmp_path):
+    ckpt = tmp_path / "checkpoints"
+    ckpt.mkdir()
+    (ckpt / "last_state.pt").write_bytes(b"old")
+    (ckpt / "last.safetensors").write_bytes(b"old")
+    with pytest.raises(CheckpointError, match=r"last.safetensors' is a checkpoint of an older "
+                       r"transferkit \(two files\) that cannot be resumed; start over"):
+        Trainer(make_net(), cpu(epochs=1), run_dir=tmp_path).fit(blobs(12), resume=True)
+    Trainer(make_net(), cpu(epochs=1), run_dir=tmp_path).fit(blobs(12))
+    assert sorted(p.name for p in ckpt.iterdir()) == ["last.ckpt"]
+
+
+def test_fresh_run_deletes_the_old_checkpoint_before_training(tmp_path):
+    """A fresh run killed in its first epoch must not leave the old run's checkpoint to resume."""
+    Trainer(make_net(), cpu(epochs=2), run_dir=tmp_path).fit(blobs(12), blobs(12, seed=1))
+    assert {p.name for p in (tmp_path / "checkpoints").iterdir()} == {"last.ckpt", "best.safetensors"}
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(make_net(), cpu(epochs=2), [CrossEntropy(), Crash(at=0)], run_dir=tmp_path).fit(
+            blobs(12), blobs(12, seed=1))
+    assert RunDir(tmp_path).load_checkpoint() is None and RunDir(tmp_path).read_metrics() == []
+    assert not (tmp_path / "checkpoints" / "best.safetensors").exists()
+
+
+def test_stale_temporaries_are_removed_when_a_run_starts(tmp_path):
+    ckpt = tmp_path / "checkpoints"
+    ckpt.mkdir()
+    stale = [ckpt / ".last.ckpt.ab_c12x9.tmp", tmp_path / ".metrics.jsonl.k2j4h5g6.tmp"]
+    keep = [ckpt / "last.ckpt.tmp", ckpt / ".last.ckpt.tmp", tmp_path / "notes.tmp",
+            ckpt / ".last.ckpt.abc.tmp"]
+    for p in stale + keep:
+        p.write_bytes(b"x")
+    Trainer(make_net(), cpu(epochs=1), run_dir=tmp_path).fit(blobs(12), resume=True)
+    assert not any(p.exists() for p in stale) and all(p.exists() for p in keep)
+
+
+# ---------------------------------------------------------------------------- divergence
+class LrJump(Objective):
+    """A zero loss that sets every learning rate to ``lr`` at the start of 0-based epoch ``at``."""
+
+    def __init__(self, at: int, lr: float) -> None:
+        super().__init__()
+        self.at, self.lr = at, lr
+
+    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
+        if epoch == self.at:
+            for group in trainer.optimizer.param_groups:
+                group["lr"] = self.lr
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        return batch.logits.sum() * 0.0
+
+
+def test_divergence_stops_before_inf_and_keeps_the_last_good_epoch(tmp_path, digits):
+    train, val = digits
+    cfg = cpu(epochs=3, lr=1e-2, optimizer="adam", backbone_lr_scale=1.0)
+    calm = make_net(in_dim=64, hidden=32, classes=10)
+    Trainer(calm, cfg.model_copy(update={"epochs": 1}), [CrossEntropy(), LrJump(1, 1e6)]).fit(
+        train, val)
+    # one calm epoch, then lr=1e6 from epoch 2 on: the total loss explodes, still finite
+    trainer = Trainer(make_net(in_dim=64, hidden=32, classes=10), cfg,
+                      [CrossEntropy(), LrJump(1, 1e6)], run_dir=tmp_path)
+    with pytest.raises(TrainingError, match=r"^training diverged at epoch 2, step 1: the total "
+                       r"loss reached [\d.e+]+, over 100x the first step's [\d.]+ .*; lower the "
+                       r"learning rate \(lr=0.01\) or set grad_clip \(now None\); the last good "
+                       r"checkpoint \(epoch 1\) .* is kept; .*raise divergence_factor \(now 100\) "
+                       r"or set it to None$"):
+        trainer.fit(train, val)
+    weights, st = RunDir(tmp_path).load_checkpoint()
+    assert st["epoch"] == 1 and len(RunDir(tmp_path).read_metrics()) == 1
+    assert all(torch.equal(weights[k], v) for k, v in calm.state_dict().items())
+    best = load_state_dict(tmp_path / "checkpoints" / "best.safetensors")
+    assert all(torch.equal(best[k], v) for k, v in calm.state_dict().items())
+    norm = math.sqrt(sum(float(w.double().pow(2).sum()) for w in weights.values()))
+    assert norm < 50
+
+
+def test_divergence_from_scratch_saves_nothing_and_can_be_disabled(tmp_path, digits):
+    train, val = digits
+    with pytest.raises(TrainingError, match="training diverged at epoch 1") as exc:
+        Trainer(make_net(in_dim=64, classes=10), cpu(epochs=3, lr=1e6, optimizer="adam"),
+                run_dir=tmp_path).fit(train, val)
+    assert "checkpoint" not in str(exc.value) and "\n" not in str(exc.value)
+    assert RunDir(tmp_path).load_checkpoint() is None
+    assert not (tmp_path / "checkpoints" / "best.safetensors").exists()
+    # weights that grow far beyond their start while the loss stays modest (last step of an epoch)
+    model = make_net(in_dim=64, classes=10)
+    cfg = cpu(epochs=1, lr=1e6, optimizer="adam", batch_size=len(train))  # one step per epoch
+    with pytest.raises(TrainingError, match=r"end of epoch 1: the weights' norm grew from "
+                       r"[\d.]+ to [\d.e+]+, over 100x"):
+        Trainer(model, cfg).fit(train)
+    # None turns the check off (it then trains to a broken model, as asked)
+    hist = Trainer(make_net(in_dim=64, classes=10), cfg.model_copy(
+        update={"divergence_factor": None})).fit(train)
+    assert len(hist.epochs) == 1
+    with pytest.raises(ConfigError, match=r"divergence_factor=1.0: Input should be greater than 1"):
+        TrainConfig.from_dict({"divergence_factor": 1.0})
+
+
+def test_sane_runs_never_trip_the_divergence_check(digits):
+    """Fast but sane settings: the loss may rise well above its start, yet stays far from 100x."""
+    train, val = digits
+    for opt, lr in (("sgd", 0.2), ("adamw", 0.1), ("adam", 0.03)):
+        trainer = Trainer(make_net(in_dim=64, hidden=32, classes=10), cpu(
+            epochs=3, lr=lr, optimizer=opt, backbone_lr_scale=1.0))
+        hist = trainer.fit(train, val)
+        assert len(hist.epochs) == 3 and hist.best_val_accuracy > 0.5, (opt, lr)
+        assert trainer._guard.peak_loss_ratio < 10 and trainer._guard.peak_norm_ratio < 10
 
 
 # ---------------------------------------------------------------------------- input checks
@@ -448,6 +578,35 @@ def test_input_errors():
         Trainer(make_net(), {"epoch": 3})
     with pytest.raises(ConfigError, match="Trainer needs a TransferNet"):
         Trainer(nn.Linear(2, 2))
+
+
+def test_single_class_training_set_is_refused():
+    data = blobs(12)
+    one = TensorDataset(data.x, torch.full((12,), 2), classes=["a", "b", "c"], name="only-c")
+    with pytest.raises(DataError, match=r"^training set 'only-c' has one class \(label 2\); a "
+                       r"classifier needs examples of at least two classes"):
+        Trainer(make_net(), cpu(epochs=1)).fit(one)
+    # a one-class validation set is fine; so is a run whose objectives never read labels
+    assert len(Trainer(make_net(), cpu(epochs=1)).fit(data, one).epochs) == 1
+    assert len(Trainer(make_net(), cpu(epochs=1), [Crash()]).fit(one).epochs) == 1
+
+
+def test_unavailable_device_is_one_config_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for device in ("cuda", "cuda:3"):
+        with pytest.raises(ConfigError, match=rf"^device='{device}' is not available: .*; use "
+                           r"device='auto' \(CUDA when present, else CPU\) or device='cpu'$") as exc:
+            Trainer(make_net(), {"device": device})
+        assert "\n" not in str(exc.value)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ConfigError, match=r"only 2 CUDA device\(s\) are visible \(cuda:0..cuda:1\)"):
+        TrainConfig(device="cuda:3").resolve_device()
+    assert TrainConfig(device="cuda:1").resolve_device() == torch.device("cuda:1")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match=r"device='mps' is not available: no Apple MPS GPU"):
+        TrainConfig(device="mps").resolve_device()
+    assert TrainConfig(device="cpu").resolve_device() == torch.device("cpu")
 
 
 def test_progress_bar_and_single_example_last_batch(tmp_path):

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from transferkit.data import TensorDataset
-from transferkit.engine import Batch, Objective, Phase, TrainConfig, Trainer
+from transferkit.engine import Batch, CrossEntropy, Objective, Phase, TrainConfig, Trainer
 from transferkit.errors import ConfigError, DataError, ShapeError
 from transferkit.models import create_model
 
@@ -194,3 +194,17 @@ def test_resumed_adaptation_equals_an_uninterrupted_run(digits, tmp_path):
     resumed = run(3, True, tmp_path / "b")
     for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
+
+
+def test_one_class_check_reads_the_labelled_source_only(digits):
+    """Target sets carry dummy zero labels that are never read; a one-class source is refused."""
+    source = digits.train.subset(range(64))
+    target = TensorDataset(digits.val.x[:40], torch.zeros(40, dtype=torch.long), list(digits.val.classes),
+                           "target (unlabelled)")
+    hist = Trainer(_mlp(), TrainConfig(epochs=1, batch_size=32),
+                   objectives=[CrossEntropy(), Recorder(0.01)]).fit(source, target=target)
+    assert len(hist.epochs) == 1
+    sevens = digits.train.subset((digits.train.y == 7).nonzero().flatten().tolist())
+    with pytest.raises(DataError, match=r"has one class \(label 7\)"):
+        Trainer(_mlp(), TrainConfig(epochs=1), objectives=[CrossEntropy(), Recorder(0.01)]).fit(
+            sevens, target=target)

@@ -3,14 +3,16 @@
 Layout of ``run_dir``::
 
     metrics.jsonl                  one JSON object per finished epoch
-    checkpoints/last.safetensors   model weights after the last finished epoch
-    checkpoints/last_state.pt      optimiser/scheduler/scaler state, epoch, RNG, history, best weights
-    checkpoints/best.safetensors   model weights of the best validation epoch
+    checkpoints/last.ckpt          everything to resume after the last finished epoch
+    checkpoints/best.safetensors   model weights of the best validation epoch (for people; resume
+                                   reads the best weights from last.ckpt)
 
-``last_state.pt`` holds only tensors and plain containers, written with ``torch.save`` to a
-temporary file then renamed, and read with ``torch.load(weights_only=True)``. The weights file records
-its epoch in its metadata, so a run killed between the two writes is detected instead of silently
-resuming from mismatched files.
+``last.ckpt`` is one file, so one epoch's checkpoint is one atomic unit: it is written with
+``torch.save`` to a temporary sibling, fsynced and renamed over the old one, so a run killed at any
+instant resumes from the previous epoch or from the new one. It holds only tensors and plain
+containers (model weights, optimiser/scheduler/scaler state, RNG, history, best weights, the
+objectives' state, the config) and is read with ``torch.load(weights_only=True)``, so it cannot run
+code. ``metrics.jsonl`` and ``best.safetensors`` are rewritten from it on resume.
 """
 
 from __future__ import annotations
@@ -24,17 +26,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 
 from transferkit.errors import CheckpointError
-from transferkit.io import atomic_write_text, load_state_dict, save_state_dict
-from transferkit.io.files import atomic_write
+from transferkit.io import atomic_write_text, save_state_dict
+from transferkit.io.files import atomic_write, remove_stale_temporaries
 
 CHECKPOINT_DIR = "checkpoints"
-LAST_WEIGHTS = "last.safetensors"
-LAST_STATE = "last_state.pt"
+LAST = "last.ckpt"
 BEST_WEIGHTS = "best.safetensors"
 METRICS = "metrics.jsonl"
+FORMAT = "transferkit-checkpoint"
+VERSION = 1
+# The two files of the checkpoints written before last.ckpt (never read, only recognised).
+OLD_FILES = ("last.safetensors", "last_state.pt")
 
 
 class RunDir:
@@ -52,64 +56,99 @@ class RunDir:
         return self.root / METRICS
 
     @property
-    def last_weights(self) -> Path:
-        return self.root / CHECKPOINT_DIR / LAST_WEIGHTS
+    def checkpoints(self) -> Path:
+        return self.root / CHECKPOINT_DIR
 
     @property
-    def last_state(self) -> Path:
-        return self.root / CHECKPOINT_DIR / LAST_STATE
+    def last(self) -> Path:
+        return self.checkpoints / LAST
 
     @property
     def best_weights(self) -> Path:
-        return self.root / CHECKPOINT_DIR / BEST_WEIGHTS
+        return self.checkpoints / BEST_WEIGHTS
 
     def has_checkpoint(self) -> bool:
-        """Whether a last checkpoint (either of its two files) exists."""
-        return self.last_weights.exists() or self.last_state.exists()
+        """Whether a resumable checkpoint (``last.ckpt``) exists."""
+        return self.last.is_file()
 
-    def save_checkpoint(
-        self, model_state: Mapping[str, torch.Tensor], state: dict[str, Any]
-    ) -> None:
-        """Write the model weights, then the training state (``state["epoch"]``: epochs done)."""
-        epoch = int(state["epoch"])
-        save_state_dict(model_state, self.last_weights, metadata={"epoch": str(epoch)})
-        atomic_write(self.last_state, lambda tmp: torch.save(state, tmp))
+    def old_checkpoint_files(self) -> list[Path]:
+        """The files of a checkpoint in the old two-file format that are present."""
+        return [self.checkpoints / name for name in OLD_FILES if (self.checkpoints / name).exists()]
+
+    def remove_stale_temporaries(self) -> list[Path]:
+        """Delete temporaries left by a write that was killed, in the run and checkpoint folders."""
+        return remove_stale_temporaries(self.root) + remove_stale_temporaries(self.checkpoints)
+
+    def clear(self) -> None:
+        """Delete the checkpoints of an earlier run (before a fresh run starts in this folder),
+        so an interrupted fresh run never resumes the old one."""
+        for path in (self.last, self.best_weights, *self.old_checkpoint_files()):
+            path.unlink(missing_ok=True)
+
+    def save_checkpoint(self, model_state: Mapping[str, torch.Tensor], state: dict[str, Any]) -> None:
+        """Atomically replace ``last.ckpt`` with the model weights and training state
+        (``state["epoch"]``: epochs done)."""
+        payload = {
+            "format": FORMAT,
+            "version": VERSION,
+            "model": dict(model_state),
+            "state": state,
+        }
+        atomic_write(self.last, lambda tmp: torch.save(payload, tmp))
 
     def load_checkpoint(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
         """The last checkpoint's ``(model_state, state)``, or ``None`` when there is none.
 
         Raises:
-            CheckpointError: one of the two files is missing, corrupt, or from another epoch.
+            CheckpointError: ``last.ckpt`` is corrupt or not a transferkit checkpoint, or only a
+                checkpoint of the old two-file format is present (it cannot be resumed).
         """
         if not self.has_checkpoint():
-            return None
-        for path in (self.last_weights, self.last_state):
-            if not path.exists():
+            old = self.old_checkpoint_files()
+            if old:
                 raise CheckpointError(
-                    f"checkpoint file {str(path)!r} is missing while its partner exists; the run "
-                    "was interrupted while saving: delete the checkpoints folder to start over"
+                    f"{str(old[0])!r} is a checkpoint of an older transferkit (two files) that "
+                    "cannot be resumed; start over without resume (or delete "
+                    f"{str(self.checkpoints)!r})"
                 )
+            return None
+        where = str(self.last)
         try:
-            state = torch.load(str(self.last_state), map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
+            payload = torch.load(where, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
             raise CheckpointError(
-                f"training state {str(self.last_state)!r} could not be read "
-                f"({type(exc).__name__}: {exc}); delete the checkpoints folder to start over"
+                f"checkpoint {where!r} holds objects other than tensors and plain containers and "
+                "is refused (loading it could run code); delete "
+                f"{str(self.checkpoints)!r} to start over"
             ) from exc
-        if not isinstance(state, dict) or "epoch" not in state:
+        except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
             raise CheckpointError(
-                f"{str(self.last_state)!r} is not a transferkit training state (no 'epoch'); "
-                "delete the checkpoints folder to start over"
-            )
-        weights = load_state_dict(self.last_weights)
-        weights_epoch = _metadata_epoch(self.last_weights)
-        if weights_epoch is not None and weights_epoch != int(state["epoch"]):
+                f"checkpoint {where!r} could not be read ({type(exc).__name__}: "
+                f"{_one_line(exc)}); delete {str(self.checkpoints)!r} to start over"
+            ) from exc
+        ok = (
+            isinstance(payload, dict) and payload.get("format") == FORMAT
+            and isinstance(payload.get("model"), dict) and isinstance(payload.get("state"), dict)
+            and "epoch" in payload["state"]
+        )
+        if not ok:
             raise CheckpointError(
-                f"{str(self.last_weights)!r} is from epoch {weights_epoch} but "
-                f"{str(self.last_state)!r} from epoch {state['epoch']}; the run was interrupted "
-                "while saving: delete the checkpoints folder to start over"
+                f"{where!r} is not a transferkit training checkpoint (no format/model/state); "
+                f"delete {str(self.checkpoints)!r} to start over"
             )
-        return weights, state
+        if payload.get("version") != VERSION:
+            raise CheckpointError(
+                f"checkpoint {where!r} has format version {payload.get('version')!r}, this "
+                f"transferkit reads version {VERSION}; resume with the version that wrote it or "
+                "start over without resume"
+            )
+        bad = sorted(k for k, v in payload["model"].items() if not isinstance(v, torch.Tensor))
+        if bad:
+            raise CheckpointError(
+                f"checkpoint {where!r} holds non-tensor model entries ({', '.join(map(repr, bad))}); "
+                f"delete {str(self.checkpoints)!r} to start over"
+            )
+        return payload["model"], payload["state"]
 
     def save_best(self, model_state: Mapping[str, torch.Tensor], epoch: int) -> None:
         """Write the best validation epoch's weights."""
@@ -154,15 +193,15 @@ def load_training_state(
             obj.load_state_dict(sd)
     except (RuntimeError, ValueError, KeyError) as exc:
         raise CheckpointError(
-            f"checkpoint in {where!r} does not fit this model/optimizer/objectives ({exc}); "
-            "resume with the same setup, or start fresh with resume=False"
+            f"checkpoint in {where!r} does not fit this model/optimizer/objectives "
+            f"({_one_line(exc)}); resume with the same setup, or start fresh with resume=False"
         ) from exc
 
 
-def _metadata_epoch(path: Path) -> int | None:
-    with safe_open(str(path), framework="pt") as fh:
-        meta = fh.metadata() or {}
-    return int(meta["epoch"]) if "epoch" in meta else None
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line (errors are one line), shortened to ``limit`` characters."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def cpu_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:

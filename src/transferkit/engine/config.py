@@ -61,6 +61,10 @@ class TrainConfig(BaseModel):
             candidates; when no epoch has it the model keeps the last epoch's weights.
         select_mode: ``"max"`` or ``"min"``; ``"auto"`` minimises names containing ``loss``,
             ``risk``, ``entropy`` or ``error`` and maximises the rest.
+        divergence_factor: Stop with a :class:`~transferkit.errors.TrainingError` when training
+            diverges: a step's total loss is more than this many times its first step's (at least
+            1 in magnitude), or the weights' norm grows to more than this many times its start.
+            The last good checkpoint is kept. ``None`` disables the check (> 1).
     """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -90,6 +94,7 @@ class TrainConfig(BaseModel):
     channels_last: bool = False
     select_metric: str = "val_accuracy"
     select_mode: Literal["auto", "max", "min"] = "auto"
+    divergence_factor: float | None = Field(100.0, gt=1)
 
     @field_validator("device")
     @classmethod
@@ -141,10 +146,45 @@ class TrainConfig(BaseModel):
         return "min" if any(w in lowered for w in ("loss", "risk", "entropy", "error")) else "max"
 
     def resolve_device(self) -> torch.device:
-        """The device training runs on: ``"auto"`` picks CUDA when available, else CPU."""
+        """The device training runs on: ``"auto"`` picks CUDA when available, else CPU.
+
+        Raises:
+            ConfigError: the device named by ``device`` is not available on this machine.
+        """
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
+        device = torch.device(self.device)
+        problem = _unavailable(device)
+        if problem:
+            raise ConfigError(
+                f"device={self.device!r} is not available: {problem}; use device='auto' (CUDA "
+                "when present, else CPU) or device='cpu'"
+            )
+        return device
+
+
+def _unavailable(device: torch.device) -> str | None:
+    """Why ``device`` can't be used on this machine, or ``None`` when it can (or can't be told)."""
+    kind = device.type
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            if torch.version.cuda is None:
+                return "this torch build has no CUDA support"
+            return "no CUDA GPU is visible (torch.cuda.is_available() is False)"
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            return f"only {count} CUDA device(s) are visible (cuda:0..cuda:{count - 1})"
+        return None
+    if kind == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            return "no Apple MPS GPU is available (torch.backends.mps.is_available() is False)"
+        return None
+    backend = getattr(torch, kind, None)  # e.g. torch.xpu
+    is_available = getattr(backend, "is_available", None)
+    if callable(is_available) and not is_available():
+        return f"torch reports no {kind!r} device (torch.{kind}.is_available() is False)"
+    return None
 
 
 def format_validation_error(exc: ValidationError) -> str:

@@ -9,6 +9,9 @@ Domain adaptation uses the same loop: ``fit(..., target=...)`` draws an unlabell
 beside every source batch (the smaller set cycles, reshuffled, so unequal sizes need nothing
 special), objectives declaring extra :class:`~transferkit.engine.objectives.Phase` s get those
 updates on the same batch, and monitors (label-free criteria) can pick the epoch to keep.
+
+Training that diverges stops with a :class:`~transferkit.errors.TrainingError` before the loss
+overflows (see ``TrainConfig.divergence_factor``); a diverged epoch is never checkpointed.
 """
 
 from __future__ import annotations
@@ -159,6 +162,71 @@ class _Progress:
             self.bar.stop()
 
 
+class _DivergenceGuard:
+    """Tells when training diverges, before the loss overflows to inf/NaN.
+
+    Two signs, both relative to where the run started (kept in the checkpoint, so a resumed run
+    compares with the same start): a step's total loss more than ``factor`` times the first step's
+    in magnitude, the first counted as at least 1 (terms that start near 0, such as L2-SP's or
+    a distillation term's, would make any rise look huge); or the model's weight norm more than
+    ``factor`` times its start. Non-finite weights are always a problem, even with ``factor=None``.
+
+    Attributes:
+        loss0: The first step's total loss. ``norm0``: the model's weight norm before training.
+        peak_loss_ratio, peak_norm_ratio: The largest ratios seen by this fit (diagnostics).
+    """
+
+    def __init__(self, factor: float | None) -> None:
+        self.factor = factor
+        self.loss0: float | None = None
+        self.norm0: float | None = None
+        self.peak_loss_ratio = 0.0
+        self.peak_norm_ratio = 0.0
+
+    def start(self, model: nn.Module) -> None:
+        """Record the weight norm to compare with (unless a resumed checkpoint brought it)."""
+        if self.norm0 is None:
+            self.norm0 = _weight_norm(model)
+
+    def loss_problem(self, value: float) -> str | None:
+        """What is wrong with a step's finite total loss ``value``, or ``None``."""
+        if self.loss0 is None:
+            self.loss0 = value
+        scale = max(abs(self.loss0), 1.0)
+        ratio = abs(value) / scale
+        self.peak_loss_ratio = max(self.peak_loss_ratio, ratio)
+        if self.factor is None or ratio <= self.factor:
+            return None
+        return (f"the total loss reached {value:.3g}, over {self.factor:g}x the first step's "
+                f"{self.loss0:.3g} (counted as at least 1)")
+
+    def weight_problem(self, model: nn.Module) -> str | None:
+        """What is wrong with the model's weights, or ``None``."""
+        norm = _weight_norm(model)
+        if not math.isfinite(norm):
+            return "the weights hold NaN/inf values"
+        ratio = norm / self.norm0 if self.norm0 else 0.0
+        self.peak_norm_ratio = max(self.peak_norm_ratio, ratio)
+        if self.factor is None or ratio <= self.factor:
+            return None
+        return (f"the weights' norm grew from {self.norm0:.3g} to {norm:.3g}, over "
+                f"{self.factor:g}x")
+
+    def state_dict(self) -> dict[str, float | None]:
+        return {"loss0": self.loss0, "norm0": self.norm0}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.loss0, self.norm0 = state.get("loss0"), state.get("norm0")
+
+
+def _weight_norm(model: nn.Module) -> float:
+    """The L2 norm of all the model's parameters (in float64, so 1e30-sized weights don't overflow)."""
+    with torch.no_grad():
+        norms = [float(torch.linalg.vector_norm(p.detach(), dtype=torch.float64))
+                 for p in model.parameters()]
+    return math.sqrt(math.fsum(n * n for n in norms))
+
+
 class Trainer:
     """Trains a TransferNet on the sum of its objectives' losses.
 
@@ -237,6 +305,7 @@ class Trainer:
         self.steps_per_epoch = 0
         self.history = History()
         self._tap: LayerTap | None = None
+        self._guard = _DivergenceGuard(config.divergence_factor)
 
     # ------------------------------------------------------------------ checks
     def _check_data(self, train: TensorDataset, val: TensorDataset | None) -> None:
@@ -248,6 +317,13 @@ class Trainer:
             raise DataError(
                 f"validation set {val.name!r} is empty; pass val=None or a non-empty set"
             )
+        if any(isinstance(o, CrossEntropy) for o in self.objectives):
+            classes = torch.unique(train.y)
+            if len(classes) == 1:
+                raise DataError(
+                    f"training set {train.name!r} has one class (label {int(classes[0])}); a "
+                    "classifier needs examples of at least two classes: add examples of the others"
+                )
         head = int(getattr(getattr(self.model, "info", None), "num_classes", 0) or 0)
         if head > 0:
             self._check_labels(train, val, head)
@@ -307,6 +383,33 @@ class Trainer:
         names = sorted({t for o in self.objectives for t in o.taps})
         return LayerTap(self.model, names).attach() if names else None
 
+    def check(
+        self, train: TensorDataset, val: TensorDataset | None = None, *, target: TensorDataset | None = None
+    ) -> None:
+        """Everything :meth:`fit` checks before it trains, without training or writing anything:
+        data sizes and labels, target data, one forward pass (input shape), the objectives' taps.
+
+        Workflows call it for every arm before they touch the output folder, so a bad input never
+        leaves a half-written run behind.
+
+        Raises:
+            The errors of :meth:`fit` that come before training (``DataError``, ``LabelError``,
+            ``ShapeError``, ``ConfigError``, ``UnknownNameError``).
+        """
+        cfg = self.config
+        if cfg.patience is not None and val is None and cfg.select_metric.startswith("val_"):
+            raise ConfigError(
+                f"patience={cfg.patience} (early stopping) needs a validation set; pass val= or "
+                "set patience=None"
+            )
+        self._check_data(train, val)
+        self._check_target(train, target)
+        self.model.to(self.device)
+        self._probe(train, val)
+        taps = self._attach_taps()
+        if taps is not None:
+            taps.remove()
+
     # ------------------------------------------------------------------ fit
     def fit(
         self,
@@ -338,24 +441,21 @@ class Trainer:
                 inputs differ in shape from the source's.
             ConfigError: ``patience`` without a selection metric, ``resume`` without ``run_dir``,
                 target-using objectives without ``target``, or an unknown ``select_metric``.
-            TrainingError: the loss became NaN or infinite; the last checkpoint is kept.
+            DataError: ``train`` holds one class while an objective learns from labels.
+            TrainingError: the loss became NaN or infinite, or training diverged (see
+                ``TrainConfig.divergence_factor``); the last good checkpoint is kept.
+            CheckpointError: ``resume`` finds a checkpoint that is unreadable, of the old two-file
+                format, or does not fit this model/optimiser/objectives.
         """
         cfg = self.config
-        if cfg.patience is not None and val is None and cfg.select_metric.startswith("val_"):
-            raise ConfigError(
-                f"patience={cfg.patience} (early stopping) needs a validation set; pass val= or "
-                "set patience=None"
-            )
         if resume and self.run_dir is None:
             raise ConfigError("resume=True needs a run_dir to read checkpoints from; pass run_dir=")
-        self._check_data(train, val)
-        self._check_target(train, target)
+        self.check(train, val, target=target)
         self.train_data, self.val_data, self.target_data = train, val, target
         self.steps_per_epoch = len(_batch_slices(len(train), cfg.batch_size))
         model = self.model.to(self.device)
         if cfg.channels_last and any(p.ndim == 4 for p in model.parameters()):
             model = model.to(memory_format=torch.channels_last)
-        self._probe(train, val)
 
         torch.manual_seed(cfg.seed)
         for obj in self.objectives:
@@ -376,13 +476,23 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.use_amp)
 
         history, best_state = History(), None
+        self._guard = _DivergenceGuard(cfg.divergence_factor)
+        if self.run_dir is not None:
+            for path in self.run_dir.remove_stale_temporaries():
+                logger.info("removed %s, left by an interrupted write", path)
         if resume:
             restored = self._restore()
             if restored is not None:
                 history, best_state = restored
-        elif self.run_dir is not None and self.run_dir.has_checkpoint():
-            logger.info("starting a fresh run in %s; its old checkpoint will be overwritten",
+                if best_state is not None and history.best_epoch is not None:
+                    # a kill between last.ckpt and best.safetensors leaves the latter out of step
+                    self.run_dir.save_best(best_state, history.best_epoch)
+        elif self.run_dir is not None and (self.run_dir.has_checkpoint()
+                                           or self.run_dir.old_checkpoint_files()):
+            logger.info("starting a fresh run in %s; its old checkpoint is deleted",
                         self.run_dir.root)
+            self.run_dir.clear()
+        self._guard.start(model)
         self.history = history
         if self.run_dir is not None:
             self.run_dir.write_metrics(history.epochs)
@@ -437,6 +547,9 @@ class Trainer:
         lr = float(self.optimizer.param_groups[0]["lr"])
         row: dict[str, Any] = {"epoch": epoch + 1}
         row.update(self._train_epoch(epoch, train, train_feats, progress))
+        problem = self._guard.weight_problem(self.model)
+        if problem is not None:
+            raise TrainingError(self._divergence_message(f"the end of epoch {epoch + 1}", problem))
         if val is not None:
             row["val_loss"], row["val_accuracy"] = self.evaluate(val, val_feats)
         else:
@@ -447,12 +560,11 @@ class Trainer:
         self.scheduler.step()
         row["seconds"] = time.perf_counter() - t_epoch
         history.epochs.append(row)
-        if self._is_best(row, history):
+        new_best = self._is_best(row, history)
+        if new_best:
             history.best_epoch, history.best_val_accuracy = epoch + 1, row["val_accuracy"]
             history.best_value = float(row[cfg.select_metric])
             best_state = cpu_state_dict(self.model)
-            if self.run_dir is not None:
-                self.run_dir.save_best(best_state, epoch + 1)
         if (cfg.patience is not None and history.best_epoch is not None
                 and epoch + 1 - history.best_epoch >= cfg.patience):
             if epoch + 1 < cfg.epochs:
@@ -460,7 +572,11 @@ class Trainer:
                 logger.info("early stopping after epoch %d: %s has not improved since epoch %d",
                             epoch + 1, cfg.select_metric, history.best_epoch)
         if self.run_dir is not None:
+            # last.ckpt alone is the resumable state; best.safetensors and metrics.jsonl follow it
+            # (and are rewritten from it on resume), so a kill between the writes loses nothing
             self._save(epoch + 1, history, best_state)
+            if new_best:
+                self.run_dir.save_best(best_state, epoch + 1)
             self.run_dir.write_metrics(history.epochs)
         progress.end_epoch()
         logger.info(
@@ -517,11 +633,17 @@ class Trainer:
             batch = self._forward(x, y, idx, idx_t, feats, epoch, step, "main")
             terms = self._losses(batch, self.objectives)
             loss = sum(o.weight * t for o, t in zip(self.objectives, terms, strict=True))
-            if not torch.isfinite(loss):
-                raise TrainingError(self._nan_message(epoch, step, self.term_names, terms))
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise TrainingError(
+                    self._nan_message(epoch, step, self.term_names, terms, idx, idx_t))
+            problem = self._guard.loss_problem(value)
+            if problem is not None:
+                raise TrainingError(
+                    self._divergence_message(f"epoch {epoch + 1}, step {step}", problem))
             self._update(loss, None)
             n = len(idx)
-            sums["train_loss"] += float(loss.detach()) * n
+            sums["train_loss"] += value * n
             for name, t in zip(self.term_names, terms, strict=True):
                 sums[f"loss_{name}"] += float(t.detach()) * n
             correct += int((batch.logits.argmax(1) == y).sum())
@@ -635,24 +757,63 @@ class Trainer:
             (loss,) = self._losses(batch, [owner])
             if not torch.isfinite(loss):
                 raise TrainingError(self._nan_message(
-                    epoch, step, [f"{owner.name}_{phase.name}"], [loss]))
+                    epoch, step, [f"{owner.name}_{phase.name}"], [loss], idx, idx_t))
             self._update(owner.weight * loss, only)
             total += float(loss.detach())
         return total / phase.repeat
 
     def _nan_message(
-        self, epoch: int, step: int, names: Sequence[str], values: Sequence[torch.Tensor]
+        self,
+        epoch: int,
+        step: int,
+        names: Sequence[str],
+        values: Sequence[torch.Tensor],
+        idx: torch.Tensor,
+        idx_t: torch.Tensor | None,
     ) -> str:
+        """Says which terms went non-finite and why: the batch's inputs when they hold NaN/inf,
+        else the step size (or inputs too large for the model)."""
         pairs = zip(names, values, strict=True)
         terms = ", ".join(f"{n}={float(v.detach()):.4g}" for n, v in pairs)
-        kept = ""
-        if self.run_dir is not None and self.run_dir.has_checkpoint():
-            kept = f"; the last good checkpoint in {str(self.run_dir.root)!r} is kept"
+        where = f"the loss became non-finite at epoch {epoch + 1}, step {step} ({terms})"
+        inputs = [(self.train_data, self.train_data.x[idx])]
+        if idx_t is not None and self.target_data is not None:
+            inputs.append((self.target_data, self.target_data.x[idx_t]))
+        largest = 0.0
+        for data, x in inputs:
+            if not x.is_floating_point():
+                continue
+            bad = int((~torch.isfinite(x)).sum())
+            if bad:
+                return (
+                    f"{where}: this batch of {data.name!r} holds {bad} NaN/inf input value(s); "
+                    f"remove or impute them before training{self._kept()}"
+                )
+            if x.numel():
+                largest = max(largest, float(x.abs().max()))
         return (
-            f"the loss became non-finite at epoch {epoch + 1}, step {step} ({terms}); lower the "
-            f"learning rate (lr={self.config.lr:g}) or set grad_clip (now {self.config.grad_clip})"
-            f"{kept}"
+            f"{where}; lower the learning rate (lr={self.config.lr:g}) or set grad_clip (now "
+            f"{self.config.grad_clip}), or, if the inputs are far from unit scale (largest |x| in "
+            f"this batch: {largest:.3g}), normalise them{self._kept()}"
         )
+
+    def _divergence_message(self, where: str, problem: str) -> str:
+        cfg = self.config
+        allow = ""
+        if cfg.divergence_factor is not None and "NaN" not in problem:
+            allow = (f"; if this is expected, raise divergence_factor (now "
+                     f"{cfg.divergence_factor:g}) or set it to None")
+        return (
+            f"training diverged at {where}: {problem}; lower the learning rate (lr={cfg.lr:g}) "
+            f"or set grad_clip (now {cfg.grad_clip}){self._kept()}{allow}"
+        )
+
+    def _kept(self) -> str:
+        """Where the last good checkpoint is, for error messages (empty without one)."""
+        if self.run_dir is None or not self.run_dir.has_checkpoint():
+            return ""
+        return (f"; the last good checkpoint (epoch {len(self.history.epochs)}) in "
+                f"{str(self.run_dir.root)!r} is kept")
 
     @torch.no_grad()
     def evaluate(
@@ -693,6 +854,7 @@ class Trainer:
             "best_model": best_state,
             "objectives": [o.state_dict() for o in self.objectives],
             "config": self.config.model_dump(),
+            "guard": self._guard.state_dict(),
         }
         self.run_dir.save_checkpoint(cpu_state_dict(self.model), state)
 
@@ -702,11 +864,12 @@ class Trainer:
             logger.info("resume=True but %s has no checkpoint; starting fresh", self.run_dir.root)
             return None
         weights, state = loaded
-        path = self.run_dir.last_weights
+        path = self.run_dir.last
         load_training_state(
             state, weights, self.model, self.optimizer, self.scheduler, self.scaler,
-            self.objectives, where=str(path.parent),
+            self.objectives, where=str(path),
         )
+        self._guard.load_state_dict(state.get("guard", {}))
         torch.set_rng_state(state["rng"])
         if state.get("cuda_rng") and self.device.type == "cuda":
             torch.cuda.set_rng_state_all(state["cuda_rng"])
@@ -718,7 +881,7 @@ class Trainer:
         history = History(**state["history"])
         if history.best_value is None and self.config.select_metric == "val_accuracy":
             history.best_value = history.best_val_accuracy  # checkpoints written before best_value
-        logger.info("resuming from %s after epoch %d", path.parent, int(state["epoch"]))
+        logger.info("resuming from %s after epoch %d", path, int(state["epoch"]))
         return history, state.get("best_model")
 
 

@@ -1,9 +1,15 @@
-"""Atomic file writes: write to a temporary sibling, fsync, then rename over the target."""
+"""Atomic file writes: write to a temporary sibling, fsync, then rename over the target.
+
+A process killed mid-write (SIGKILL, power loss) leaves the target as it was plus, at worst, a
+temporary ``.<name>.<8 random characters>.tmp`` beside it; :func:`remove_stale_temporaries` clears
+those when a run starts again.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -11,12 +17,18 @@ from typing import Any
 
 from transferkit.errors import CheckpointError, DataNotFoundError
 
+# The temporaries atomic_write creates: mkstemp(prefix=".<name>.", suffix=".tmp") adds 8 characters
+# from [a-z0-9_]. Only names of exactly this shape are ever removed by remove_stale_temporaries.
+_TMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
+
 
 def atomic_write(path: str | os.PathLike, writer: Callable[[str], None]) -> Path:
     """Call ``writer(tmp_path)`` and atomically move the result to ``path``.
 
-    The temporary file lives in the target's folder so the final ``os.replace`` is atomic. If
-    ``writer`` raises, the temporary file is removed and ``path`` is left as it was.
+    The temporary file lives in the target's folder so the final ``os.replace`` is atomic; it is
+    fsynced before the rename and the folder after it, so the new file survives a power loss once
+    this returns. If ``writer`` raises, the temporary file is removed and ``path`` is left as it
+    was; if the process is killed, ``path`` is the old or the new file, never a mix.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -32,7 +44,45 @@ def atomic_write(path: str | os.PathLike, writer: Callable[[str], None]) -> Path
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    fsync_folder(path.parent)
     return path
+
+
+def fsync_folder(folder: str | os.PathLike) -> None:
+    """Flush a folder's entries (a rename into it) to disk; a no-op where folders can't be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # Windows cannot open folders
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems refuse fsync on folders; the rename itself still happened
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporaries a killed :func:`atomic_write` left in ``folder`` (not in sub-folders).
+
+    Only regular files named like atomic_write's temporaries (``.<name>.<8 characters>.tmp``)
+    are removed; call it when no other process writes into ``folder``.
+
+    Returns:
+        The removed paths (empty when ``folder`` does not exist).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for entry in folder.iterdir():
+        if _TMP_NAME.fullmatch(entry.name) and entry.is_file() and not entry.is_symlink():
+            try:
+                entry.unlink()
+            except FileNotFoundError:  # gone meanwhile
+                continue
+            removed.append(entry)
+    return removed
 
 
 def _umask() -> int:
