@@ -4,7 +4,8 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 OUT    ?= demo-out
-# The CPU build of torch that installs from local disk on these machines; any torch>=2.1 works.
+# The CPU build of torch that installs from local disk on these machines; any torch>=2.10 works
+# (2.10 fixes a weights_only loader bypass in 2.9 and older).
 TORCH  ?= torch==2.13.0
 
 .PHONY: demo test install install-dev data lint clean
@@ -34,7 +35,7 @@ $(VENV)/.data: $(VENV)/.installed
 data: $(VENV)/.data
 
 demo: $(VENV)/.data
-	$(VENV)/bin/transferkit demo --out $(OUT)
+	$(VENV)/bin/transferkit demo --out $(OUT) --overwrite
 
 test: $(VENV)/.data
 	$(PY) -m pytest

@@ -128,9 +128,8 @@ def test_create_model_errors():
     ("spec", "module"),
     [("timm:resnet18", "timm"), ("torchvision:resnet18", "torchvision"), ("hf:x/y", "transformers")],
 )
-def test_hub_missing_dependency(spec, module):
-    if importlib.util.find_spec(module) is not None:
-        pytest.skip(f"{module} is installed")
+def test_hub_missing_dependency(spec, module, monkeypatch):
+    monkeypatch.setitem(sys.modules, module, None)  # as if not installed (import raises ImportError)
     extra = "text" if module == "transformers" else "vision"
     with pytest.raises(MissingDependencyError, match=rf"pip install 'transferkit\[{extra}\]'"):
         create_model(spec)
@@ -476,14 +475,23 @@ def test_torchvision_builder_with_stand_in(monkeypatch):
     net = nn.Sequential(nn.Flatten(), nn.Linear(12, 6))
     net.classifier = nn.Sequential(nn.Dropout(0.0), nn.Linear(6, 1000))
     net.forward = lambda x: net.classifier(net[1](net[0](x)))
+    preflight: list[dict] = []
+    default = types.SimpleNamespace(
+        url="https://example/fake.pth", get_state_dict=lambda **kw: preflight.append(kw) or {}
+    )
     fake = types.ModuleType("torchvision")
-    fake.models = types.SimpleNamespace(get_model=lambda name, weights=None, **kw: net)
+    fake.models = types.SimpleNamespace(
+        get_model=lambda name, weights=None, **kw: net,
+        get_model_weights=lambda name: types.SimpleNamespace(DEFAULT=default),
+    )
     monkeypatch.setitem(sys.modules, "torchvision", fake)
     classifier = net.classifier[1]
     model = create_model("torchvision:fake", num_classes=1000, pretrained=True, image_size=2)
     assert model.head is classifier and isinstance(net.classifier[1], nn.Identity)
     assert model.info.feature_dim == 6 and model.info.input_size == (3, 2, 2)
     assert model(torch.rand(2, 3, 2, 2)).shape == (2, 1000)
+    # the pretrained weights were first loaded with weights_only=True (torch.hub's default is False)
+    assert preflight and all(kw["weights_only"] is True for kw in preflight)
 
 
 def test_narrow_model_divides_widths_and_keeps_the_interface():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -46,17 +45,60 @@ def save_state_dict(
     return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta or None))
 
 
-def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+def load_state_dict(path: str | os.PathLike, *, check_finite: bool = True) -> dict[str, torch.Tensor]:
     """Load a state dict from a ``.safetensors`` file or a ``.pt``/``.pth`` file of tensors.
 
     ``.pt`` files go through ``torch.load(weights_only=True)``: a file holding code (pickled classes)
     is refused. A checkpoint that nests its weights (``{"state_dict": ...}`` or ``{"model": ...}``)
-    is unwrapped.
+    is unwrapped. Floating-point tensors holding NaN or inf are refused (``check_finite``): such
+    weights come from a diverged run or a corrupt file and would only spread NaNs.
 
     Raises:
-        CheckpointError: the file is missing, empty, corrupt, or holds something other than tensors.
+        CheckpointError: the file is missing, empty, corrupt, holds something other than tensors, or
+            (with ``check_finite``) holds non-finite values.
     """
-    path = Path(path)
+    state = _load_file(Path(path))
+    if check_finite:
+        check_finite_state(state, path)
+    return state
+
+
+def check_finite_state(state: Mapping[str, torch.Tensor], origin: str | os.PathLike) -> None:
+    """Refuse a state dict whose floating-point tensors hold NaN or inf.
+
+    One ``aminmax`` per tensor (NaN and inf show in the min or max; one pass, nothing allocated, about
+    5x faster than ``isfinite().all()``); the count is only computed for tensors that fail.
+
+    Raises:
+        CheckpointError: naming ``origin``, how many values are non-finite and the first tensors
+            holding them.
+    """
+    bad: list[str] = []
+    count = 0
+    for name, value in state.items():
+        if not isinstance(value, torch.Tensor) or not (value.is_floating_point() or value.is_complex()):
+            continue
+        if not value.numel() or _all_finite(value):
+            continue
+        bad.append(str(name))
+        count += int((~torch.isfinite(value)).sum())
+    if bad:
+        more = f" and {len(bad) - 3} more tensors" if len(bad) > 3 else ""
+        raise CheckpointError(
+            f"checkpoint {str(origin)!r} holds {count} non-finite values (NaN/inf, e.g. in "
+            f"{', '.join(bad[:3])}{more}); it comes from a diverged run or is corrupt: "
+            "use an earlier checkpoint or train again"
+        )
+
+
+def _all_finite(value: torch.Tensor) -> bool:
+    if value.is_complex():
+        return bool(torch.isfinite(value).all())
+    low, high = torch.aminmax(value)
+    return bool(torch.isfinite(low)) and bool(torch.isfinite(high))
+
+
+def _load_file(path: Path) -> dict[str, torch.Tensor]:
     if not path.exists():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist; check the path")
     if path.is_dir():
@@ -87,17 +129,29 @@ def _load_torch_file(path: Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        text = str(exc)
+        cut = text.lower().rfind("weightsunpickler error:")
+        reason = text[cut + len("weightsunpickler error:") :] if cut >= 0 else text
+        if "global" not in reason.lower() and "class" not in reason.lower():
+            # no refused object: bytes the unpickler cannot parse (never suggest weights_only=False)
+            raise _unreadable(path, exc, reason) from exc
         raise CheckpointError(
             f"{str(path)!r} holds pickled code or objects, not only tensors, and is refused "
             "(torch.load with weights_only=True). Re-save it as a state dict "
             "(torch.save(model.state_dict(), ...)) or as safetensors"
         ) from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} could not be read ({type(exc).__name__}: {exc}); "
-            "it is corrupt or truncated: save it again"
-        ) from exc
+    except Exception as exc:  # torch.load raises many types (KeyError, EOFError, ...) on a non-checkpoint
+        raise _unreadable(path, exc) from exc
     return _unwrap_state(obj, path)
+
+
+def _unreadable(path: Path, exc: Exception, text: str | None = None) -> CheckpointError:
+    lines = [line.strip() for line in (str(exc) if text is None else text).splitlines() if line.strip()]
+    detail = (lines[0] if lines else "")[:200]
+    return CheckpointError(
+        f"checkpoint {str(path)!r} could not be read ({type(exc).__name__}: {detail}); "
+        "it is corrupt, truncated or not a torch file: save it again"
+    )
 
 
 def _unwrap_state(obj: object, path: Path) -> dict[str, torch.Tensor]:

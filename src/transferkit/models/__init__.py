@@ -1,10 +1,12 @@
 """Models: the zoo (:func:`create_model`), loading and saving, surgery and layer taps.
 
 Every model is a :class:`TransferNet`, ``head(backbone(input_adapter(x)))``; see
-:mod:`transferkit.models.base`.
+:mod:`transferkit.models.base`. Loading never runs code from a model's files; code shipped with a
+transformers model runs only inside :func:`allow_remote_code` (see :mod:`transferkit.models.hub`).
 """
 
 from transferkit.models.base import InputAdapter, ModelInfo, TransferNet
+from transferkit.models.hub import allow_remote_code, remote_code_allowed
 from transferkit.models.storage import load_model, save_model
 from transferkit.models.surgery import (
     LayerInfo,
@@ -16,7 +18,7 @@ from transferkit.models.surgery import (
     replace_head,
     unfreeze,
 )
-from transferkit.models.zoo import MODELS, create_model, narrow_model, wrap_model
+from transferkit.models.zoo import MODELS, check_model_args, create_model, narrow_model, wrap_model
 
 __all__ = [
     "MODELS",
@@ -25,13 +27,16 @@ __all__ = [
     "LayerTap",
     "ModelInfo",
     "TransferNet",
+    "allow_remote_code",
     "backbone_blocks",
+    "check_model_args",
     "create_model",
     "format_layers",
     "freeze",
     "list_layers",
     "load_model",
     "narrow_model",
+    "remote_code_allowed",
     "replace_head",
     "save_model",
     "unfreeze",

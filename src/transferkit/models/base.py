@@ -14,6 +14,8 @@ arguments) so a saved folder can be rebuilt.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -21,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from transferkit.errors import ShapeError
+from transferkit.errors import CheckpointError, ShapeError
 
 
 @dataclass
@@ -63,13 +65,107 @@ class ModelInfo:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ModelInfo:
+    def from_dict(cls, d: Mapping[str, Any], *, origin: str = "the model config") -> ModelInfo:
+        """Rebuild from :meth:`to_dict`'s output (a saved ``config.json``), checking every field.
+
+        ``arch``, ``num_classes`` and ``input_size`` are required; unknown keys are ignored.
+
+        Args:
+            d: The dict read from the file.
+            origin: What ``d`` was read from (the file's path), for error messages.
+
+        Raises:
+            CheckpointError: a field is missing or of the wrong type or length; the message names
+                ``origin``, the field, what it should be and the value found.
+        """
+        if not isinstance(d, Mapping):
+            raise CheckpointError(
+                f"{origin} is malformed: it holds a {type(d).__name__}, not an object of fields; "
+                "save the model again"
+            )
         d = dict(d)
+        for key in _REQUIRED_FIELDS:
+            if key not in d:
+                raise CheckpointError(
+                    f"{origin} is malformed: field {key!r} is missing (it should be "
+                    f"{_FIELD_RULES[key][1]}); fix the file or save the model again"
+                )
+        for key, (check, what) in _FIELD_RULES.items():
+            if key in d and not check(d[key]):
+                raise _field_error(origin, key, what, d[key])
+        input_size = tuple(d["input_size"])
+        # normalisation is per channel (images) or per value (vectors): 1 value broadcasts
+        width = input_size[0]
+        for key in ("mean", "std"):
+            if d.get(key) is not None and len(d[key]) not in (1, width):
+                count = "1 number" if width == 1 else f"1 or {width} numbers"
+                what = f"{count} (one per channel of input_size {list(input_size)})"
+                raise _field_error(origin, key, what, d[key])
+        if d.get("std") is not None and any(v <= 0 for v in d["std"]):
+            raise _field_error(origin, "std", "positive numbers", d["std"])
         for key in ("input_size", "mean", "std", "data_shape"):
             if d.get(key) is not None:
                 d[key] = tuple(d[key])
+        d["kwargs"] = dict(d.get("kwargs") or {})
+        d["growth"] = [dict(step) for step in d.get("growth") or []]
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         return cls(**known)
+
+
+def _is_int(value: Any, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _int_list(lengths: tuple[int, ...] | None) -> Callable[[Any], bool]:
+    def check(value: Any) -> bool:
+        return (
+            isinstance(value, (list, tuple))
+            and (len(value) in lengths if lengths else len(value) > 0)
+            and all(_is_int(v, 1) for v in value)
+        )
+
+    return check
+
+
+def _number_list_or_none(value: Any) -> bool:
+    return value is None or (
+        isinstance(value, (list, tuple)) and len(value) > 0 and all(_is_number(v) for v in value)
+    )
+
+
+_REQUIRED_FIELDS = ("arch", "num_classes", "input_size")
+_FIELD_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "arch": (lambda v: isinstance(v, str) and bool(v.strip()), "a non-empty string such as 'small_cnn'"),
+    "kwargs": (
+        lambda v: v is None or (isinstance(v, Mapping) and all(isinstance(k, str) for k in v)),
+        "an object of architecture arguments (name -> value)",
+    ),
+    "num_classes": (lambda v: _is_int(v, 1), "an integer >= 1"),
+    "feature_dim": (lambda v: _is_int(v, 0), "an integer >= 0"),
+    "input_size": (_int_list((1, 3)), "a list of 1 or 3 positive integers ([D] or [C, H, W])"),
+    "mean": (_number_list_or_none, "null or a list of finite numbers"),
+    "std": (_number_list_or_none, "null or a list of finite numbers"),
+    "data_shape": (lambda v: v is None or _int_list(None)(v), "null or a list of positive integers"),
+    "source": (lambda v: isinstance(v, str), "a string"),
+    "growth": (
+        lambda v: v is None or (isinstance(v, list) and all(isinstance(s, Mapping) for s in v)),
+        "a list of objects (structure changes such as {\"op\": \"widen\", ...})",
+    ),
+}
+
+
+def _field_error(origin: str, key: str, what: str, value: Any) -> CheckpointError:
+    shown = repr(value)
+    if len(shown) > 80:
+        shown = shown[:77] + "..."
+    return CheckpointError(
+        f"{origin} is malformed: field {key!r} must be {what}, got {type(value).__name__} {shown}; "
+        "fix the file or save the model again"
+    )
 
 
 class InputAdapter(nn.Module):
@@ -104,11 +200,12 @@ class InputAdapter(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if len(self.input_size) == 1:  # vector backbone
+            shape = tuple(x.shape[1:])
             x = x.reshape(x.shape[0], -1)
             if x.shape[1] != self.input_size[0]:
                 raise ShapeError(
                     f"input has {x.shape[1]} values per example but the model takes "
-                    f"{self.input_size[0]}; resize the data or build the model with "
+                    f"{self.input_size[0]} (input shape {shape}); resize the data or build the model with "
                     f"in_features={x.shape[1]}"
                 )
             return self._normalise(x, vector=True)

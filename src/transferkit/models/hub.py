@@ -5,18 +5,31 @@ Each becomes a :class:`TransferNet` whose backbone returns pooled features ``(N,
 whose head is ``nn.Linear(feature_dim, num_classes)``; with pretrained weights and a matching
 ``num_classes`` the library's own classifier is kept as the head. ``info.arch`` is the full spec, so
 a saved folder is rebuilt (without downloading) by :func:`transferkit.models.load_model`.
+
+Nothing read from a file runs code. A model's options (``model.info.kwargs``, a YAML ``model.kwargs``,
+the keyword arguments of :func:`~transferkit.models.create_model`) may come from a file, so each hub
+takes only an allow-list of architecture options (:data:`HUB_OPTIONS`); options that load other files,
+unpickle or run code (``trust_remote_code``, timm's ``checkpoint_path``, ...) are refused. Python code
+shipped with a transformers model runs only inside :func:`allow_remote_code` (the CLI's
+``--trust-remote-code``; ``load_model(..., trust_remote_code=True)``), and every transformers loader
+is told ``trust_remote_code`` explicitly. A local folder is loaded with ``local_files_only=True``.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
+import pickle
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextvars import ContextVar
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from transferkit.errors import ConfigError, MissingDependencyError
+from transferkit.errors import CheckpointError, ConfigError, MissingDependencyError
 from transferkit.models.base import ModelInfo, TransferNet
 
 logger = logging.getLogger(__name__)
@@ -24,6 +37,43 @@ logger = logging.getLogger(__name__)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _EXTRA = {"timm": "vision", "torchvision": "vision", "transformers": "text"}
+
+_REMOTE_CODE: ContextVar[bool] = ContextVar("transferkit_allow_remote_code", default=False)
+ALLOW_HINT = (
+    "allow it only for a model you trust, explicitly: load_model(..., trust_remote_code=True), "
+    "`with transferkit.models.allow_remote_code():` or the CLI flag --trust-remote-code"
+)
+
+
+@contextmanager
+def allow_remote_code(allow: bool = True) -> Iterator[None]:
+    """Let transformers models built inside the block run the Python code shipped with their files.
+
+    Off by default: a model folder whose config asks for its own code (an ``auto_map``) is refused,
+    or built from transformers' own classes where it has them. Only this context manager (which the
+    CLI's ``--trust-remote-code`` wraps a command in) and ``load_model(..., trust_remote_code=True)``
+    turn it on; no config file can. The setting is a context variable: it holds in this thread (or
+    asyncio task) until the block ends.
+
+    Example:
+        >>> with allow_remote_code():  # doctest: +SKIP
+        ...     model = load_model("hf:./my-custom-vit")
+
+    Raises:
+        ConfigError: ``allow`` is not a bool.
+    """
+    if not isinstance(allow, bool):
+        raise ConfigError(f"allow_remote_code takes True or False, got {allow!r}")
+    token = _REMOTE_CODE.set(allow)
+    try:
+        yield
+    finally:
+        _REMOTE_CODE.reset(token)
+
+
+def remote_code_allowed() -> bool:
+    """Whether the caller is inside :func:`allow_remote_code` (``--trust-remote-code``)."""
+    return _REMOTE_CODE.get()
 
 
 def _require(module: str) -> Any:
@@ -37,14 +87,133 @@ def _require(module: str) -> Any:
         ) from exc
 
 
+def _rate(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value < 1.0
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _size(value: Any) -> bool:
+    if isinstance(value, (list, tuple)):
+        return len(value) == 2 and all(_positive_int(v) for v in value)
+    return _positive_int(value)
+
+
+def _text(value: Any) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= 200
+
+
+_RATE = (_rate, "a number in [0, 1)")
+_INT = (_positive_int, "a positive integer")
+_SIZE = (_size, "a positive integer or [height, width]")
+_TEXT = (_text, "a short string")
+
+# The options each hub's builder takes from a model spec's kwargs: architecture arguments only. They
+# may come from a file (a saved config.json, a YAML config), so nothing here loads files or runs code.
+HUB_OPTIONS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
+    "timm": {
+        "drop_rate": _RATE,
+        "drop_path_rate": _RATE,
+        "drop_block_rate": _RATE,
+        "attn_drop_rate": _RATE,
+        "proj_drop_rate": _RATE,
+        "in_chans": _INT,
+        "img_size": _SIZE,
+        "global_pool": _TEXT,
+    },
+    "torchvision": {
+        "image_size": _INT,
+        "dropout": _RATE,
+        "attention_dropout": _RATE,
+        "stochastic_depth_prob": _RATE,
+    },
+    "hf": {
+        "image_size": _INT,
+        "revision": _TEXT,
+        "hidden_dropout_prob": _RATE,
+        "attention_probs_dropout_prob": _RATE,
+        "drop_path_rate": _RATE,
+    },
+}
+
+# Why some options are refused, for the error message.
+_REFUSED_WHY = {
+    "trust_remote_code": f"it runs Python code from the model's files; {ALLOW_HINT}",
+    "code_revision": "it picks Python code to download and run",
+    "checkpoint_path": "it can load pickled files",
+    "pretrained_cfg": "it can point the loader at other, pickled files",
+    "pretrained_cfg_overlay": "it can point the loader at other, pickled files",
+    "weights_only": "it can turn unpickling on",
+    "use_safetensors": "it can turn loading of pickled .bin weights on",
+    "weights": "it picks the weights file to download and unpickle",
+    "from_tf": "it loads another file format",
+    "from_flax": "it loads another file format",
+    "gguf_file": "it loads another file format",
+}
+
+
+def check_hub_options(library: str, name: str, options: Mapping[str, Any]) -> None:
+    """Refuse any option of ``library:name`` outside :data:`HUB_OPTIONS` or of the wrong type.
+
+    Raises:
+        ConfigError: one line naming the model, the option (and why it is refused) and the options
+            that are allowed.
+    """
+    allowed = HUB_OPTIONS[library]
+    spec = f"{library}:{name}"
+    bad = [key for key in options if key not in allowed]
+    if bad:
+        named = ", ".join(
+            f"{key!r} ({_REFUSED_WHY[key]})" if key in _REFUSED_WHY else repr(key) for key in bad
+        )
+        raise ConfigError(
+            f"model {spec!r} does not take option{'s' if len(bad) > 1 else ''} {named}; "
+            f"allowed: {', '.join(allowed)}"
+        )
+    for key, value in options.items():
+        check, what = allowed[key]
+        if not check(value):
+            raise ConfigError(f"option {key!r} of model {spec!r} must be {what}, got {value!r}")
+
+
 def build_hub_model(
-    library: str, name: str, num_classes: int, pretrained: bool, **kwargs: Any
+    library: str,
+    name: str,
+    num_classes: int,
+    pretrained: bool,
+    options: Mapping[str, Any] | None = None,
+    *,
+    trust_remote_code: bool = False,
 ) -> TransferNet:
-    """Dispatch ``library`` (``"timm"``, ``"torchvision"``, ``"hf"``) to its builder."""
-    builders = {"timm": build_timm, "torchvision": build_torchvision, "hf": build_hf}
+    """Dispatch ``library`` (``"timm"``, ``"torchvision"``, ``"hf"``) to its builder.
+
+    Args:
+        library: The hub.
+        name: The model's name in the hub (or a local path for ``hf``).
+        num_classes: Head size.
+        pretrained: Load the hub's pretrained weights.
+        options: Architecture options, checked against :data:`HUB_OPTIONS` before anything is
+            imported (they may come from a file).
+        trust_remote_code: Let a transformers model run the code shipped with it; only from an
+            explicit API argument or :func:`allow_remote_code`, never from ``options``.
+
+    Raises:
+        ConfigError: unknown library, or an option that is not allowed.
+    """
+    builders: dict[str, Callable[..., TransferNet]] = {
+        "timm": build_timm,
+        "torchvision": build_torchvision,
+        "hf": build_hf,
+    }
     if library not in builders:
         raise ConfigError(f"unknown model library {library!r}; use one of {', '.join(builders)}")
-    return builders[library](name, num_classes, pretrained, **kwargs)
+    options = dict(options or {})
+    check_hub_options(library, name, options)
+    if library == "hf":
+        return build_hf(name, num_classes, pretrained, trust_remote_code=bool(trust_remote_code), **options)
+    return builders[library](name, num_classes, pretrained, **options)
 
 
 def _linear_head(feature_dim: int, num_classes: int, old: nn.Module | None) -> nn.Module:
@@ -59,7 +228,9 @@ def _linear_head(feature_dim: int, num_classes: int, old: nn.Module | None) -> n
 
 def build_timm(name: str, num_classes: int, pretrained: bool, **kwargs: Any) -> TransferNet:
     """``timm.create_model(name, pretrained=...)`` with its classifier reset; features
-    ``(N, num_features)``; mean, std and input size from its ``pretrained_cfg``."""
+    ``(N, num_features)``; mean, std and input size from its ``pretrained_cfg``. ``kwargs`` are
+    checked against ``HUB_OPTIONS["timm"]`` before timm is imported."""
+    check_hub_options("timm", name, kwargs)
     timm = _require("timm")
     net = timm.create_model(name, pretrained=pretrained, **kwargs)
     old = net.get_classifier() if pretrained else None
@@ -90,13 +261,34 @@ def _get_path(module: nn.Module, path: str) -> nn.Module | None:
     return module
 
 
+def _check_torchvision_weights(tv: Any, name: str) -> None:
+    """Load ``name``'s default weights once with ``weights_only=True`` before torchvision loads them.
+
+    torchvision's builders load their weights through ``torch.hub.load_state_dict_from_url``, whose
+    ``weights_only`` defaults to False; a cached file that is not plain tensors is refused here first.
+    """
+    weights = tv.models.get_model_weights(name).DEFAULT
+    try:
+        weights.get_state_dict(progress=False, check_hash=True, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"the pretrained weights of 'torchvision:{name}' ({weights.url}) hold pickled code or "
+            "objects, not only tensors, and are refused; delete the cached copy "
+            "(~/.cache/torch/hub/checkpoints) so it is downloaded again"
+        ) from exc
+
+
 def build_torchvision(
     name: str, num_classes: int, pretrained: bool, *, image_size: int = 224, **kwargs: Any
 ) -> TransferNet:
     """``torchvision.models.get_model(name, weights="DEFAULT" or None)``; its classifier (``fc``,
     ``classifier[-1]`` or ``heads.head``) becomes ``nn.Identity`` and, when ``num_classes`` matches,
-    our head. ImageNet mean and std."""
+    our head. ImageNet mean and std. Options are checked against ``HUB_OPTIONS["torchvision"]``
+    before torchvision is imported; pretrained weights are first loaded with ``weights_only=True``."""
+    check_hub_options("torchvision", name, {"image_size": image_size, **kwargs})
     tv = _require("torchvision")
+    if pretrained:
+        _check_torchvision_weights(tv, name)
     net = tv.models.get_model(name, weights="DEFAULT" if pretrained else None, **kwargs)
     linear: nn.Linear | None = None
     for path in _TV_CLASSIFIERS:
@@ -149,21 +341,70 @@ class HFVisionBackbone(nn.Module):
         return pooled.flatten(1)
 
 
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+@contextmanager
+def _no_progress_bars(tr: Any) -> Iterator[None]:
+    """transformers' progress bars off for the block (a local load is quick; stderr stays clean)."""
+    log = getattr(getattr(tr, "utils", None), "logging", None)
+    if log is None or not hasattr(log, "disable_progress_bar"):
+        yield
+        return
+    was_on = log.is_progress_bar_enabled()
+    log.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            log.enable_progress_bar()
+
+
+def _hf_error(model_id: str, exc: Exception) -> ConfigError:
+    """One-line error for a transformers loader's failure."""
+    if "trust_remote_code" in str(exc):
+        return ConfigError(
+            f"model 'hf:{model_id}' needs the Python code shipped with it (its config.json has an "
+            f"auto_map) and running that code is off; read that code first, then {ALLOW_HINT}"
+        )
+    return ConfigError(f"transformers cannot load 'hf:{model_id}': {_first_line(exc)}")
+
+
 def build_hf(
     model_id: str,
     num_classes: int,
     pretrained: bool,
     *,
     image_size: int | None = None,
+    trust_remote_code: bool = False,
     **kwargs: Any,
 ) -> TransferNet:
     """A transformers ``AutoModel`` vision backbone (``hf:google/vit-base-patch16-224`` or a local
-    path); mean, std and size from its image processor when it has one."""
+    path); mean, std and size from its image processor when it has one.
+
+    ``kwargs`` are checked against ``HUB_OPTIONS["hf"]``. Every transformers loader is passed
+    ``trust_remote_code`` explicitly (so code shipped with the model runs only when it is True) and,
+    for an existing local folder, ``local_files_only=True`` (no network access).
+    """
+    sized = {"image_size": image_size} if image_size is not None else {}
+    check_hub_options("hf", model_id, {**kwargs, **sized})
     tr = _require("transformers")
-    if pretrained:
-        net = tr.AutoModel.from_pretrained(model_id, **kwargs)
-    else:
-        net = tr.AutoModel.from_config(tr.AutoConfig.from_pretrained(model_id, **kwargs))
+    common: dict[str, Any] = {"trust_remote_code": bool(trust_remote_code)}
+    quiet: AbstractContextManager[None] = nullcontext()
+    if Path(model_id).expanduser().is_dir():
+        common["local_files_only"] = True
+        quiet = _no_progress_bars(tr)
+    try:
+        with quiet:
+            if pretrained:
+                net = tr.AutoModel.from_pretrained(model_id, **common, **kwargs)
+            else:
+                config = tr.AutoConfig.from_pretrained(model_id, **common, **kwargs)
+                net = tr.AutoModel.from_config(config, trust_remote_code=common["trust_remote_code"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise _hf_error(model_id, exc) from exc
     cfg = net.config
     feature_dim = getattr(cfg, "hidden_size", None)
     if feature_dim is None and getattr(cfg, "hidden_sizes", None):
@@ -172,7 +413,7 @@ def build_hf(
         raise ConfigError(f"cannot tell the feature size of {model_id!r} from its config")
     mean, std, size = IMAGENET_MEAN, IMAGENET_STD, getattr(cfg, "image_size", 224)
     try:
-        proc = tr.AutoImageProcessor.from_pretrained(model_id)
+        proc = tr.AutoImageProcessor.from_pretrained(model_id, **common)
         mean = tuple(getattr(proc, "image_mean", mean))
         std = tuple(getattr(proc, "image_std", std))
         psize = getattr(proc, "size", None) or {}

@@ -7,6 +7,7 @@ import difflib
 import logging
 import os
 from collections.abc import Mapping
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from transferkit.io import atomic_write_json, load_state_dict, read_json, save_s
 from transferkit.io.weights import SAFETENSORS_SUFFIXES, TORCH_SUFFIXES
 from transferkit.models.base import InputAdapter, ModelInfo, TransferNet
 from transferkit.models.efficientnet import package_key_map
+from transferkit.models.hub import allow_remote_code, check_hub_options
 from transferkit.models.surgery import replace_head
 from transferkit.models.zoo import HUB_PREFIXES, MODELS, create_model
 
@@ -64,9 +66,14 @@ def load_model(
     arch: str | None = None,
     num_classes: int | None = None,
     pretrained: bool = True,
+    trust_remote_code: bool = False,
     **kwargs: Any,
 ) -> TransferNet:
     """Load a model from a saved folder, a weights file, or by name.
+
+    Nothing read from the files runs code: weights are safetensors or ``torch.load(weights_only=True)``,
+    weights holding NaN or inf are refused, and the saved architecture arguments may not turn on code
+    execution or the loading of other files (see :data:`transferkit.models.hub.HUB_OPTIONS`).
 
     Args:
         source: (a) a folder written by :func:`save_model`; (b) a ``.safetensors`` / ``.pt`` /
@@ -77,13 +84,32 @@ def load_model(
         num_classes: Wanted head size; a loaded head of another size is replaced by a new one.
             For names, defaults to the pretrained head's size (1000) or 10.
         pretrained: For names only: load the architecture's pretrained weights where it has some.
-        **kwargs: Architecture arguments (override the saved ones).
+        trust_remote_code: Let a transformers model (``hf:...``) run the Python code shipped with
+            its files. Only for models you trust; the same as loading inside
+            ``with transferkit.models.allow_remote_code():``. No config file can turn this on.
+        **kwargs: Architecture arguments (override the saved ones). Never spread a config's
+            ``kwargs`` here unchecked: ``trust_remote_code`` is an argument of its own.
 
     Raises:
-        CheckpointError: the path is missing, the files are corrupt, hold pickled code, or their
+        CheckpointError: the path is missing, the files are corrupt, hold pickled code or non-finite
+            values, a saved config is malformed or asks for an option that is not allowed, or the
             keys or shapes do not fit the architecture.
+        ConfigError: ``trust_remote_code`` is not a bool, or an argument is not allowed.
         UnknownNameError: ``source`` is neither a path nor a known model name.
     """
+    if not isinstance(trust_remote_code, bool):
+        raise ConfigError(f"trust_remote_code must be True or False, got {trust_remote_code!r}")
+    with allow_remote_code(True) if trust_remote_code else nullcontext():
+        return _load(source, arch, num_classes, pretrained, kwargs)
+
+
+def _load(
+    source: str | os.PathLike,
+    arch: str | None,
+    num_classes: int | None,
+    pretrained: bool,
+    kwargs: dict[str, Any],
+) -> TransferNet:
     path = Path(source)
     if path.is_dir():
         if (path / CONFIG_NAME).is_file():
@@ -142,6 +168,25 @@ def _load_by_name(
     return create_model(name, num_classes=num_classes or 10, pretrained=False, **kwargs)
 
 
+def _check_saved_options(info: ModelInfo, origin: str) -> None:
+    """Refuse saved architecture arguments that a hub model does not take (``trust_remote_code``,
+    ``checkpoint_path``, ...), naming the file, before anything is imported or built."""
+    prefix, sep, rest = info.arch.partition(":")
+    if sep and prefix.lower() in HUB_PREFIXES and rest:
+        try:
+            check_hub_options(prefix.lower(), rest, info.kwargs)
+        except ConfigError as exc:
+            raise CheckpointError(
+                f"{origin} is refused (a file may hold architecture options only: remove the "
+                f"others from it): {exc}"
+            ) from None
+    elif "trust_remote_code" in info.kwargs:
+        raise CheckpointError(
+            f"{origin} is refused: its kwargs hold 'trust_remote_code', which no file may set; "
+            "remove it from the file"
+        )
+
+
 def _load_folder(folder: Path, kwargs: dict[str, Any]) -> TransferNet:
     config = read_json(folder / CONFIG_NAME)
     if not isinstance(config, Mapping) or config.get("format") != FORMAT or "arch" not in config:
@@ -155,10 +200,9 @@ def _load_folder(folder: Path, kwargs: dict[str, Any]) -> TransferNet:
             config.get("version"),
             transferkit.__version__,
         )
-    try:
-        info = ModelInfo.from_dict(dict(config))
-    except TypeError as exc:
-        raise CheckpointError(f"{str(folder / CONFIG_NAME)!r} is malformed ({exc})") from exc
+    origin = f"model config {str(folder / CONFIG_NAME)!r}"
+    info = ModelInfo.from_dict(config, origin=origin)
+    _check_saved_options(info, origin)
     overridden = bool(kwargs)
     info.kwargs = {**info.kwargs, **kwargs}
     weights = folder / WEIGHTS_NAME
@@ -207,7 +251,9 @@ def _load_weights(path: Path, arch: str | None, kwargs: dict[str, Any]) -> Trans
     if beside.is_file():
         config = read_json(beside)
         if isinstance(config, Mapping) and "arch" in config:
-            saved = ModelInfo.from_dict(dict(config))
+            origin = f"model config {str(beside)!r}"
+            saved = ModelInfo.from_dict(config, origin=origin)
+            _check_saved_options(saved, origin)
     if arch is None and saved is None:
         raise CheckpointError(
             f"cannot tell the architecture of {str(path)!r}: pass arch= (one of "

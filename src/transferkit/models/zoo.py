@@ -14,13 +14,14 @@ from __future__ import annotations
 import inspect
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from transferkit.errors import ConfigError, ShapeError
+from transferkit.models import hub
 from transferkit.models.base import ModelInfo, TransferNet
 from transferkit.models.efficientnet import build_efficientnet_lite0
 from transferkit.registry import Registry
@@ -45,31 +46,62 @@ def create_model(
         num_classes: Size of the head's output.
         pretrained: Load the architecture's pretrained weights (only where it has some).
         **kwargs: Architecture arguments (see each builder), recorded in ``model.info.kwargs``.
+            They often come from a file (a saved ``config.json``, a YAML ``model.kwargs``), so they
+            can never turn on code execution: hub specs take only the options in
+            :data:`transferkit.models.hub.HUB_OPTIONS`, and ``trust_remote_code`` is refused here.
+            To let a transformers model run the code shipped with it, build it inside
+            ``with transferkit.models.allow_remote_code():`` (the CLI's ``--trust-remote-code``).
 
     Returns:
         The model; ``model(x)`` maps raw ``[0, 1]`` inputs to logits ``(N, num_classes)``.
 
     Raises:
         UnknownNameError: ``name`` is not registered (the message suggests close names).
-        ConfigError: ``num_classes`` < 1 or an argument the builder does not take.
+        ConfigError: ``num_classes`` < 1, an argument the builder does not take, or a hub option
+            that is not allowed (``trust_remote_code``, ``checkpoint_path``, ...).
         MissingDependencyError: the architecture needs a package that is not installed.
     """
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ConfigError(f"num_classes must be an integer >= 1, got {num_classes!r}")
     prefix, sep, rest = str(name).partition(":")
     if sep and prefix.lower() in HUB_PREFIXES:
-        from transferkit.models import hub
-
         if not rest:
             raise ConfigError(
                 f"model spec {name!r} names no model after {prefix!r}: e.g. 'timm:resnet18'"
             )
-        return hub.build_hub_model(prefix.lower(), rest, num_classes, pretrained, **kwargs)
+        return hub.build_hub_model(
+            prefix.lower(),
+            rest,
+            num_classes,
+            pretrained,
+            kwargs,
+            trust_remote_code=hub.remote_code_allowed(),
+        )
     builder = MODELS.get(name)
     _check_kwargs(name, builder, kwargs)
     model = builder(num_classes, pretrained, **kwargs)
     logger.debug("built %s (%d classes, pretrained=%s)", name, num_classes, pretrained)
     return model
+
+
+def check_model_args(name: str, kwargs: Mapping[str, Any] | None = None) -> None:
+    """Check a model name and its arguments the way :func:`create_model` does, without building it.
+
+    Cheap (nothing is imported or built): workflows call it on a config's ``model.kwargs`` before
+    they touch any output folder. Hub specs take only :data:`transferkit.models.hub.HUB_OPTIONS`.
+
+    Raises:
+        UnknownNameError: ``name`` is not registered.
+        ConfigError: an argument the builder does not take, or a hub option that is not allowed.
+    """
+    kwargs = dict(kwargs or {})
+    prefix, sep, rest = str(name).partition(":")
+    if sep and prefix.lower() in HUB_PREFIXES:
+        if not rest:
+            raise ConfigError(f"model spec {name!r} names no model after {prefix!r}: e.g. 'timm:resnet18'")
+        hub.check_hub_options(prefix.lower(), rest, kwargs)
+        return
+    _check_kwargs(name, MODELS.get(name), kwargs)
 
 
 def _check_kwargs(name: str, builder: Builder, kwargs: dict[str, Any]) -> None:
