@@ -90,6 +90,9 @@ class FinetuneConfig(_Strict):
         baseline: Also train the target architecture from scratch on the same data and budget.
         resume: Continue runs killed part-way from their last checkpoint (finished runs are
             reloaded, not retrained); the result equals an uninterrupted run.
+            Refused when the folder's ``run.json`` records other settings, data or source.
+        overwrite: Replace the results already in ``out``; they stay until the new run finishes.
+            Without ``resume`` or ``overwrite`` a folder holding results is refused.
         regularizers: Objectives added to cross-entropy for the transferred model, each
             ``{name: l2sp|delta|bss|ewc|lwf|kd|..., weight: ..., <args>}``; they combine freely.
     """
@@ -99,6 +102,7 @@ class FinetuneConfig(_Strict):
     seeds: list[int] = Field(default_factory=lambda: [0])
     baseline: bool = True
     resume: bool = False
+    overwrite: bool = False
     regularizers: list[dict[str, Any]] = Field(default_factory=list)
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -129,6 +133,14 @@ def build_config(data: dict[str, Any] | None = None, cls: type[BaseModel] = Fine
         raise ConfigError(_format_validation_error(exc, "config")) from None
 
 
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML error in a few words: ``line 3, column 5: mapping values are not allowed here``."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return f"{where}{problem}"
+
+
 def parse_override(item: str) -> tuple[list[str], Any]:
     """Split ``"train.lr=0.01"`` into ``(["train", "lr"], 0.01)``; the value is parsed as YAML."""
     if "=" not in item:
@@ -140,7 +152,9 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"override {item!r}: value is not valid YAML ({exc})") from None
+        raise ConfigError(
+            f"override {item!r}: the value is not valid YAML ({yaml_problem(exc)}); quote it or fix it"
+        ) from None
     return key.split("."), value
 
 
@@ -175,7 +189,13 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {str(p)!r} is not valid YAML: {exc}") from None
+        raise ConfigError(
+            f"config file {str(p)!r} is not valid YAML ({yaml_problem(exc)}); fix that line"
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file {str(p)!r} is not UTF-8 text (byte {exc.start}); save it as UTF-8"
+        ) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -247,6 +267,7 @@ class DistillConfig(_Strict):
     seeds: list[int] = Field(default_factory=lambda: [0])
     baseline: bool = True
     resume: bool = False
+    overwrite: bool = False
     teacher: TeacherConfig
     student: StudentConfig = Field(default_factory=StudentConfig)
     data: DataConfig = Field(default_factory=DataConfig)
@@ -317,6 +338,7 @@ class AdaptConfig(_Strict):
     out: str = "runs/adapt"
     seeds: list[int] = Field(default_factory=lambda: [0])
     resume: bool = False
+    overwrite: bool = False
     source_data: DomainDataConfig = Field(default_factory=lambda: DomainDataConfig(dataset="mnist5k"))
     target_data: DomainDataConfig = Field(default_factory=lambda: DomainDataConfig(dataset="digits"))
     image_size: int | None = Field(None, ge=4)

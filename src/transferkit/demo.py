@@ -16,7 +16,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -26,6 +26,7 @@ from transferkit.engine import TrainConfig, Trainer
 from transferkit.evaluation import evaluate
 from transferkit.models import create_model, load_model, save_model
 from transferkit.workflows import Arm, WorkflowResult, run_arms
+from transferkit.workflows.output import data_fingerprint, open_output
 
 logger = logging.getLogger(__name__)
 
@@ -92,16 +93,23 @@ def run_demo(
     *,
     fashion_root: str | os.PathLike | None = None,
     echo: Callable[[str], None] | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
 ) -> WorkflowResult:
-    """Run the demo and write its outputs into ``out``; see the module docstring."""
+    """Run the demo and write its outputs into ``out``; see the module docstring.
+
+    Like every workflow, a folder that holds results needs ``resume`` (the same demo settings and
+    data) or ``overwrite`` (the old results stay until the new demo finishes).
+    """
     s = settings or DemoSettings()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    torch.manual_seed(0)
-    mnist_cnn, src_acc = train_mnist_source(out, s.source_epochs, echo)
     target, target_name = load_demo_target(fashion_root, echo)
     effnet = load_model("efficientnet_lite0", pretrained=True)
+    identity = {"settings": asdict(s), "target": data_fingerprint(target, target_name)}
+    folder = open_output(out, identity, resume=resume, overwrite=overwrite, kind="demo")
+    out = folder.work
+    torch.manual_seed(0)
+    mnist_cnn, src_acc = train_mnist_source(out, s.source_epochs, echo)
     _say(
         f"target: {target_name}, {s.shots} labelled images per class for training and "
         f"{s.shots} for validation; test on all {len(target.test)} test images; seeds {list(s.seeds)}",
@@ -155,6 +163,10 @@ def run_demo(
         title=f"transferkit demo: MNIST / ImageNet -> {target_name} ({s.shots} labels per class)",
         notes=notes,
         on_run=_progress,
+        resume=resume,
+        output=folder,
     )
+    folder.commit()
+    result.out_dir = folder.root
     _say(f"demo finished in {time.perf_counter() - t0:.0f} s", echo)
     return result

@@ -1,15 +1,23 @@
-"""Shared CLI pieces: error handling, logging setup, rich output."""
+"""Shared CLI pieces: error handling, logging setup, rich output.
+
+Every failure reaches the user as one line on stderr (``error: <problem>; <fix>``) and exit code 2,
+never a traceback: transferkit's own errors, usage errors (a bad flag value), operating-system errors
+on the paths given and, as a last resort, anything unexpected (with the hint to rerun under
+``TRANSFERKIT_DEBUG=1`` for the traceback).
+"""
 
 from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
 from transferkit.errors import TransferkitError
 
@@ -18,26 +26,119 @@ F = TypeVar("F", bound=Callable[..., Any])
 console = Console(highlight=False)
 
 
+DEBUG_ENV = "TRANSFERKIT_DEBUG"
+# Click's usage-error base class, wherever this typer version keeps click (vendored or not).
+ClickException: type[Exception] = next(
+    c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException"
+)
+
+
+def one_line(text: str) -> str:
+    """``text`` with its lines joined by ``" | "`` and runs of spaces collapsed (one stderr line)."""
+    parts = [" ".join(line.split()) for line in str(text).splitlines()]
+    return " | ".join(p for p in parts if p)
+
+
 def fail(message: str) -> typer.Exit:
     """Print ``error: message`` as one line on stderr and return the exit (code 2) to raise."""
-    typer.echo(f"error: {message}", err=True)
+    typer.echo(f"error: {one_line(message)}", err=True)
     return typer.Exit(code=2)
 
 
+def describe_os_error(exc: OSError) -> str:
+    """One line for an operating-system error on a path the user gave, with what to do."""
+    path = exc.filename if exc.filename is not None else ""
+    what = exc.strerror or str(exc)
+    where = f"{str(path)!r}: " if path != "" else ""
+    fixes = {
+        "EACCES": "check its permissions or choose another path",
+        "EROFS": "the file system is read-only: choose a writable path",
+        "ENAMETOOLONG": "use a shorter name",
+        "ENOSPC": "free some disk space",
+        "EEXIST": "it already exists: choose another path",
+        "ENOTDIR": "a part of the path is a file, not a folder: choose another path",
+        "EISDIR": "it is a folder: give a file path",
+        "ENOENT": "check the path",
+    }
+    import errno
+
+    name = errno.errorcode.get(exc.errno or 0, "")
+    return f"cannot use {where}{what}; {fixes.get(name, 'check the path and its permissions')}"
+
+
 def handle_errors(func: F) -> F:
-    """Turn a :class:`TransferkitError` into one line on stderr and exit code 2, with no traceback."""
+    """Turn every failure into one line on stderr and exit code 2, with no traceback.
+
+    :class:`TransferkitError` messages are printed as they are; ``OSError`` names the path and the
+    fix; anything else is reported as an unexpected error (the traceback is shown with the
+    environment variable ``TRANSFERKIT_DEBUG=1``).
+    """
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
+        except (typer.Exit, typer.Abort, ClickException):
+            raise
         except TransferkitError as exc:
             raise fail(str(exc)) from None
         except KeyboardInterrupt:
             typer.echo("interrupted; completed epochs are checkpointed (rerun with --resume)", err=True)
             raise typer.Exit(code=130) from None
+        except OSError as exc:
+            if os.environ.get(DEBUG_ENV):
+                raise
+            raise fail(describe_os_error(exc)) from None
+        except Exception as exc:  # the last resort: one line, never a traceback
+            if os.environ.get(DEBUG_ENV):
+                raise
+            raise fail(
+                f"unexpected {type(exc).__name__}: {exc} (rerun with {DEBUG_ENV}=1 for the traceback "
+                "and report it)"
+            ) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+class OneLineGroup(TyperGroup):
+    """The command group: usage errors (unknown option, a value of the wrong type, a missing
+    argument) become one ``error:`` line naming the problem and the ``--help`` to read, exit 2."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, windows_expand_args, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, False, windows_expand_args, **extra)
+        except ClickException as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError":  # bare `transferkit`: help was shown
+                sys.exit(2)
+            ctx = getattr(exc, "ctx", None)
+            command = ctx.command_path if ctx is not None else "transferkit"
+            message = one_line(exc.format_message()).rstrip(".")
+            typer.echo(f"error: {message}; see '{command} --help'", err=True)
+            sys.exit(2)
+        except typer.Abort:
+            typer.echo("error: aborted", err=True)
+            sys.exit(2)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def trust_remote_code_option() -> Any:
+    """The ``--trust-remote-code`` flag: the only way to let a model's files run code."""
+    return typer.Option(
+        False,
+        "--trust-remote-code",
+        help="Let a transformers model run the Python code shipped in its files (runs code from the "
+        "model's files: only for models you trust). Off by default; no config file can turn it on.",
+    )
 
 
 def setup_logging(verbose: bool) -> None:
@@ -45,10 +146,26 @@ def setup_logging(verbose: bool) -> None:
     level = logging.INFO if verbose else logging.WARNING
     logger = logging.getLogger("transferkit")
     logger.setLevel(level)
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
         logger.addHandler(handler)
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time of the record (not the stream of the first
+    call), so logs follow redirections such as an in-process test runner's."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: D102
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # the base class assigns it; the property ignores it
+        pass
 
 
 def parse_objective_spec(text: str, flag: str) -> dict[str, Any]:
@@ -68,5 +185,11 @@ def parse_objective_spec(text: str, flag: str) -> dict[str, Any]:
         key, eq, value = item.partition("=")
         if not eq or not key.strip():
             raise ConfigError(f"{flag} {text!r}: {item!r} is not key=value")
-        spec[key.strip()] = yaml.safe_load(value)
+        try:
+            spec[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ConfigError(
+                f"{flag} {text!r}: value {value!r} of {key.strip()!r} is not valid YAML (options are "
+                "separated by commas, so a list can't be given here: put it in a YAML config)"
+            ) from None
     return spec

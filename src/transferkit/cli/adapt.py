@@ -7,7 +7,13 @@ from pathlib import Path
 
 import typer
 
-from transferkit.cli._common import console, handle_errors, parse_objective_spec, setup_logging
+from transferkit.cli._common import (
+    console,
+    handle_errors,
+    parse_objective_spec,
+    setup_logging,
+    trust_remote_code_option,
+)
 
 
 @handle_errors
@@ -40,10 +46,16 @@ def adapt(
     oracle: bool | None = typer.Option(
         None, "--oracle/--no-oracle", help="Also train on the labelled target (upper bound)."
     ),
-    resume: bool = typer.Option(False, "--resume", help="Continue killed runs from checkpoints."),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue the run in --out (refused if its data, models or settings differ)."
+    ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace the results in --out (kept until the new run finishes)."
+    ),
     progress: bool | None = typer.Option(
         None, "--progress/--no-progress", help="Progress bars (default: on when stderr is a terminal)."
     ),
+    trust_remote_code: bool = trust_remote_code_option(),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every epoch."),
 ) -> None:
     """Adapt to an unlabelled target domain (DANN, CDAN, DAN, JAN, CORAL, MCD); compare with source-only."""
@@ -63,6 +75,7 @@ def adapt(
         "out": str(out) if out else None,
         "oracle": oracle,
         "resume": True if resume else None,
+        "overwrite": True if overwrite else None,
     }
     items = [f"{k}={v}" for k, v in pairs.items() if v is not None]
     if progress if progress is not None else sys.stderr.isatty():
@@ -75,6 +88,9 @@ def adapt(
     if method:
         merged["methods"] = [parse_objective_spec(m, "--method") for m in method]
     cfg = build_config(merged, AdaptConfig)
-    result = run_adapt(cfg)
+    from transferkit.models import allow_remote_code
+
+    with allow_remote_code(trust_remote_code):
+        result = run_adapt(cfg)
     typer.echo(result.table())
     console.print(f"wrote {result.out_dir / 'metrics.json'} and {result.out_dir / 'report.html'}")

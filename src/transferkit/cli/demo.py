@@ -18,6 +18,10 @@ def demo(
     fashion_root: Path | None = typer.Option(
         None, "--fashion-root", help="Folder with Fashion-MNIST's IDX files."
     ),
+    resume: bool = typer.Option(False, "--resume", help="Continue the demo in --out (same settings)."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace the results in --out (kept until the new demo finishes)."
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every epoch."),
 ) -> None:
     """Source model -> transfer -> fine-tune -> comparison with scratch -> report, on real data."""
@@ -25,7 +29,8 @@ def demo(
 
     setup_logging(verbose)
     settings = DemoSettings(seeds=tuple(range(seeds)), shots=shots, epochs=epochs)
-    result = run_demo(out, settings, fashion_root=fashion_root, echo=console.print)
+    result = run_demo(out, settings, fashion_root=fashion_root, echo=console.print, resume=resume,
+                      overwrite=overwrite)
     console.print()
     typer.echo(result.table())
     console.print(

@@ -7,7 +7,13 @@ from pathlib import Path
 
 import typer
 
-from transferkit.cli._common import console, handle_errors, parse_objective_spec, setup_logging
+from transferkit.cli._common import (
+    console,
+    handle_errors,
+    parse_objective_spec,
+    setup_logging,
+    trust_remote_code_option,
+)
 
 
 @handle_errors
@@ -31,10 +37,16 @@ def distill(
     seeds: str | None = typer.Option(None, "--seeds", help="Comma-separated seeds, e.g. 0,1,2."),
     out: Path | None = typer.Option(None, "--out", help="Output folder."),
     baseline: bool | None = typer.Option(None, "--baseline/--no-baseline", help="Also train from scratch."),
-    resume: bool = typer.Option(False, "--resume", help="Continue killed runs from checkpoints."),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue the run in --out (refused if its data, models or settings differ)."
+    ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace the results in --out (kept until the new run finishes)."
+    ),
     progress: bool | None = typer.Option(
         None, "--progress/--no-progress", help="Progress bars (default: on when stderr is a terminal)."
     ),
+    trust_remote_code: bool = trust_remote_code_option(),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every epoch."),
 ) -> None:
     """Distil a teacher into a student (logits, hints, attention, relations) and compare with scratch."""
@@ -52,6 +64,7 @@ def distill(
         "out": str(out) if out else None,
         "baseline": baseline,
         "resume": True if resume else None,
+        "overwrite": True if overwrite else None,
     }
     items = [f"{k}={v}" for k, v in pairs.items() if v is not None]
     if progress if progress is not None else sys.stderr.isatty():
@@ -62,6 +75,9 @@ def distill(
     if method:
         merged["methods"] = [parse_objective_spec(m, "--method") for m in method]
     cfg = build_config(merged, DistillConfig)
-    result = run_distill(cfg)
+    from transferkit.models import allow_remote_code
+
+    with allow_remote_code(trust_remote_code):
+        result = run_distill(cfg)
     typer.echo(result.table())
     console.print(f"wrote {result.out_dir / 'metrics.json'} and {result.out_dir / 'report.html'}")

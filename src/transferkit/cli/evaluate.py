@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from transferkit.cli._common import console, handle_errors, setup_logging
+from transferkit.cli._common import console, handle_errors, setup_logging, trust_remote_code_option
 
 
 @handle_errors
@@ -17,6 +17,7 @@ def evaluate(
     split: str = typer.Option("test", "--split", help="train | val | test"),
     root: Path | None = typer.Option(None, "--root", help="Folder with the dataset's files."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
+    trust_remote_code: bool = trust_remote_code_option(),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Evaluate a model on a dataset split."""
@@ -28,7 +29,7 @@ def evaluate(
     setup_logging(verbose)
     if split not in ("train", "val", "test"):
         raise ConfigError(f"--split must be train, val or test, got {split!r}")
-    net = load_model(model)
+    net = load_model(model, trust_remote_code=trust_remote_code)
     splits = load_dataset(data, root=root)
     metrics = run_evaluate(net, getattr(splits, split))
     if as_json:

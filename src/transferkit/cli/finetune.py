@@ -7,7 +7,13 @@ from pathlib import Path
 
 import typer
 
-from transferkit.cli._common import console, handle_errors, parse_objective_spec, setup_logging
+from transferkit.cli._common import (
+    console,
+    handle_errors,
+    parse_objective_spec,
+    setup_logging,
+    trust_remote_code_option,
+)
 
 
 def flag_overrides(
@@ -21,6 +27,7 @@ def flag_overrides(
     arch: str | None,
     baseline: bool | None,
     resume: bool,
+    overwrite: bool = False,
 ) -> list[str]:
     """The command-line flags as ``key=value`` overrides (applied before the free overrides)."""
     pairs = {
@@ -38,6 +45,8 @@ def flag_overrides(
         items.append(f"seeds=[{seeds}]")
     if resume:
         items.append("resume=true")
+    if overwrite:
+        items.append("overwrite=true")
     return items
 
 
@@ -60,7 +69,12 @@ def finetune(
     baseline: bool | None = typer.Option(
         None, "--baseline/--no-baseline", help="Also train from scratch for comparison."
     ),
-    resume: bool = typer.Option(False, "--resume", help="Continue killed runs from checkpoints."),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue the run in --out (refused if its data, source or settings differ)."
+    ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace the results in --out (kept until the new run finishes)."
+    ),
     regularizer: list[str] | None = typer.Option(
         None,
         "--regularizer",
@@ -76,6 +90,7 @@ def finetune(
     progress: bool | None = typer.Option(
         None, "--progress/--no-progress", help="Progress bars (default: on when stderr is a terminal)."
     ),
+    trust_remote_code: bool = trust_remote_code_option(),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every epoch."),
 ) -> None:
     """Fine-tune a transferred model and compare it with training from scratch."""
@@ -84,7 +99,8 @@ def finetune(
     from transferkit.workflows import finetune as run_finetune
 
     setup_logging(verbose)
-    items = flag_overrides(source, data, strategy, epochs, shots, seeds, out, arch, baseline, resume)
+    items = flag_overrides(source, data, strategy, epochs, shots, seeds, out, arch, baseline, resume,
+                           overwrite)
     if progress if progress is not None else sys.stderr.isatty():
         items.append("train.progress=true")
     if source_data is not None:
@@ -98,7 +114,10 @@ def finetune(
             specs = [{"weight": reg_weight, **spec} for spec in specs]
         merged["regularizers"] = specs
     cfg = build_config(merged, FinetuneConfig)
-    result = run_finetune(cfg)
+    from transferkit.models import allow_remote_code
+
+    with allow_remote_code(trust_remote_code):
+        result = run_finetune(cfg)
     typer.echo(result.table())
     for name, report in result.transfer_reports.items():
         s = report.summary()

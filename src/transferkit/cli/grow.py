@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from transferkit.cli._common import handle_errors, setup_logging
+from transferkit.cli._common import handle_errors, setup_logging, trust_remote_code_option
 
 
 def parse_widen(text: str) -> tuple[str, int]:
@@ -44,6 +44,8 @@ def grow(
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of the replicated units and the noise."),
     out: Path = typer.Option(..., "--out", help="Folder to save the grown model to."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a model already in --out."),
+    trust_remote_code: bool = trust_remote_code_option(),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Grow MODEL function-preservingly (Net2Net) and save it to --out.
@@ -60,7 +62,12 @@ def grow(
     deepens = list(deepen_specs or [])
     if not widens and not deepens:
         raise ConfigError("nothing to do: pass --widen LAYER=WIDTH and/or --deepen LAYER")
-    net = load_model(model, pretrained=False)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        what = "is a file" if not out.is_dir() else "already holds files"
+        raise ConfigError(
+            f"--out {str(out)!r} {what}; pass --overwrite to replace it or choose another --out"
+        )
+    net = load_model(model, pretrained=False, trust_remote_code=trust_remote_code)
     before = sum(p.numel() for p in net.parameters())
     for layer, width in widens:
         net = widen(net, layer, width, noise=noise, seed=seed)

@@ -6,8 +6,10 @@ import typer
 
 from transferkit import __version__
 from transferkit.cli import adapt, demo, distill, evaluate, finetune, grow, inspect, rank, validate
+from transferkit.cli._common import OneLineGroup
 
 app = typer.Typer(
+    cls=OneLineGroup,
     name="transferkit",
     help="Move knowledge from a source model into a target model, and prove it helped.",
     no_args_is_help=True,

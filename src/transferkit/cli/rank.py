@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from transferkit.cli._common import console, handle_errors, setup_logging
+from transferkit.cli._common import console, handle_errors, setup_logging, trust_remote_code_option
 
 
 @handle_errors
@@ -20,27 +20,35 @@ def rank(
         "--scores",
         help="Comma-separated scores: logme, leep, nce, h_score, h_score_shrinkage, gbc, knn.",
     ),
-    shots: int | None = typer.Option(None, "--shots", help="Labelled examples per class."),
+    shots: int | None = typer.Option(None, "--shots", min=1, help="Labelled examples per class."),
     seed: int = typer.Option(0, "--seed", help="Seed of the few-shot sample."),
-    batch_size: int = typer.Option(256, "--batch-size", help="Examples per forward pass."),
+    batch_size: int = typer.Option(256, "--batch-size", min=1, help="Examples per forward pass."),
     out: Path | None = typer.Option(None, "--out", help="Write the ranking (.json or .csv)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file."),
+    trust_remote_code: bool = trust_remote_code_option(),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log each candidate's scores."),
 ) -> None:
     """Rank candidate source models by transferability scores on the target's training data."""
     from transferkit.data import few_shot, load_dataset
     from transferkit.errors import ConfigError
+    from transferkit.models import allow_remote_code
     from transferkit.selection import rank as run_rank
 
     setup_logging(verbose)
     names = [s.strip() for s in scores.split(",") if s.strip()]
     if out is not None and out.suffix.lower() not in (".json", ".csv"):
         raise ConfigError(f"--out {str(out)!r} must end in .json or .csv")
+    if out is not None and out.exists() and not overwrite:
+        raise ConfigError(
+            f"--out {str(out)!r} already exists; pass --overwrite to replace it or choose another --out"
+        )
     if len(set(candidates)) != len(candidates):
         raise ConfigError(f"--candidates repeats a model ({candidates}); give each one once")
     train = load_dataset(data).train
     if shots is not None:
         train = few_shot(train, shots, seed)
-    result = run_rank({c: c for c in candidates}, train, scores=names, batch_size=batch_size)
+    with allow_remote_code(trust_remote_code):
+        result = run_rank({c: c for c in candidates}, train, scores=names, batch_size=batch_size)
     typer.echo(result.table())
     if out is not None:
         console.print(f"wrote {result.write(out)}")

@@ -264,14 +264,59 @@ def build_objectives(specs: Sequence[Mapping[str, object]], **context: object) -
                 f"objective {name!r} does not take {', '.join(map(repr, unknown))}; "
                 f"it takes {', '.join(accepted) or 'no arguments'}"
             )
+        for key, value in args.items():
+            _check_option(str(name), cls, key, value)
         for key, value in context.items():
             if key in params and key not in args:
                 args[key] = value
         try:
             out.append(cls(**args))
-        except TypeError as exc:
-            raise ConfigError(f"objective {name!r}: {exc}") from None
+        except ConfigError:
+            raise
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"objective {name!r}: {exc}; check its options") from None
     return out
+
+
+def _option_types(cls: type) -> dict[str, object]:
+    """The type annotations of ``cls.__init__`` that resolve (those naming types imported only for
+    type checking are left out)."""
+    import sys
+    import typing
+
+    init = cls.__init__
+    namespace = {**vars(typing), **vars(sys.modules[init.__module__])}
+    out: dict[str, object] = {}
+    for key, ann in getattr(init, "__annotations__", {}).items():
+        try:
+            out[key] = eval(ann, namespace) if isinstance(ann, str) else ann  # our own source text
+        except Exception:
+            continue
+    return out
+
+
+def _check_option(name: str, cls: type, key: str, value: object) -> None:
+    """Refuse an option value of the wrong type (``kd:weight=[1,2]``, ``label_smoothing=abc``)
+    against the constructor's annotation, before the objective is built."""
+    hint = _option_types(cls).get(key)
+    if hint is None:
+        return
+    from pydantic import TypeAdapter, ValidationError
+    from pydantic.errors import PydanticSchemaGenerationError
+
+    try:
+        adapter = TypeAdapter(hint)
+    except (PydanticSchemaGenerationError, TypeError, NameError):
+        return  # a type pydantic can't check (a Teacher, a module): the constructor checks it
+    try:
+        adapter.validate_python(value)
+    except ValidationError as exc:
+        expected = getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+        reason = exc.errors()[0]["msg"] if exc.errors() else "wrong type"
+        raise ConfigError(
+            f"objective {name!r} option {key}={value!r} is not a valid {expected} ({reason}); "
+            f"e.g. {name}:{key}=<a {expected}>"
+        ) from None
 
 
 __all__ = [

@@ -12,20 +12,19 @@ from __future__ import annotations
 import logging
 import math
 import statistics
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from transferkit.config import AdaptConfig, DomainDataConfig, build_config, dump_config
 from transferkit.data import DataSplits, TensorDataset, load_dataset, match_shape
-from transferkit.engine import OBJECTIVES, CrossEntropy, Objective, build_objectives
+from transferkit.engine import OBJECTIVES, CrossEntropy, Objective, build_objectives, check_coefficient
 from transferkit.errors import ConfigError, LabelError, ShapeError
 from transferkit.evaluation import RunResult
-from transferkit.io import atomic_write_text
 from transferkit.models import load_model
 from transferkit.transfer.adapt.monitor import CRITERIA
 from transferkit.workflows.arms import Arm, WorkflowResult, run_arms
+from transferkit.workflows.output import data_fingerprint, model_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +101,8 @@ def _method_grid(methods: list[dict[str, Any]], weights: list[float]) -> list[tu
         arg = getattr(cls, "trade_off_arg", "weight")
         grid = [spec[arg]] if arg in spec else weights
         for w in grid:
-            out.append((name, float(w), {**spec, arg: w}))
+            w = check_coefficient(f"method {name!r}", arg, w, "e.g. 0.3")
+            out.append((name, w, {**spec, arg: w}))
     return out
 
 
@@ -210,9 +210,6 @@ def adapt(cfg: AdaptConfig | dict[str, Any]) -> WorkflowResult:
         build_objectives([spec])  # validate every method before any data or training
     if not grid and not cfg.source_only:
         raise ConfigError("nothing to train: give methods or set source_only=true")
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.yaml", dump_config(cfg))
     seed0 = cfg.seeds[0]
     source, target = prepare_domains(
         _load_domain(cfg.source_data, seed0), _load_domain(cfg.target_data, seed0), cfg.image_size
@@ -265,11 +262,20 @@ def adapt(cfg: AdaptConfig | dict[str, Any]) -> WorkflowResult:
         arms,
         DataSplits(source.train, source.val, target.test),
         seeds=cfg.seeds,
-        out_dir=out,
+        out_dir=cfg.out,
         baseline=baseline,
         title=f"transferkit adapt: {cfg.name}",
         notes=notes,
         resume=cfg.resume,
+        overwrite=cfg.overwrite,
+        identity={
+            "config": cfg.model_dump(mode="json"),
+            "source_data": data_fingerprint(source, cfg.source_data.dataset),
+            "target_data": data_fingerprint(target, cfg.target_data.dataset),
+            "start": model_fingerprint(start, cfg.model.source),
+        },
+        config_text=dump_config(cfg),
+        kind="adapt",
         finalize=finalize,
         extra={"source_data": cfg.source_data.dataset, "target_data": cfg.target_data.dataset},
     )

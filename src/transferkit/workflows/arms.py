@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ from transferkit.evaluation import (
 from transferkit.io import atomic_write_text
 from transferkit.models import TransferNet, create_model, save_model
 from transferkit.transfer import TransferReport, transfer_parameters
+from transferkit.workflows.output import OutputFolder, open_output
 
 logger = logging.getLogger(__name__)
 
@@ -149,6 +150,19 @@ def _frozen_test_metrics(
     return classification_metrics(test.y, preds, test.num_classes, test.classes)
 
 
+def preflight(arms: Sequence[Arm], data: DataSplits, splits: DataSplits) -> None:
+    """Build every arm's model, objectives and trainer and run the trainer's checks
+    (:meth:`Trainer.check`) on the first seed's data, training nothing and writing nothing: a bad
+    architecture, option, device, label or input shape is refused before the output folder is touched.
+    """
+    for arm in arms:
+        model, _ = build_target(arm, data.num_classes)
+        objectives = arm.objectives() if arm.objectives is not None else None
+        trainer = Trainer(model, arm.train, objectives=objectives)
+        own = arm.data if arm.data is not None else splits
+        trainer.check(own.train, own.val, target=arm.target)
+
+
 def run_arms(
     arms: Sequence[Arm],
     data: DataSplits,
@@ -165,6 +179,11 @@ def run_arms(
     extra: dict[str, Any] | None = None,
     source_eval: TensorDataset | None = None,
     finalize: Callable[[list[RunResult]], tuple[list[tuple[str, str]], dict[str, Any]]] | None = None,
+    overwrite: bool = False,
+    identity: Mapping[str, Any] | None = None,
+    config_text: str | None = None,
+    kind: str = "run",
+    output: OutputFolder | None = None,
 ) -> WorkflowResult:
     """Train and evaluate every arm on every seed, then write metrics.json, report.html and the best model.
 
@@ -185,12 +204,29 @@ def run_arms(
             (LwF's jointly trained old head when LwF is among its objectives), before and after.
         finalize: Called with all runs before anything is written; returns ``(tables, info)``:
             ``(title, text)`` tables for the report and more ``metrics.json`` entries.
+        overwrite: Replace earlier results in ``out_dir`` once this run has finished (see
+            :func:`transferkit.workflows.output.open_output`; without it or ``resume``, a folder
+            holding results is refused).
+        identity: What the run is (config, data and source fingerprints), recorded in ``run.json``
+            and compared on ``resume``.
+        config_text: The resolved config, written as ``config.yaml``.
+        kind: The workflow's name in ``run.json``.
+        output: An output folder the caller opened (and commits); ``out_dir``, ``overwrite`` and
+            ``identity`` are then not used.
+
+    Raises:
+        ConfigError: repeated arm names, or the output folder can't be used (see ``open_output``).
     """
     names = [a.name for a in arms]
     if len(set(names)) != len(names):
         raise ConfigError(f"arm names must be unique, got {names}; rename the repeated ones")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    preflight(arms, data, target_splits(data, shots, val_shots, seeds[0]))
+    folder = output if output is not None else open_output(
+        out_dir, identity or {}, resume=resume, overwrite=overwrite, kind=kind
+    )
+    out = folder.work
+    if config_text is not None:
+        atomic_write_text(out / "config.yaml", config_text)
     runs: list[RunResult] = []
     reports: dict[str, TransferReport] = {}
     feature_cache: dict[str, torch.Tensor] = {}
@@ -267,7 +303,9 @@ def run_arms(
     }
     write_metrics_json(out / "metrics.json", runs, baseline, extra=info)
     write_report(out, runs, baseline, title=title, notes=notes, tables=tables)
-    return WorkflowResult(runs, summary, baseline, out, best, reports)
+    if output is None:
+        folder.commit()
+    return WorkflowResult(runs, summary, baseline, folder.root, best, reports)
 
 
 def _source_head(source: TransferNet, objectives: Sequence[Objective] | None) -> nn.Module:

@@ -14,10 +14,10 @@ from transferkit.errors import ConfigError
 from transferkit.evaluation import (
     evaluate,
 )
-from transferkit.io import atomic_write_text
 from transferkit.models import TransferNet, create_model, load_model, narrow_model
 from transferkit.workflows.arms import Arm, WorkflowResult, run_arms
 from transferkit.workflows.finetune import load_target_data
+from transferkit.workflows.output import data_fingerprint, model_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -60,9 +60,6 @@ def distill(cfg: DistillConfig | dict[str, Any]) -> WorkflowResult:
 
     if not isinstance(cfg, DistillConfig):
         cfg = build_config(cfg, DistillConfig)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.yaml", dump_config(cfg))
     data = load_target_data(cfg.data, seed=cfg.seeds[0])
     teacher_model = load_model(cfg.teacher.model, arch=cfg.teacher.arch)
     arch, kwargs, start = _build_student(cfg, teacher_model, data.num_classes)
@@ -103,11 +100,20 @@ def distill(cfg: DistillConfig | dict[str, Any]) -> WorkflowResult:
         seeds=cfg.seeds,
         shots=cfg.data.shots,
         val_shots=cfg.data.val_shots,
-        out_dir=out,
+        out_dir=cfg.out,
         baseline=arms[-1].name,
         title=f"transferkit distill: {cfg.name}",
         notes=notes,
         resume=cfg.resume,
+        overwrite=cfg.overwrite,
+        identity={
+            "config": cfg.model_dump(mode="json"),
+            "data": data_fingerprint(data, cfg.data.dataset),
+            "teacher": model_fingerprint(teacher_model, cfg.teacher.model),
+            "student_start": model_fingerprint(start, cfg.student.model),
+        },
+        config_text=dump_config(cfg),
+        kind="distill",
         extra={
             "teacher": {
                 "arch": teacher_model.info.arch,

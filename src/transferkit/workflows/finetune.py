@@ -14,9 +14,9 @@ from transferkit.engine import (
     build_objectives,
 )
 from transferkit.errors import ConfigError
-from transferkit.io import atomic_write_text
 from transferkit.models import TransferNet, load_model
 from transferkit.workflows.arms import STRATEGY_NAMES, Arm, WorkflowResult, run_arms
+from transferkit.workflows.output import data_fingerprint, model_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -37,9 +37,11 @@ def load_target_data(cfg: DataConfig, seed: int = 0) -> DataSplits:
 def finetune(cfg: FinetuneConfig | dict[str, Any]) -> WorkflowResult:
     """Transfer a source model to the target data, fine-tune it, and compare with training from scratch.
 
-    Writes into ``cfg.out``: ``config.yaml`` (the resolved config), ``metrics.json``, ``report.html``
-    with plots, ``transfer/<arm>.txt`` (what was copied, resized or left new), ``runs/<arm>/seed<k>/``
-    (per-epoch ``metrics.jsonl`` and checkpoints) and ``model/`` (the best model).
+    Writes into ``cfg.out``: ``config.yaml`` (the resolved config), ``run.json`` (what the run was
+    trained on: config, data and source fingerprints), ``metrics.json``, ``report.html`` with plots,
+    ``transfer/<arm>.txt`` (what was copied, resized or left new), ``runs/<arm>/seed<k>/`` (per-epoch
+    ``metrics.jsonl`` and checkpoints) and ``model/`` (the best model). Everything is validated before
+    the folder is touched; a folder holding results needs ``resume`` (the same run) or ``overwrite``.
 
     Example:
         >>> finetune({"data": {"dataset": "digits", "shots": 10},
@@ -48,9 +50,6 @@ def finetune(cfg: FinetuneConfig | dict[str, Any]) -> WorkflowResult:
     """
     if not isinstance(cfg, FinetuneConfig):
         cfg = build_config(cfg)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.yaml", dump_config(cfg))
     data = load_target_data(cfg.data, seed=cfg.seeds[0])
     source = load_source(cfg)
     if source is None and cfg.model.arch is None:
@@ -114,15 +113,25 @@ def finetune(cfg: FinetuneConfig | dict[str, Any]) -> WorkflowResult:
             )
         )
     baseline = scratch_name if any(a.name == scratch_name for a in arms) else arms[0].name
+    identity = {
+        "config": cfg.model_dump(mode="json"),
+        "data": data_fingerprint(data, cfg.data.dataset),
+        "source": model_fingerprint(source, cfg.model.source),
+        "source_data": data_fingerprint(source_splits, cfg.data.source_dataset) if source_splits else None,
+    }
     return run_arms(
         arms,
         data,
         seeds=cfg.seeds,
         shots=cfg.data.shots,
         val_shots=cfg.data.val_shots,
-        out_dir=out,
+        out_dir=cfg.out,
         baseline=baseline,
         title=f"transferkit finetune: {cfg.name}",
         resume=cfg.resume,
+        overwrite=cfg.overwrite,
+        identity=identity,
+        config_text=dump_config(cfg),
+        kind="finetune",
         source_eval=source_splits.test if source_splits is not None else None,
     )

@@ -332,7 +332,7 @@ class EWC(Objective):
             raise ConfigError(f"EWC max_examples must be >= 1 or None (all), got {max_examples!r}")
         if source is not None and not isinstance(source, nn.Module):
             raise ConfigError(f"EWC source must be an nn.Module, got {type(source).__name__}")
-        if fisher is None and source_data is None and cache_dir is None:
+        if fisher is None and source_data is None and not self._cached(cache_dir, source, kind):
             raise ConfigError(_NO_DATA)
         if fisher is None and source is None:
             raise ConfigError(
@@ -352,6 +352,13 @@ class EWC(Objective):
 
     def extra_repr(self) -> str:
         return f"weight={self.weight}, lam={self.lam}, kind={self.kind!r}"
+
+    @staticmethod
+    def _cached(cache_dir: str | None, source: nn.Module | None, kind: str) -> bool:
+        """Whether a Fisher of ``kind`` is cached where :meth:`_get_fisher` looks for one."""
+        origin = getattr(getattr(source, "info", None), "source", "") if source is not None else ""
+        folders = [f for f in (cache_dir, origin) if f]
+        return any(Path(f).is_dir() and find_cached_fisher(f, kind) is not None for f in folders)
 
     def _get_fisher(self, device: torch.device) -> dict[str, torch.Tensor]:
         if isinstance(self._fisher_arg, Mapping):
@@ -376,9 +383,13 @@ class EWC(Objective):
         if self.cache_dir is not None:
             n = len(self.source_data) if self.max_examples is None else min(
                 len(self.source_data), self.max_examples)
-            path = save_fisher(fisher, Path(self.cache_dir) / f"fisher-{self.kind}.safetensors",
-                               kind=self.kind, n_examples=n)
-            logger.info("EWC: saved the Fisher to %s", path)
+            try:
+                path = save_fisher(fisher, Path(self.cache_dir) / f"fisher-{self.kind}.safetensors",
+                                   kind=self.kind, n_examples=n)
+                logger.info("EWC: saved the Fisher to %s", path)
+            except OSError as exc:  # a read-only source folder: train on, without the cache
+                logger.warning("EWC: could not cache the Fisher in %s (%s); it will be computed "
+                               "again next time", self.cache_dir, exc.strerror or exc)
         return fisher
 
     def setup(self, trainer: Trainer) -> None:

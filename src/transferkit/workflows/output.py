@@ -1,0 +1,269 @@
+"""A workflow's output folder: never clobbered, never mixed, never half-replaced.
+
+Every workflow (``finetune``, ``distill``, ``adapt``, the demo) writes into one folder and records in
+``run.json`` what the run is: the resolved config, a fingerprint of every dataset (sizes and a hash
+of the tensors), of every source model (a hash of its weights), the shots and the seeds. Then:
+
+* a folder that does not exist, or is empty, is used as it is;
+* ``resume=True`` continues a run only when ``run.json`` describes the same run; any difference is
+  refused, listed key by key (a changed ``--shots``, ``--data`` or ``--source`` can't silently
+  reuse finished arms);
+* ``overwrite=True`` trains in a staging folder inside the output folder (``.staging/``) and swaps
+  the new results in only when the run has finished: a run that fails or is killed leaves the earlier
+  results byte-identical;
+* anything else that holds files is refused, with the three ways out.
+
+Nothing is created before :func:`open_output` is called, so workflows validate everything (config,
+data, models, objectives) first and a typo never touches the folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import transferkit
+from transferkit.errors import ConfigError
+from transferkit.io import atomic_write_json
+from transferkit.io.files import remove_stale_temporaries
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "run.json"
+FORMAT = "transferkit-run"
+STAGING = ".staging"
+_OLD = ".replaced"
+# Config keys that say how to run, not what: they may differ on --resume.
+VOLATILE_KEYS = frozenset({"out", "resume", "overwrite", "train.progress"})
+
+
+# ---------------------------------------------------------------------------------- fingerprints
+def tensor_digest(tensors: Iterable[tuple[str, torch.Tensor]]) -> str:
+    """SHA-256 over named tensors (name, dtype, shape and bytes), in the order given."""
+    h = hashlib.sha256()
+    for name, t in tensors:
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes()
+                     if t.dtype != torch.bool else t.to(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def model_fingerprint(model: torch.nn.Module | None, spec: str | None = None) -> dict[str, Any] | None:
+    """What a source model is: its spec (path or name), architecture and a hash of its weights."""
+    if model is None:
+        return None
+    info = getattr(model, "info", None)
+    state = model.state_dict()
+    return {
+        "spec": spec,
+        "arch": getattr(info, "arch", type(model).__name__),
+        "params": int(sum(v.numel() for v in state.values())),
+        "weights_sha256": tensor_digest(sorted(state.items())),
+    }
+
+
+def data_fingerprint(splits: Any, spec: str | None = None) -> dict[str, Any]:
+    """What a dataset is: its spec (name or path), split sizes, classes and a hash of the tensors."""
+    out: dict[str, Any] = {"spec": spec}
+    parts = []
+    for split in ("train", "val", "test"):
+        ds = getattr(splits, split, None)
+        if ds is None:
+            continue
+        out[f"{split}_size"] = len(ds)
+        parts += [(f"{split}.x", ds.x), (f"{split}.y", ds.y)]
+    out["num_classes"] = int(getattr(splits, "num_classes", 0) or 0)
+    out["sha256"] = tensor_digest(parts)
+    return out
+
+
+# ---------------------------------------------------------------------------------- the folder
+@dataclass
+class OutputFolder:
+    """An opened output folder.
+
+    Attributes:
+        root: The folder the user named.
+        work: Where this run writes: ``root``, or ``root/.staging`` when replacing earlier results.
+        replacing: Whether :meth:`commit` swaps ``work`` in over earlier results.
+    """
+
+    root: Path
+    work: Path
+    replacing: bool = False
+
+    def commit(self) -> None:
+        """Make the finished run the folder's content (a no-op unless replacing)."""
+        if not self.replacing:
+            return
+        old = self.root / _OLD
+        if old.exists():
+            shutil.rmtree(old)
+        old.mkdir()
+        for entry in self.root.iterdir():
+            if entry.name not in (STAGING, _OLD):
+                os.replace(entry, old / entry.name)
+        for entry in self.work.iterdir():
+            os.replace(entry, self.root / entry.name)
+        self.work.rmdir()
+        shutil.rmtree(old)
+        self.work, self.replacing = self.root, False
+
+
+def _results(folder: Path) -> list[str]:
+    """Names of what ``folder`` holds, leaving out leftovers of an interrupted replacement."""
+    return sorted(p.name for p in folder.iterdir() if p.name not in (STAGING, _OLD))
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists stay values)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """``key: old -> new`` for every key whose value differs (volatile keys left out)."""
+    a, b = flatten(old), flatten(new)
+    out = []
+    for key in sorted(set(a) | set(b)):
+        short = key.removeprefix("config.")
+        if short in VOLATILE_KEYS:
+            continue
+        va, vb = a.get(key, "(absent)"), b.get(key, "(absent)")
+        if va != vb:
+            out.append(f"{short}: {_short(va)} -> {_short(vb)}")
+    return out
+
+
+def _short(v: Any) -> str:
+    text = json.dumps(v) if not isinstance(v, str) else v
+    if len(text) > 40 and all(c in "0123456789abcdef" for c in text):
+        return text[:12] + "…"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=str))
+
+
+def open_output(
+    out: str | os.PathLike,
+    identity: Mapping[str, Any],
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    kind: str = "run",
+) -> OutputFolder:
+    """Check and open the output folder of a run described by ``identity``.
+
+    Args:
+        out: The output folder.
+        identity: What the run is (config, data and source fingerprints); JSON-serialisable.
+        resume: Continue the run already in ``out`` (refused when ``identity`` differs).
+        overwrite: Replace earlier results in ``out``, but only once the new run has finished.
+        kind: The workflow's name, recorded in ``run.json``.
+
+    Raises:
+        ConfigError: ``out`` is a file; it holds results and neither ``resume`` nor ``overwrite`` is
+            set; ``resume`` with a different run; both flags at once; or it can't be written.
+    """
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite contradict each other; pass one of them")
+    root = Path(out)
+    identity = _jsonable(dict(identity))
+    try:
+        if root.exists() and not root.is_dir():
+            raise ConfigError(f"output folder {str(root)!r} is a file; choose a folder path with --out")
+        held = _results(root) if root.is_dir() else []
+        if held and resume:
+            _check_same_run(root, identity)
+            folder = OutputFolder(root, root)
+        elif held and overwrite:
+            staging = root / STAGING
+            if staging.exists():
+                shutil.rmtree(staging)  # a replacement that never finished
+            staging.mkdir()
+            folder = OutputFolder(root, staging, replacing=True)
+        elif held:
+            shown = ", ".join(held[:4]) + (", ..." if len(held) > 4 else "")
+            raise ConfigError(
+                f"output folder {str(root)!r} already holds results ({shown}); pass --resume to "
+                "continue that run, --overwrite to replace it (the old results stay until the new run "
+                "finishes), or choose another --out"
+            )
+        else:
+            root.mkdir(parents=True, exist_ok=True)
+            folder = OutputFolder(root, root)
+        for leftover in (STAGING, _OLD):
+            if folder.work == root and (root / leftover).exists():
+                shutil.rmtree(root / leftover)
+        _remove_stale_temporaries(folder.work)
+        manifest = {"format": FORMAT, "kind": kind, "version": transferkit.__version__,
+                    "identity": identity}
+        atomic_write_json(folder.work / MANIFEST, manifest)
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise ConfigError(
+            f"cannot write the output folder {str(root)!r}: {reason}; choose a writable folder with --out"
+        ) from None
+    return folder
+
+
+def _check_same_run(root: Path, identity: Mapping[str, Any]) -> None:
+    path = root / MANIFEST
+    if not path.is_file():
+        raise ConfigError(
+            f"--resume: {str(root)!r} holds no {MANIFEST}, so what it was trained on is unknown; "
+            "pass --overwrite to replace it or choose another --out"
+        )
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        old = saved["identity"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ConfigError(
+            f"--resume: {str(path)!r} is not a readable run record; pass --overwrite to replace the "
+            "run or choose another --out"
+        ) from None
+    diff = differences(old, identity)
+    if diff:
+        shown = "; ".join(diff[:6]) + (f"; and {len(diff) - 6} more" if len(diff) > 6 else "")
+        raise ConfigError(
+            f"--resume: {str(root)!r} was trained on something else ({shown}); rerun with the "
+            "same settings, or pass --overwrite to replace it, or choose another --out"
+        )
+
+
+def _remove_stale_temporaries(folder: Path) -> None:
+    """Temporaries of atomic writes a killed run left anywhere under ``folder``."""
+    for dirpath, _, _ in os.walk(folder):
+        remove_stale_temporaries(dirpath)
+
+
+__all__ = [
+    "MANIFEST",
+    "OutputFolder",
+    "data_fingerprint",
+    "differences",
+    "model_fingerprint",
+    "open_output",
+    "tensor_digest",
+]
