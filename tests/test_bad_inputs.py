@@ -349,6 +349,9 @@ case("finetune-out-resume-and-overwrite", [*FT, *FT_SRC, "--out", "{done}", "--r
 case("finetune-out-too-long", [*FT, *FT_SRC, "--out", "{world}/" + "x" * 300], "cannot write")
 case("finetune-out-in-proc", [*FT, *FT_SRC, "--out", "/proc/transferkit-test/out"], "cannot write")
 case("finetune-out-under-file", [*FT, *FT_SRC, "--out", "{file}/sub"], "{file}")
+case("finetune-out-null-byte", [*FT, *FT_SRC, "--out", "{world}/a\x00b"], "null byte")
+case("evaluate-data-null-byte", [*EV, "{world}/a\x00b.csv"], "null byte")
+case("inspect-null-byte", ["inspect", "{world}/a\x00b"], "does not exist")
 case("finetune-overwrite-bad-data", [*FT, *FT_SRC, "--data", "{d_csv_nan}", "--out", "{done}", "--overwrite"],
      "non-finite")
 

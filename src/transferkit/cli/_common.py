@@ -89,15 +89,25 @@ def handle_errors(func: F) -> F:
             if os.environ.get(DEBUG_ENV):
                 raise
             raise fail(describe_os_error(exc)) from None
+        except ValueError as exc:
+            if os.environ.get(DEBUG_ENV) or "null byte" not in str(exc):
+                raise _unexpected(exc) from None
+            raise fail("a path you gave holds a null byte (\\x00); remove it") from None
         except Exception as exc:  # the last resort: one line, never a traceback
-            if os.environ.get(DEBUG_ENV):
-                raise
-            raise fail(
-                f"unexpected {type(exc).__name__}: {exc} (rerun with {DEBUG_ENV}=1 for the traceback "
-                "and report it)"
-            ) from None
+            raise _unexpected(exc) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _unexpected(exc: Exception) -> Exception:
+    """The last resort for an error transferkit did not foresee: one line (or, with
+    ``TRANSFERKIT_DEBUG=1``, the exception itself, to see its traceback)."""
+    if os.environ.get(DEBUG_ENV):
+        return exc
+    return fail(
+        f"unexpected {type(exc).__name__}: {exc} (rerun with {DEBUG_ENV}=1 for the traceback "
+        "and report it)"
+    )
 
 
 class OneLineGroup(TyperGroup):
