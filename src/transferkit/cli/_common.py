@@ -8,6 +8,7 @@ on the paths given and, as a last resort, anything unexpected (with the hint to 
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import os
@@ -60,8 +61,6 @@ def describe_os_error(exc: OSError) -> str:
         "EISDIR": "it is a folder: give a file path",
         "ENOENT": "check the path",
     }
-    import errno
-
     name = errno.errorcode.get(exc.errno or 0, "")
     return f"cannot use {where}{what}; {fixes.get(name, 'check the path and its permissions')}"
 
