@@ -308,6 +308,14 @@ def test_config_errors(data):
         FSP(teacher, adapter="conv3x3")
     with pytest.raises(ConfigError, match="exponent p"):
         AttentionTransfer(teacher, p=0)
+    # below 1, |f|^p has an infinite slope at exact zeros: NaN gradients on ReLU features
+    feat = torch.tensor([[[[0.0, 1.0]]]], requires_grad=True)
+    from transferkit.transfer.distill.attention import attention_map
+
+    attention_map(feat, p=0.5).sum().backward()
+    assert torch.isnan(feat.grad).any()
+    with pytest.raises(ConfigError, match=">= 1"):
+        AttentionTransfer(teacher, p=0.5)
     with pytest.raises(ConfigError, match="pairs"):
         AttentionTransfer(teacher, pairs=["backbone.conv1"])
     with pytest.raises(ConfigError, match="needs a Teacher"):

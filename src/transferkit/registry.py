@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterator
+import importlib
+from collections.abc import Callable, Iterator, Sequence
 from typing import Generic, TypeVar
 
 from transferkit.errors import ConfigError, UnknownNameError
@@ -16,11 +17,22 @@ class Registry(Generic[T]):
 
     Args:
         kind: What the registry holds, used in error messages ("model", "dataset").
+        modules: Modules whose import registers more entries; they are imported before the first
+            lookup, so every registered name is available whatever the caller imported before.
     """
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, modules: Sequence[str] = ()) -> None:
         self.kind = kind
         self._items: dict[str, T] = {}
+        self._modules = tuple(modules)
+        self._loaded = not self._modules
+
+    def _load(self) -> None:
+        if self._loaded:
+            return
+        self._loaded = True  # first: a module that looks names up while it is imported won't recurse
+        for module in self._modules:
+            importlib.import_module(module)
 
     def register(self, name: str, obj: T | None = None) -> Callable[[T], T] | T:
         """Register ``obj`` under ``name``; without ``obj`` it works as a decorator."""
@@ -40,6 +52,7 @@ class Registry(Generic[T]):
         Raises:
             UnknownNameError: ``name`` is not registered; the message lists close matches.
         """
+        self._load()
         key = str(name).lower()
         if key not in self._items:
             close = difflib.get_close_matches(key, list(self._items), n=3, cutoff=0.5)
@@ -51,13 +64,16 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         """All registered names, sorted."""
+        self._load()
         return sorted(self._items)
 
     def __contains__(self, name: object) -> bool:
+        self._load()
         return isinstance(name, str) and name.lower() in self._items
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
 
     def __len__(self) -> int:
+        self._load()
         return len(self._items)

@@ -233,7 +233,12 @@ class CrossEntropy(Objective):
         )
 
 
-OBJECTIVES: Registry[type[Objective]] = Registry("objective")
+# Every method's module registers its objectives on import; the registry imports them all before its
+# first lookup, so `-m kd -m l2sp` works whichever command built the objectives.
+OBJECTIVES: Registry[type[Objective]] = Registry(
+    "objective",
+    modules=("transferkit.transfer.distill", "transferkit.transfer.regularize", "transferkit.transfer.adapt"),
+)
 OBJECTIVES.register("cross_entropy", CrossEntropy)
 
 

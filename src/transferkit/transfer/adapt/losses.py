@@ -98,6 +98,9 @@ def _kernel_sum(
 ) -> torch.Tensor:
     """``Σ_b exp(-||a - c||² / b)`` over all pairs of ``cat([s, t])``, ``(n + m, n + m)``."""
     both = torch.cat([s, t])
+    # Distances don't change when every point moves by the same vector; centring first keeps float32
+    # precision when features share a large offset (cdist's matrix-product form loses it).
+    both = both - both.detach().mean(dim=0, keepdim=True)
     d2 = torch.cdist(both, both).pow(2)
     if bandwidths is None:
         n = len(both)

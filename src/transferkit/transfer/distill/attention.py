@@ -165,9 +165,10 @@ class AttentionTransfer(Objective):
                 f"AttentionTransfer needs a Teacher, got {type(teacher).__name__}; wrap the model "
                 "with transferkit.transfer.distill.teacher.Teacher(model)"
             )
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p < math.inf:
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 1 <= p < math.inf:
             raise ConfigError(
-                f"attention exponent p must be a finite number > 0, got {p!r}; the paper uses p=2"
+                f"attention exponent p must be a finite number >= 1, got {p!r} (below 1 the gradient "
+                "of |f|^p is infinite at exact zeros, which ReLU features are full of); the paper uses p=2"
             )
         self.teacher = teacher
         self.p = float(p)
