@@ -125,3 +125,19 @@ def test_cli_adapt_writes_the_run_folder_and_rejects_bad_input(tmp_path):
     rgb = _digits_npz(tmp_path / "rgb.npz", False, channels=3)
     assert_one_line_error(run("adapt", "--target-data", rgb, "--out", tmp_path / "z", "--image-size", "8"),
                           "channels")
+
+
+def test_the_criterion_declares_its_direction_and_validate_takes_adapts_config(tmp_path, monkeypatch):
+    """adapt keeps the epoch in the direction the criterion declares (not one guessed from its
+    name): declared "min" for SND here, the kept epoch is the one with the lowest SND. The
+    config.yaml that adapt writes validates as an adapt config."""
+    from transferkit.transfer.adapt.monitor import CRITERIA
+
+    monkeypatch.setitem(CRITERIA, "snd", ("target_snd", "min"))
+    result = adapt({**FAST, "train": {**FAST["train"], "epochs": 3}, "out": str(tmp_path / "run"),
+                    "methods": [], "select": "snd", "oracle": False})
+    (run_,) = json.loads((result.out_dir / "metrics.json").read_text())["runs"]
+    snd = [row["target_snd"] for row in run_["history"]]
+    assert len(set(snd)) == 3 and run_["best_epoch"] == 1 + int(np.argmin(snd))
+    res = run("validate", result.out_dir / "config.yaml")
+    assert res.exit_code == 0 and "AdaptConfig" in res.stdout, res.output

@@ -366,3 +366,14 @@ class AdaptConfig(_Strict):
         if not v or any(not w >= 0 for w in v):
             raise ValueError(f"weights must be a non-empty list of numbers >= 0, got {v}")
         return v
+
+
+def config_class(data: dict[str, Any]) -> type[BaseModel]:
+    """The kind of run a config describes, from its keys: :class:`DistillConfig` (a ``teacher``),
+    :class:`AdaptConfig` (``source_data``, ``target_data``, ``weights`` or ``select``) or
+    :class:`FinetuneConfig`."""
+    if "teacher" in data:
+        return DistillConfig
+    if any(k in data for k in ("source_data", "target_data", "weights", "select", "source_only", "oracle")):
+        return AdaptConfig
+    return FinetuneConfig

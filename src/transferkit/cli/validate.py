@@ -14,17 +14,12 @@ def validate(
     config: Path = typer.Argument(..., help="YAML config file."),
     overrides: list[str] | None = typer.Argument(None, help="key=value overrides."),
 ) -> None:
-    """Validate a finetune or distill config (one with a ``teacher`` section); print it resolved."""
-    from transferkit.config import (
-        DistillConfig,
-        FinetuneConfig,
-        apply_overrides,
-        build_config,
-        dump_config,
-        read_yaml,
-    )
+    """Validate a finetune, distill or adapt config (the config.yaml each run writes, too); print it
+    resolved."""
+    from transferkit.config import apply_overrides, build_config, config_class, dump_config, read_yaml
 
     data = apply_overrides(read_yaml(config), list(overrides or []))
-    cfg = build_config(data, DistillConfig if "teacher" in data else FinetuneConfig)
+    cls = config_class(data)
+    cfg = build_config(data, cls)
     typer.echo(dump_config(cfg))
-    console.print("config is valid")
+    console.print(f"config is valid ({cls.__name__})")

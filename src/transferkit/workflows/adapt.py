@@ -220,7 +220,8 @@ def adapt(cfg: AdaptConfig | dict[str, Any]) -> WorkflowResult:
     arch = cfg.model.arch or (start.info.arch if start is not None else "small_cnn")
     kwargs = _model_kwargs(arch, cfg.model.kwargs if start is None else start.info.kwargs, shape)
     select_key = criterion_key(cfg.select)
-    train_cfg = cfg.train.model_copy(update={"select_metric": select_key, "select_mode": "auto"})
+    select_mode = CRITERIA[cfg.select][1]  # each criterion's declared direction, never guessed
+    train_cfg = cfg.train.model_copy(update={"select_metric": select_key, "select_mode": select_mode})
 
     def monitors() -> list[AdaptationMonitor]:
         return [AdaptationMonitor(source.train, source.val, unlabelled, oracle=target.test)]
