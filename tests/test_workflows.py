@@ -131,3 +131,30 @@ def test_ewc_fisher_is_stored_with_the_source_model_and_reused(tmp_path, digits_
     assert list(source.glob("fisher*.safetensors"))  # ... and stored beside the source's weights
     finetune({**cfg, "out": str(tmp_path / "b")})
     assert len(calls) == 1  # a later run reuses it
+
+
+def test_the_exported_model_is_chosen_on_validation_never_on_test():
+    """choose_export reads each run's selection metric at the epoch it kept: the arm best on test but
+    worse on validation is not exported, and an oracle arm (export=False) never is."""
+    from transferkit.engine import TrainConfig
+    from transferkit.evaluation import RunResult, classification_metrics
+    from transferkit.workflows.arms import Arm, choose_export
+
+    def result(name, seed, test_acc, vals, best_epoch):
+        y = torch.arange(10) % 2
+        right = int(test_acc * 10)
+        pred = torch.cat([y[:right], 1 - y[right:]])
+        history = [{"epoch": i + 1, "val_accuracy": v, "dev_risk": 1 - v} for i, v in enumerate(vals)]
+        return RunResult(name, name, classification_metrics(y, pred, 2), 1.0, seed, history,
+                         {"best_epoch": best_epoch})
+
+    cfg = TrainConfig()
+    arms = [Arm("a", "a", "mlp", cfg), Arm("b", "b", "mlp", cfg)]
+    runs = [result("a", 0, 0.9, [0.5, 0.6], 2), result("a", 1, 0.9, [0.6, 0.5], 1),
+            result("b", 0, 0.5, [0.7, 0.2], 1), result("b", 1, 0.5, [0.65, 0.1], 1)]
+    assert choose_export(runs, arms) == ("b", "val_accuracy (max), mean over seeds")
+    # a label-free criterion shared by the arms decides, in its own direction; the oracle is skipped
+    dev = TrainConfig(select_metric="dev_risk", select_mode="min")
+    arms = [Arm("a", "a", "mlp", dev), Arm("b", "b", "mlp", dev), Arm("o", "o", "mlp", cfg, export=False)]
+    runs += [result("o", 0, 1.0, [0.99], 1)]
+    assert choose_export(runs, arms) == ("b", "dev_risk (min), mean over seeds")

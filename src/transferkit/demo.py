@@ -7,7 +7,7 @@
 3. Arms, each run on the same few-shot subsets for every seed: the from-scratch baseline, the MNIST CNN
    transferred (full fine-tune and linear probe), and the ImageNet EfficientNet-Lite0 transferred
    (linear probe and full fine-tune).
-4. ``metrics.json``, ``report.html`` (plots), the best model folder, and a table.
+4. ``metrics.json``, ``report.html`` (plots), the model of the arm best on validation, and a table.
 """
 
 from __future__ import annotations

@@ -34,6 +34,6 @@ def demo(
     console.print()
     typer.echo(result.table())
     console.print(
-        f"\nwrote {out / 'metrics.json'}, {out / 'report.html'} and the best model "
+        f"\nwrote {out / 'metrics.json'}, {out / 'report.html'} and the model best on validation "
         f"({result.best_name}) to {out / 'model'}"
     )

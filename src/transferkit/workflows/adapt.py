@@ -243,7 +243,7 @@ def adapt(cfg: AdaptConfig | dict[str, Any]) -> WorkflowResult:
         groups.setdefault(name, []).append(arm_name)
     if cfg.oracle:
         arms.append(Arm(f"{cfg.name}/target-oracle", "target oracle (trained on target labels)", arch,
-                        cfg.train, source=start, kwargs=kwargs, exclude=(), data=target))
+                        cfg.train, source=start, kwargs=kwargs, exclude=(), data=target, export=False))
     baseline = arms[0].name
 
     def finalize(runs: list[RunResult]) -> tuple[list[tuple[str, str]], dict[str, Any]]:

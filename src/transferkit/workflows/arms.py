@@ -5,7 +5,9 @@ budget."""
 from __future__ import annotations
 
 import logging
+import math
 import os
+import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -69,6 +71,8 @@ class Arm:
             is always the workflow's.
         target: Unlabelled target data for objectives that adapt to it (``Trainer.fit(target=)``).
         monitors: Builds the run's per-epoch monitors (``Trainer(monitors=)``).
+        export: Whether the arm may be the exported ``model/`` (``False`` for an oracle that trains on
+            labels a user would not have).
     """
 
     name: str
@@ -83,6 +87,7 @@ class Arm:
     data: DataSplits | None = None
     target: TensorDataset | None = None
     monitors: Callable[[], list[Callable[[Trainer], dict[str, Any]]]] | None = None
+    export: bool = True
 
 
 @dataclass
@@ -94,7 +99,8 @@ class WorkflowResult:
         summary: Per-arm means over seeds with the gain against the baseline.
         baseline: Name of the baseline arm.
         out_dir: Output folder.
-        best_name: Arm with the highest mean test accuracy; its first-seed model is in ``out_dir/model``.
+        best_name: The exported arm (see :func:`choose_export`: chosen on validation, never on
+            test); its first-seed model is in ``out_dir/model``.
         transfer_reports: Parameter-transfer report per arm (first seed).
     """
 
@@ -287,13 +293,14 @@ def run_arms(
             if on_run is not None:
                 on_run(result)
     summary = summarize(runs, baseline)
-    best = max(summary, key=lambda row: row["accuracy_mean"])["name"]
+    best, export_rule = choose_export(runs, arms)
     save_model(first_models[best], out / "model")
     for name, report in reports.items():
         atomic_write_text(out / "transfer" / f"{name.replace('/', '-')}.txt", report.table() + "\n")
     tables, finalize_info = finalize(runs) if finalize is not None else ([], {})
     info = {
         "best": best,
+        "best_chosen_by": export_rule,
         "seeds": list(seeds),
         "shots": shots,
         "val_shots": val_shots,
@@ -306,6 +313,38 @@ def run_arms(
     if output is None:
         folder.commit()
     return WorkflowResult(runs, summary, baseline, folder.root, best, reports)
+
+
+def choose_export(runs: Sequence[RunResult], arms: Sequence[Arm]) -> tuple[str, str]:
+    """The arm whose model is exported, chosen on validation data only, and the rule used.
+
+    Each run contributes the value of its selection metric at the epoch it kept (its validation
+    accuracy by default; a label-free criterion in domain adaptation); an arm's score is the mean over
+    seeds. When the exportable arms select by different metrics, validation accuracy decides. Arms
+    with ``export=False`` (an oracle) are never chosen. Test numbers are never read.
+
+    Returns:
+        ``(arm name, rule)``, the rule as text for ``metrics.json`` (``"val_accuracy (max), mean over
+        seeds"``).
+    """
+    eligible = [a for a in arms if a.export] or list(arms)
+    names = {a.name for a in eligible}
+    modes = {a.train.select_metric: a.train.selection_mode() for a in eligible}
+    key, mode = next(iter(modes.items())) if len(modes) == 1 else ("val_accuracy", "max")
+    scores: dict[str, list[float]] = {a.name: [] for a in eligible}
+    for run in runs:
+        if run.name not in names or not run.history:
+            continue
+        epoch = run.extra.get("best_epoch") or len(run.history)
+        value = run.history[epoch - 1].get(key)
+        if value is not None and math.isfinite(float(value)):
+            scores[run.name].append(float(value))
+    rated = {n: statistics.fmean(v) for n, v in scores.items() if v}
+    rule = f"{key} ({mode}), mean over seeds"
+    if not rated:
+        return eligible[0].name, "no validation values: the first arm"
+    pick = max(rated, key=rated.get) if mode == "max" else min(rated, key=rated.get)
+    return pick, rule
 
 
 def _source_head(source: TransferNet, objectives: Sequence[Objective] | None) -> nn.Module:
