@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from transferkit.config import AdaptConfig, DomainDataConfig, build_config, dump_config
+from transferkit.config import AdaptConfig, DomainDataConfig, build_config
 from transferkit.data import DataSplits, TensorDataset, load_dataset, match_shape
 from transferkit.engine import OBJECTIVES, CrossEntropy, Objective, build_objectives, check_coefficient
 from transferkit.errors import ConfigError, LabelError, ShapeError
@@ -269,13 +269,12 @@ def adapt(cfg: AdaptConfig | dict[str, Any]) -> WorkflowResult:
         notes=notes,
         resume=cfg.resume,
         overwrite=cfg.overwrite,
-        identity={
-            "config": cfg.model_dump(mode="json"),
+        config=cfg,
+        fingerprints={
             "source_data": data_fingerprint(source, cfg.source_data.dataset),
             "target_data": data_fingerprint(target, cfg.target_data.dataset),
             "start": model_fingerprint(start, cfg.model.source),
         },
-        config_text=dump_config(cfg),
         kind="adapt",
         finalize=finalize,
         extra={"source_data": cfg.source_data.dataset, "target_data": cfg.target_data.dataset},

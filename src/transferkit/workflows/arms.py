@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import BaseModel
 from torch import nn
 
+from transferkit.config import dump_config
 from transferkit.data import DataSplits, TensorDataset, few_shot
 from transferkit.engine import (
     Objective,
@@ -186,8 +188,8 @@ def run_arms(
     source_eval: TensorDataset | None = None,
     finalize: Callable[[list[RunResult]], tuple[list[tuple[str, str]], dict[str, Any]]] | None = None,
     overwrite: bool = False,
-    identity: Mapping[str, Any] | None = None,
-    config_text: str | None = None,
+    config: BaseModel | None = None,
+    fingerprints: Mapping[str, Any] | None = None,
     kind: str = "run",
     output: OutputFolder | None = None,
 ) -> WorkflowResult:
@@ -213,12 +215,13 @@ def run_arms(
         overwrite: Replace earlier results in ``out_dir`` once this run has finished (see
             :func:`transferkit.workflows.output.open_output`; without it or ``resume``, a folder
             holding results is refused).
-        identity: What the run is (config, data and source fingerprints), recorded in ``run.json``
-            and compared on ``resume``.
-        config_text: The resolved config, written as ``config.yaml``.
+        config: The workflow's resolved config, written as ``config.yaml``; with ``fingerprints``
+            (the data and source models, see :mod:`transferkit.workflows.output`) it is what the run
+            is, recorded in ``run.json`` and compared on ``resume``.
+        fingerprints: The data and source-model fingerprints of the run.
         kind: The workflow's name in ``run.json``.
         output: An output folder the caller opened (and commits); ``out_dir``, ``overwrite`` and
-            ``identity`` are then not used.
+            ``fingerprints`` are then not used.
 
     Raises:
         ConfigError: repeated arm names, or the output folder can't be used (see ``open_output``).
@@ -227,12 +230,14 @@ def run_arms(
     if len(set(names)) != len(names):
         raise ConfigError(f"arm names must be unique, got {names}; rename the repeated ones")
     preflight(arms, data, target_splits(data, shots, val_shots, seeds[0]))
+    identity = {"config": config.model_dump(mode="json") if config is not None else None,
+                **(fingerprints or {})}
     folder = output if output is not None else open_output(
-        out_dir, identity or {}, resume=resume, overwrite=overwrite, kind=kind
+        out_dir, identity, resume=resume, overwrite=overwrite, kind=kind
     )
     out = folder.work
-    if config_text is not None:
-        atomic_write_text(out / "config.yaml", config_text)
+    if config is not None:
+        atomic_write_text(out / "config.yaml", dump_config(config))
     runs: list[RunResult] = []
     reports: dict[str, TransferReport] = {}
     feature_cache: dict[str, torch.Tensor] = {}

@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from transferkit.config import DistillConfig, build_config, dump_config
+from transferkit.config import DistillConfig, build_config
 from transferkit.engine import (
     build_objectives,
 )
@@ -106,13 +106,12 @@ def distill(cfg: DistillConfig | dict[str, Any]) -> WorkflowResult:
         notes=notes,
         resume=cfg.resume,
         overwrite=cfg.overwrite,
-        identity={
-            "config": cfg.model_dump(mode="json"),
+        config=cfg,
+        fingerprints={
             "data": data_fingerprint(data, cfg.data.dataset),
             "teacher": model_fingerprint(teacher_model, cfg.teacher.model),
             "student_start": model_fingerprint(start, cfg.student.model),
         },
-        config_text=dump_config(cfg),
         kind="distill",
         extra={
             "teacher": {

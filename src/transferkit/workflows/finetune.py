@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from transferkit.config import DataConfig, FinetuneConfig, build_config, dump_config
+from transferkit.config import DataConfig, FinetuneConfig, build_config
 from transferkit.data import DataSplits, load_dataset
 from transferkit.engine import (
     CrossEntropy,
@@ -113,8 +113,7 @@ def finetune(cfg: FinetuneConfig | dict[str, Any]) -> WorkflowResult:
             )
         )
     baseline = scratch_name if any(a.name == scratch_name for a in arms) else arms[0].name
-    identity = {
-        "config": cfg.model_dump(mode="json"),
+    fingerprints = {
         "data": data_fingerprint(data, cfg.data.dataset),
         "source": model_fingerprint(source, cfg.model.source),
         "source_data": data_fingerprint(source_splits, cfg.data.source_dataset) if source_splits else None,
@@ -130,8 +129,8 @@ def finetune(cfg: FinetuneConfig | dict[str, Any]) -> WorkflowResult:
         title=f"transferkit finetune: {cfg.name}",
         resume=cfg.resume,
         overwrite=cfg.overwrite,
-        identity=identity,
-        config_text=dump_config(cfg),
+        config=cfg,
+        fingerprints=fingerprints,
         kind="finetune",
         source_eval=source_splits.test if source_splits is not None else None,
     )
