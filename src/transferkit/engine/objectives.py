@@ -269,8 +269,9 @@ def build_objectives(specs: Sequence[Mapping[str, object]], **context: object) -
                 f"objective {name!r} does not take {', '.join(map(repr, unknown))}; "
                 f"it takes {', '.join(accepted) or 'no arguments'}"
             )
+        hints = _option_types(cls)
         for key, value in args.items():
-            _check_option(str(name), cls, key, value)
+            _check_option(str(name), key, value, hints.get(key))
         for key, value in context.items():
             if key in params and key not in args:
                 args[key] = value
@@ -300,10 +301,9 @@ def _option_types(cls: type) -> dict[str, object]:
     return out
 
 
-def _check_option(name: str, cls: type, key: str, value: object) -> None:
+def _check_option(name: str, key: str, value: object, hint: object | None) -> None:
     """Refuse an option value of the wrong type (``kd:weight=[1,2]``, ``label_smoothing=abc``)
-    against the constructor's annotation, before the objective is built."""
-    hint = _option_types(cls).get(key)
+    against the constructor's annotation ``hint``, before the objective is built."""
     if hint is None:
         return
     from pydantic import TypeAdapter, ValidationError

@@ -63,15 +63,10 @@ def create_model(
     """
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ConfigError(f"num_classes must be an integer >= 1, got {num_classes!r}")
-    prefix, sep, rest = str(name).partition(":")
-    if sep and prefix.lower() in HUB_PREFIXES:
-        if not rest:
-            raise ConfigError(
-                f"model spec {name!r} names no model after {prefix!r}: e.g. 'timm:resnet18'"
-            )
+    spec = _hub_spec(name)
+    if spec is not None:
         return hub.build_hub_model(
-            prefix.lower(),
-            rest,
+            *spec,
             num_classes,
             pretrained,
             kwargs,
@@ -95,13 +90,25 @@ def check_model_args(name: str, kwargs: Mapping[str, Any] | None = None) -> None
         ConfigError: an argument the builder does not take, or a hub option that is not allowed.
     """
     kwargs = dict(kwargs or {})
-    prefix, sep, rest = str(name).partition(":")
-    if sep and prefix.lower() in HUB_PREFIXES:
-        if not rest:
-            raise ConfigError(f"model spec {name!r} names no model after {prefix!r}: e.g. 'timm:resnet18'")
-        hub.check_hub_options(prefix.lower(), rest, kwargs)
+    spec = _hub_spec(name)
+    if spec is not None:
+        hub.check_hub_options(*spec, kwargs)
         return
     _check_kwargs(name, MODELS.get(name), kwargs)
+
+
+def _hub_spec(name: str) -> tuple[str, str] | None:
+    """``"timm:resnet18"`` -> ``("timm", "resnet18")``; ``None`` for a name that is no hub spec.
+
+    Raises:
+        ConfigError: a hub prefix with no model after it (``"timm:"``).
+    """
+    prefix, sep, rest = str(name).partition(":")
+    if not (sep and prefix.lower() in HUB_PREFIXES):
+        return None
+    if not rest:
+        raise ConfigError(f"model spec {name!r} names no model after {prefix!r}: e.g. 'timm:resnet18'")
+    return prefix.lower(), rest
 
 
 def _check_kwargs(name: str, builder: Builder, kwargs: dict[str, Any]) -> None:

@@ -332,7 +332,7 @@ class EWC(Objective):
             raise ConfigError(f"EWC max_examples must be >= 1 or None (all), got {max_examples!r}")
         if source is not None and not isinstance(source, nn.Module):
             raise ConfigError(f"EWC source must be an nn.Module, got {type(source).__name__}")
-        if fisher is None and source_data is None and not self._cached(cache_dir, source, kind):
+        if fisher is None and source_data is None and self._cached(cache_dir, source, kind) is None:
             raise ConfigError(_NO_DATA)
         if fisher is None and source is None:
             raise ConfigError(
@@ -354,11 +354,14 @@ class EWC(Objective):
         return f"weight={self.weight}, lam={self.lam}, kind={self.kind!r}"
 
     @staticmethod
-    def _cached(cache_dir: str | None, source: nn.Module | None, kind: str) -> bool:
-        """Whether a Fisher of ``kind`` is cached where :meth:`_get_fisher` looks for one."""
+    def _cached(cache_dir: str | None, source: nn.Module | None, kind: str) -> Path | None:
+        """The cached Fisher of ``kind``: in ``cache_dir``, else beside the source model's files."""
         origin = getattr(getattr(source, "info", None), "source", "") if source is not None else ""
-        folders = [f for f in (cache_dir, origin) if f]
-        return any(Path(f).is_dir() and find_cached_fisher(f, kind) is not None for f in folders)
+        for folder in (cache_dir, origin):
+            hit = find_cached_fisher(folder, kind) if folder else None
+            if hit is not None:
+                return hit
+        return None
 
     def _get_fisher(self, device: torch.device) -> dict[str, torch.Tensor]:
         if isinstance(self._fisher_arg, Mapping):
@@ -366,15 +369,10 @@ class EWC(Objective):
         if self._fisher_arg is not None:
             return load_fisher(self._fisher_arg)
         source: nn.Module = self.__dict__["_source"]
-        folders = [self.cache_dir] if self.cache_dir is not None else []
-        origin = getattr(getattr(source, "info", None), "source", "")
-        if origin:
-            folders.append(origin)
-        for folder in folders:
-            hit = find_cached_fisher(folder, self.kind)
-            if hit is not None:
-                logger.info("EWC: using the cached %s Fisher %s", self.kind, hit)
-                return load_fisher(hit)
+        hit = self._cached(self.cache_dir, source, self.kind)
+        if hit is not None:
+            logger.info("EWC: using the cached %s Fisher %s", self.kind, hit)
+            return load_fisher(hit)
         if self.source_data is None:
             raise ConfigError(_NO_DATA)
         fisher = fisher_diagonal(source, self.source_data, kind=self.kind,
