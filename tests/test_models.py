@@ -509,3 +509,44 @@ def test_narrow_model_divides_widths_and_keeps_the_interface():
         narrow_model(teacher, 0)
     with pytest.raises(ConfigError, match="width arguments of 'efficientnet_lite0'"):
         narrow_model(create_model("efficientnet_lite0", image_size=32), 2)
+
+
+# --- the hub registry ----------------------------------------------------------------------------
+
+
+def test_hubs_are_a_registry_with_the_options_of_each():
+    from transferkit.models.hub import HUB_OPTIONS, HUBS, build_hub_model, check_hub_options
+    from transferkit.models.zoo import HUB_PREFIXES
+
+    assert HUBS.names() == sorted(HUB_OPTIONS) == ["hf", "timm", "torchvision"]
+    assert [name for name, hub in HUBS.items() if hub.takes_remote_code] == ["hf"]
+    assert all(name in HUB_PREFIXES for name in HUBS)
+    with pytest.raises(UnknownNameError, match=r"unknown model hub 'timmm'\. Did you mean 'timm'\?"):
+        build_hub_model("timmm", "resnet18", 10, False)
+    with pytest.raises(UnknownNameError, match="unknown model hub 'torchvison'.*'torchvision'"):
+        check_hub_options("torchvison", "resnet18", {})
+
+
+def test_a_registered_hub_is_built_saved_and_reloaded_by_spec(tmp_path, monkeypatch):
+    """create_model and load_model route '<hub>:<name>' through HUBS, so a hub registered later
+    works as the built-in ones do; it takes no options without a HUB_OPTIONS entry and is never
+    handed trust_remote_code unless it declares it."""
+    from transferkit.models.hub import HUBS, Hub
+
+    calls: list[tuple] = []
+
+    def build_toy(name, num_classes, pretrained, **options):
+        calls.append((name, num_classes, pretrained, options))
+        model = create_model("mlp", num_classes=num_classes, in_features=4, hidden=(3,))
+        model.info.arch = f"toyhub:{name}"
+        model.info.kwargs = {}
+        return model
+
+    monkeypatch.setitem(HUBS, "toyhub", Hub(build_toy))
+    model = create_model("toyhub:tiny", num_classes=3)
+    assert calls == [("tiny", 3, False, {})] and model(torch.rand(2, 4)).shape == (2, 3)
+    loaded = load_model(save_model(model, tmp_path / "toy"))
+    assert loaded.info.arch == "toyhub:tiny" and len(calls) == 2
+    assert torch.equal(loaded(torch.ones(1, 4)), model(torch.ones(1, 4)))
+    with pytest.raises(ConfigError, match="does not take option 'depth'; allowed: none"):
+        create_model("toyhub:tiny", depth=2)

@@ -14,7 +14,7 @@ from transferkit.data import load_dataset
 from transferkit.engine import TrainConfig, Trainer
 from transferkit.errors import ConfigError, UnknownNameError
 from transferkit.models import create_model, save_model
-from transferkit.selection import KNOWN_SCORES, RankResult, rank
+from transferkit.selection import KNOWN_SCORES, SCORES, RankResult, rank
 
 ALL_SCORES = ("logme", "leep", "nce", "h_score", "h_score_shrinkage", "gbc", "knn")
 
@@ -148,6 +148,27 @@ def test_errors(models, digits):
         rank({"x": 3}, digits.train)
     with pytest.raises(ConfigError, match="has no forward_features"):
         rank({"x": torch.nn.Linear(64, 10)}, digits.train, scores=["logme"])
+
+
+class _NoHead(torch.nn.Module):
+    """A feature extractor without a ``head``: fine for feature scores, not for LEEP / NCE."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = torch.nn.Linear(64, 8)
+
+    def forward_features(self, x):
+        return self.body(x.flatten(1))
+
+
+def test_scores_that_read_the_head_are_told_by_the_registry(digits):
+    assert KNOWN_SCORES == tuple(SCORES.names())
+    assert [n for n in KNOWN_SCORES if SCORES.get(n).needs_head] == ["leep", "nce"]
+    small = digits.train.subset(torch.arange(60))
+    result = rank({"x": _NoHead()}, small, scores=["logme", "H_SCORE"])
+    assert result.scores == ["logme", "h_score"] and math.isfinite(result.rows[0]["h_score"])
+    with pytest.raises(ConfigError, match="'x' has no head module, which nce, leep read; drop them"):
+        rank({"x": _NoHead()}, small, scores=["logme", "nce", "leep"])
 
 
 def test_cli_rank(models, tmp_path):

@@ -48,3 +48,51 @@ def test_registry_imports_its_modules_once_before_the_first_lookup(monkeypatch):
     assert imported == []
     assert reg.get("x") == 1 and "x" in reg and reg.names() == ["x"]
     assert imported == ["a.b", "c"]
+
+
+def test_registry_reads_like_a_mapping_and_is_patched_on_purpose(monkeypatch):
+    reg: Registry = Registry("widget")
+    reg.register("b", 2)
+    reg.register("a", 1)
+    assert reg["A"] == 1 and reg.get("zzz", None) is None and reg.get("a", 0) == 1
+    assert list(reg) == reg.keys() == ["a", "b"] and reg.values() == [1, 2]
+    assert reg.items() == [("a", 1), ("b", 2)] and {**reg} == {"a": 1, "b": 2}
+    with pytest.raises(UnknownNameError, match="unknown widget 'c'"):
+        reg["c"]
+    # item assignment replaces on purpose (register refuses); monkeypatch.setitem undoes it
+    with monkeypatch.context() as mp:
+        mp.setitem(reg, "a", 10)
+        mp.setitem(reg, "new", 3)
+        assert reg.get("a") == 10 and reg.names() == ["a", "b", "new"]
+    assert reg.get("a") == 1 and reg.names() == ["a", "b"]
+    with pytest.raises(KeyError):
+        del reg["new"]
+
+
+REGISTRIES = [
+    # module, registry, a typo, the name it should suggest, the kind named in messages
+    ("transferkit.selection.scores", "SCORES", "logmee", "logme", "score"),
+    ("transferkit.models.hub", "HUBS", "timmm", "timm", "model hub"),
+    ("transferkit.transfer.adapt.monitor", "CRITERIA", "sdn", "snd", "model-choice criterion"),
+]
+
+
+@pytest.mark.parametrize(("module", "attr", "typo", "close", "kind"), REGISTRIES)
+def test_scores_hubs_and_criteria_are_registries(module, attr, typo, close, kind):
+    """Unknown names raise one line naming the name, a close match and every known name;
+    registering a taken name raises and leaves the entry alone."""
+    import importlib
+
+    reg = getattr(importlib.import_module(module), attr)
+    assert isinstance(reg, Registry) and reg.kind == kind
+    with pytest.raises(UnknownNameError) as info:
+        reg.get(typo)
+    msg = str(info.value)
+    assert msg.startswith(f"unknown {kind} '{typo}'. Did you mean '{close}'") and "\n" not in msg
+    assert msg.endswith(f"Known: {', '.join(reg.names())}")
+    before = reg.get(close)
+    with pytest.raises(ConfigError, match=f"{kind} '{close}' is already registered"):
+        reg.register(close, before)
+    with pytest.raises(ConfigError, match="already registered"):
+        reg.register(close.upper(), before)  # names are case-insensitive
+    assert reg.get(close) is before

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 import torch
 from scipy.optimize import minimize
 
 from transferkit.errors import ConfigError, DataError, LabelError, ShapeError
-from transferkit.selection import SCORES, gbc, h_score, knn_accuracy, leep, logme, nce
+from transferkit.selection import SCORES, ScoreSpec, gbc, h_score, knn_accuracy, leep, logme, nce
 from transferkit.selection.logme import _logme_evidence
 
 
@@ -164,7 +167,7 @@ def test_leep_rejects_non_probabilities():
 # ----------------------------------------------------------------------------- all feature scores
 
 
-FEATURE_SCORES = sorted(SCORES)
+FEATURE_SCORES = [name for name, spec in SCORES.items() if not spec.needs_head]
 
 
 @pytest.mark.parametrize("name", FEATURE_SCORES)
@@ -240,3 +243,54 @@ def test_some_constant_columns_are_fine(name):
 def test_integral_float_labels_accepted():
     f, y = _blobs(n=30)
     assert logme(f, y.astype(np.float32)) == pytest.approx(logme(f, y))
+
+
+
+# ----------------------------------------------------------------------------- the score registry
+
+
+def _source_probs(n: int = 30, z: int = 5, c: int = 3, seed: int = 0):
+    """Softmax outputs of a stand-in source head (N, Z) that partly predict the labels (N,)."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % c
+    logits = rng.standard_normal((n, z))
+    logits[np.arange(n), y] += 2.0
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    return p / p.sum(1, keepdims=True), y
+
+
+#: Tiny inputs for each registered score: ``(features (N, D) or, for a head score, source
+#: probabilities (N, Z), labels (N,))``. A newly registered score needs a row here.
+SCORE_INPUTS: dict[str, Callable[[], tuple[np.ndarray, np.ndarray]]] = {
+    "gbc": lambda: _blobs(n=30, d=4),
+    "h_score": lambda: _blobs(n=30, d=4),
+    "h_score_shrinkage": lambda: _blobs(n=30, d=4),
+    "knn": lambda: _blobs(n=30, d=4),
+    "logme": lambda: _blobs(n=30, d=4),
+    "leep": _source_probs,
+    "nce": _source_probs,
+}
+
+
+def test_the_input_table_has_a_row_for_every_registered_score_and_no_other():
+    assert sorted(SCORE_INPUTS) == SCORES.names()
+
+
+@pytest.mark.parametrize("name", SCORES.names())
+def test_every_registered_score_returns_a_finite_float(name):
+    assert name in SCORE_INPUTS, f"score {name!r} is registered but has no row in SCORE_INPUTS"
+    spec = SCORES.get(name)
+    assert isinstance(spec, ScoreSpec) and callable(spec.fn)
+    inputs, labels = SCORE_INPUTS[name]()
+    value = spec(inputs, labels)
+    assert type(value) is float and math.isfinite(value)
+    assert spec(torch.from_numpy(inputs), torch.from_numpy(labels)) == pytest.approx(value)
+
+
+def test_head_scores_are_marked_in_the_registry_and_read_the_source_probabilities():
+    assert [name for name, spec in SCORES.items() if spec.needs_head] == ["leep", "nce"]
+    probs, y = _source_probs()
+    assert SCORES["leep"](probs, y) == leep(probs, y)
+    assert SCORES["nce"](probs, y) == nce(probs.argmax(1), y)
+    with pytest.raises(ShapeError, match="source_probs must be 2-D"):
+        SCORES["nce"](probs.argmax(1), y)

@@ -23,6 +23,7 @@ import pickle
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from torch import nn
 
 from transferkit.errors import CheckpointError, ConfigError, MissingDependencyError
 from transferkit.models.base import ModelInfo, TransferNet
+from transferkit.registry import Registry
 
 logger = logging.getLogger(__name__)
 
@@ -158,10 +160,12 @@ def check_hub_options(library: str, name: str, options: Mapping[str, Any]) -> No
     """Refuse any option of ``library:name`` outside :data:`HUB_OPTIONS` or of the wrong type.
 
     Raises:
+        UnknownNameError: ``library`` is not a registered hub (close names suggested).
         ConfigError: one line naming the model, the option (and why it is refused) and the options
             that are allowed.
     """
-    allowed = HUB_OPTIONS[library]
+    HUBS.get(library)
+    allowed = HUB_OPTIONS.get(library.lower(), {})  # a hub without an entry takes no options
     spec = f"{library}:{name}"
     bad = [key for key in options if key not in allowed]
     if bad:
@@ -170,7 +174,7 @@ def check_hub_options(library: str, name: str, options: Mapping[str, Any]) -> No
         )
         raise ConfigError(
             f"model {spec!r} does not take option{'s' if len(bad) > 1 else ''} {named}; "
-            f"allowed: {', '.join(allowed)}"
+            f"allowed: {', '.join(allowed) or 'none'}"
         )
     for key, value in options.items():
         check, what = allowed[key]
@@ -187,10 +191,10 @@ def build_hub_model(
     *,
     trust_remote_code: bool = False,
 ) -> TransferNet:
-    """Dispatch ``library`` (``"timm"``, ``"torchvision"``, ``"hf"``) to its builder.
+    """Dispatch ``library`` (``"timm"``, ``"torchvision"``, ``"hf"``: see :data:`HUBS`) to its builder.
 
     Args:
-        library: The hub.
+        library: The hub's registered name.
         name: The model's name in the hub (or a local path for ``hf``).
         num_classes: Head size.
         pretrained: Load the hub's pretrained weights.
@@ -200,20 +204,15 @@ def build_hub_model(
             explicit API argument or :func:`allow_remote_code`, never from ``options``.
 
     Raises:
-        ConfigError: unknown library, or an option that is not allowed.
+        UnknownNameError: ``library`` is not a registered hub (close names suggested).
+        ConfigError: an option that is not allowed.
     """
-    builders: dict[str, Callable[..., TransferNet]] = {
-        "timm": build_timm,
-        "torchvision": build_torchvision,
-        "hf": build_hf,
-    }
-    if library not in builders:
-        raise ConfigError(f"unknown model library {library!r}; use one of {', '.join(builders)}")
+    entry = HUBS.get(library)
     options = dict(options or {})
     check_hub_options(library, name, options)
-    if library == "hf":
-        return build_hf(name, num_classes, pretrained, trust_remote_code=bool(trust_remote_code), **options)
-    return builders[library](name, num_classes, pretrained, **options)
+    if entry.takes_remote_code:
+        options["trust_remote_code"] = bool(trust_remote_code)  # after the check: never from options
+    return entry.build(name, num_classes, pretrained, **options)
 
 
 def _linear_head(feature_dim: int, num_classes: int, old: nn.Module | None) -> nn.Module:
@@ -433,3 +432,26 @@ def build_hf(
         source=f"pretrained:hf:{model_id}" if pretrained else "random init",
     )
     return TransferNet(HFVisionBackbone(net), nn.Linear(int(feature_dim), num_classes), info)
+
+
+@dataclass(frozen=True)
+class Hub:
+    """A model hub's entry in :data:`HUBS`.
+
+    Attributes:
+        build: ``build(name, num_classes, pretrained, **options) -> TransferNet``; ``options`` are
+            checked against the hub's :data:`HUB_OPTIONS` entry first (none allowed without one).
+        takes_remote_code: ``build`` also takes ``trust_remote_code=``, which
+            :func:`build_hub_model` passes only from an explicit argument, never from ``options``.
+    """
+
+    build: Callable[..., TransferNet]
+    takes_remote_code: bool = False
+
+
+HUBS: Registry[Hub] = Registry("model hub")
+"""The hubs a ``"<hub>:<name>"`` model spec can name: hub name -> :class:`Hub`."""
+
+HUBS.register("timm", Hub(build_timm))
+HUBS.register("torchvision", Hub(build_torchvision))
+HUBS.register("hf", Hub(build_hf, takes_remote_code=True))

@@ -32,7 +32,9 @@ Builder = Callable[..., TransferNet]
 
 MODELS: Registry[Builder] = Registry("model")
 
-HUB_PREFIXES = ("timm", "torchvision", "hf")
+HUB_PREFIXES: Registry[hub.Hub] = hub.HUBS
+"""The hub prefixes of a model spec (``"timm:..."``): the hub registry itself, so ``prefix in
+HUB_PREFIXES`` sees every registered hub."""
 
 
 def create_model(
@@ -104,7 +106,7 @@ def _hub_spec(name: str) -> tuple[str, str] | None:
         ConfigError: a hub prefix with no model after it (``"timm:"``).
     """
     prefix, sep, rest = str(name).partition(":")
-    if not (sep and prefix.lower() in HUB_PREFIXES):
+    if not (sep and prefix in hub.HUBS):
         return None
     if not rest:
         raise ConfigError(f"model spec {name!r} names no model after {prefix!r}: e.g. 'timm:resnet18'")

@@ -8,7 +8,6 @@ from those features (LEEP and NCE also use the candidate's own head on them). Sc
 from __future__ import annotations
 
 import csv
-import difflib
 import io
 import json
 import logging
@@ -24,36 +23,34 @@ import torch
 from torch import nn
 
 from transferkit.data.base import TensorDataset
-from transferkit.errors import ConfigError, UnknownNameError
+from transferkit.errors import ConfigError
 from transferkit.io import atomic_write_text
-from transferkit.selection.scores import SCORES, leep, nce
+from transferkit.selection.scores import SCORES, ScoreSpec
 
 logger = logging.getLogger(__name__)
 
-_HEAD_SCORES = ("leep", "nce")
-KNOWN_SCORES: tuple[str, ...] = tuple(sorted({*SCORES, *_HEAD_SCORES}))
-"""Every score name :func:`rank` accepts."""
+KNOWN_SCORES: tuple[str, ...] = tuple(SCORES.names())
+"""Every score name :func:`rank` accepts (the names in :data:`~transferkit.selection.SCORES` when
+this module was imported)."""
 
 DEFAULT_SCORES: tuple[str, ...] = ("logme", "leep", "nce", "h_score", "gbc")
 
 
-def _check_scores(scores: Sequence[str]) -> list[str]:
-    """Validate score names; return them lower-cased, de-duplicated, in the given order."""
+def _check_scores(scores: Sequence[str]) -> dict[str, ScoreSpec]:
+    """Look up score names; return name (lower-cased) -> spec, de-duplicated, in the given order.
+
+    Raises:
+        ConfigError: no names.
+        UnknownNameError: a name that is not in :data:`SCORES` (close names suggested).
+    """
     if isinstance(scores, str):
         scores = [s for s in (p.strip() for p in scores.split(",")) if s]
     names = list(dict.fromkeys(str(s).strip().lower() for s in scores))
     if not names:
         raise ConfigError(
-            f"no scores requested; pass at least one of {', '.join(KNOWN_SCORES)}"
+            f"no scores requested; pass at least one of {', '.join(SCORES.names())}"
         )
-    for name in names:
-        if name not in KNOWN_SCORES:
-            close = difflib.get_close_matches(name, KNOWN_SCORES, n=3, cutoff=0.5)
-            hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-            raise UnknownNameError(
-                f"unknown score {name!r}.{hint} Known: {', '.join(KNOWN_SCORES)}"
-            )
-    return names
+    return {name: SCORES.get(name) for name in names}
 
 
 def _format(value: Any) -> str:
@@ -192,8 +189,8 @@ def rank(
             for LEEP/NCE, ``head``) or a spec for :func:`~transferkit.models.load_model`
             (folder, weights file, built-in name).
         data: Target data ``x`` ``(N, ...)``, ``y`` ``(N,)``.
-        scores: Score names, from :data:`KNOWN_SCORES`: ``logme``, ``leep``, ``nce``,
-            ``h_score``, ``h_score_shrinkage``, ``gbc``, ``knn``.
+        scores: Score names registered in :data:`~transferkit.selection.SCORES`: ``logme``,
+            ``leep``, ``nce``, ``h_score``, ``h_score_shrinkage``, ``gbc``, ``knn``.
         batch_size: Examples per forward pass.
         device: Where to run the models (they are moved there); default: each model's own.
 
@@ -205,20 +202,21 @@ def rank(
         UnknownNameError: an unknown score name (the message lists the known ones).
         DataError, ShapeError, LabelError: from the scores on degenerate features or labels.
     """
-    names = _check_scores(scores)
+    specs = _check_scores(scores)
+    names = list(specs)
     if not candidates:
         raise ConfigError("no candidates to rank; pass at least one name -> model or model spec")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
     labels = data.y.detach().cpu().numpy()
-    need_head = any(n in _HEAD_SCORES for n in names)
+    head_scores = [n for n, spec in specs.items() if spec.needs_head]
     rows: list[dict[str, Any]] = []
     for cand_name, candidate in candidates.items():
         model = _resolve(candidate, str(cand_name))
-        if need_head and not isinstance(getattr(model, "head", None), nn.Module):
+        if head_scores and not isinstance(getattr(model, "head", None), nn.Module):
             raise ConfigError(
-                f"candidate {cand_name!r} has no head module, which LEEP/NCE need; drop "
-                f"{', '.join(n for n in names if n in _HEAD_SCORES)} from scores"
+                f"candidate {cand_name!r} has no head module, which {', '.join(head_scores)} "
+                "read; drop them from scores"
             )
         if device is not None:
             model = model.to(device)
@@ -227,7 +225,7 @@ def rank(
         start = time.perf_counter()
         feats = predict_features(model, data, batch_size=batch_size, device=device)
         probs = None
-        if need_head:
+        if head_scores:
             was_training = model.training
             model.eval()
             try:
@@ -240,13 +238,8 @@ def rank(
 
         row: dict[str, Any] = {"name": str(cand_name)}
         start = time.perf_counter()
-        for score in names:
-            if score == "leep":
-                row[score] = float(leep(probs, labels))
-            elif score == "nce":
-                row[score] = float(nce(probs.argmax(axis=1), labels))  # type: ignore[union-attr]
-            else:
-                row[score] = float(SCORES[score](feats_np, labels))
+        for score, spec in specs.items():
+            row[score] = float(spec(probs if spec.needs_head else feats_np, labels))
         row["seconds_features"] = seconds_features
         row["seconds_scores"] = time.perf_counter() - start
         logger.info("ranked %s: %s", cand_name, {k: row[k] for k in names})

@@ -201,7 +201,7 @@ def adapt(cfg: AdaptConfig | dict[str, Any]) -> WorkflowResult:
         ConfigError: an unknown method, criterion or option.
     """
     import transferkit.transfer.adapt  # noqa: F401  (registers the adaptation objectives)
-    from transferkit.transfer.adapt.monitor import AdaptationMonitor, criterion_key
+    from transferkit.transfer.adapt.monitor import AdaptationMonitor
 
     if not isinstance(cfg, AdaptConfig):
         cfg = build_config(cfg, AdaptConfig)
@@ -219,8 +219,8 @@ def adapt(cfg: AdaptConfig | dict[str, Any]) -> WorkflowResult:
     start = load_model(cfg.model.source, arch=cfg.model.source_arch) if cfg.model.source else None
     arch = cfg.model.arch or (start.info.arch if start is not None else "small_cnn")
     kwargs = _model_kwargs(arch, cfg.model.kwargs if start is None else start.info.kwargs, shape)
-    select_key = criterion_key(cfg.select)
-    select_mode = CRITERIA[cfg.select][1]  # each criterion's declared direction, never guessed
+    # the criterion's epoch-row key and its declared direction, never guessed from the name
+    select_key, select_mode = CRITERIA.get(cfg.select)
     train_cfg = cfg.train.model_copy(update={"select_metric": select_key, "select_mode": select_mode})
 
     def monitors() -> list[AdaptationMonitor]:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -31,32 +31,36 @@ from transferkit.data.base import TensorDataset
 from transferkit.engine.trainer import predict_features
 from transferkit.errors import ConfigError, DataError
 from transferkit.evaluation.unsupervised import dev_risk, domain_gap, prediction_entropy, snd_score
+from transferkit.registry import Registry
 
 if TYPE_CHECKING:
-    from transferkit.engine.trainer import Trainer
+    from transferkit.engine.context import FitContext
 
 logger = logging.getLogger(__name__)
 
-#: Label-free criteria a user can select on: name -> (epoch-row key, "max" or "min").
-CRITERIA: dict[str, tuple[str, str]] = {
-    "dev": ("dev_risk", "min"),
-    "snd": ("target_snd", "max"),
-    "entropy": ("target_entropy", "min"),
-}
+class Criterion(NamedTuple):
+    """A label-free model-choice criterion: the epoch-row key it is recorded under and the direction
+    that is better (declared, never guessed from the name). A tuple, so ``key, mode = criterion``."""
+
+    key: str
+    mode: Literal["max", "min"]
+
+
+#: Label-free criteria a user can select on: name -> :class:`Criterion` (epoch-row key, mode).
+CRITERIA: Registry[Criterion] = Registry("model-choice criterion")
+CRITERIA.register("dev", Criterion("dev_risk", "min"))
+CRITERIA.register("snd", Criterion("target_snd", "max"))
+CRITERIA.register("entropy", Criterion("target_entropy", "min"))
 
 
 def criterion_key(name: str) -> str:
     """The epoch-row key of criterion ``name`` (``"dev"`` -> ``"dev_risk"``).
 
     Raises:
-        ConfigError: ``name`` is not a criterion (the known ones are listed).
+        UnknownNameError: ``name`` is not a criterion (close names and the known ones are listed).
     """
-    if name not in CRITERIA:
-        raise ConfigError(
-            f"unknown model-choice criterion {name!r}; choose one of {', '.join(CRITERIA)} "
-            "(all use only source labels and unlabelled target data)"
-        )
-    return CRITERIA[name][0]
+    key, _ = CRITERIA.get(name)
+    return key
 
 
 def _subsample(data: TensorDataset, limit: int, seed: int) -> TensorDataset:
@@ -101,6 +105,7 @@ class AdaptationMonitor:
         seed: int = 0,
         batch_size: int = 512,
     ) -> None:
+        criteria = tuple(str(name).lower() for name in criteria)  # names are case-insensitive
         for name in criteria:
             criterion_key(name)
         if max_examples < 10:
@@ -115,22 +120,22 @@ class AdaptationMonitor:
         self.batch_size = batch_size
 
     @torch.no_grad()
-    def _outputs(self, trainer: Trainer, data: TensorDataset) -> tuple[torch.Tensor, torch.Tensor]:
+    def _outputs(self, ctx: FitContext, data: TensorDataset) -> tuple[torch.Tensor, torch.Tensor]:
         """Backbone features and logits of ``data`` (eval mode), on the CPU in float32."""
-        model = trainer.model
-        feats = predict_features(model, data, self.batch_size, trainer.device)
+        model = ctx.model
+        feats = predict_features(model, data, self.batch_size, ctx.device)
         model.head.eval()
         logits = torch.cat([model.head(f) for f in feats.split(self.batch_size)]) if len(feats) else feats
         return feats.float().cpu(), logits.float().cpu()
 
-    def __call__(self, trainer: Trainer) -> dict[str, float | None]:
-        was_training = trainer.model.training
+    def __call__(self, ctx: FitContext) -> dict[str, float | None]:
+        was_training = ctx.model.training
         try:
-            src_f, _ = self._outputs(trainer, self.source_train)
-            tgt_f, tgt_logits = self._outputs(trainer, self.target)
+            src_f, _ = self._outputs(ctx, self.source_train)
+            tgt_f, tgt_logits = self._outputs(ctx, self.target)
             out: dict[str, float | None] = {}
             if "dev" in self.criteria:
-                val_f, val_logits = self._outputs(trainer, self.source_val)
+                val_f, val_logits = self._outputs(ctx, self.source_val)
                 losses = F.cross_entropy(val_logits, self.source_val.y, reduction="none")
                 try:
                     out["dev_risk"] = dev_risk(src_f, tgt_f, val_f, losses, seed=self.seed)
@@ -144,11 +149,11 @@ class AdaptationMonitor:
             if self.gap:
                 out["domain_gap"] = domain_gap(src_f, tgt_f, seed=self.seed, max_per_domain=1000)
             if self.oracle is not None:
-                _, logits = self._outputs(trainer, self.oracle)
+                _, logits = self._outputs(ctx, self.oracle)
                 out["oracle_accuracy"] = float((logits.argmax(1) == self.oracle.y).double().mean())
         finally:
-            trainer.model.train(was_training)
+            ctx.model.train(was_training)
         return out
 
 
-__all__ = ["CRITERIA", "AdaptationMonitor", "criterion_key"]
+__all__ = ["CRITERIA", "AdaptationMonitor", "Criterion", "criterion_key"]
