@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from transferkit.data import TensorDataset
-from transferkit.engine import OBJECTIVES, TrainConfig, Trainer
+from transferkit.engine import OBJECTIVES, FitContext, TrainConfig, Trainer
 from transferkit.engine.objectives import Batch, CrossEntropy
 from transferkit.errors import ConfigError, ShapeError, UnknownNameError
 from transferkit.models import create_model
@@ -398,10 +398,9 @@ def test_shared_teacher_runs_once_per_step(trained_teacher_net, small_digits):
 def test_precompute_equals_live_outputs_and_is_used(trained_teacher_net, small_digits):
     live = _teacher_copy(trained_teacher_net)
     pre = _teacher_copy(trained_teacher_net, precompute=True)
-    trainer = Trainer(_student(), _cfg(), [LogitKD(pre)])
-    trainer.train_data = small_digits
-    pre.setup(trainer)
-    live.setup(trainer)
+    ctx = FitContext(_student(), torch.device("cpu"), _cfg(), small_digits)
+    pre.setup(ctx)
+    live.setup(ctx)
     idx = torch.tensor([5, 0, 200, 17])
     batch = Batch(x=small_digits.x[idx], y=small_digits.y[idx], logits=torch.zeros(4, 10),
                   features=torch.zeros(4, 10), index=idx)

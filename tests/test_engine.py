@@ -496,10 +496,11 @@ class LrJump(Objective):
         super().__init__()
         self.at, self.lr = at, lr
 
-    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
-        if epoch == self.at:
-            for group in trainer.optimizer.param_groups:
+    def training_step(self, runner, ex):
+        if runner.epoch == self.at and runner.step == 0:
+            for group in runner.optimizer.param_groups:
                 group["lr"] = self.lr
+        return runner.default_step(ex)
 
     def forward(self, batch: Batch) -> torch.Tensor:
         return batch.logits.sum() * 0.0

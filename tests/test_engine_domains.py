@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from transferkit.data import TensorDataset
-from transferkit.engine import Batch, CrossEntropy, Objective, Phase, TrainConfig, Trainer
+from transferkit.engine import Batch, CrossEntropy, Objective, StepRunner, TrainConfig, Trainer
 from transferkit.errors import ConfigError, DataError, ShapeError
 from transferkit.models import create_model
 
@@ -70,12 +70,13 @@ def test_target_is_not_forwarded_when_no_objective_uses_it(digits):
     assert calls[:2] == [1, 64]  # the shape probe, then the first step: the source batch alone
 
 
-class TwoPhases(Objective):
-    """Main loss exactly zero; each extra phase pulls the logits to zero."""
+class OwnStep(Objective):
+    """Main loss exactly zero; its own step then pulls the logits to zero ``repeat`` times,
+    updating only the parameters named by ``update``."""
 
-    def __init__(self, phases: tuple[Phase, ...]) -> None:
+    def __init__(self, update: str, repeat: int = 3) -> None:
         super().__init__(1.0)
-        self.phases = phases
+        self.update, self.repeat = update, repeat
         self.extra = nn.Parameter(torch.ones(1))
         self.calls: list[str] = []
 
@@ -85,15 +86,27 @@ class TwoPhases(Objective):
             return 0.0 * (batch.logits.sum() + self.extra.sum())
         return batch.logits.pow(2).mean() + self.extra.pow(2).sum()
 
+    def training_step(self, runner: StepRunner, ex):
+        out = runner.default_step(ex)
+        only = {"heads": runner.head_params, "backbone": runner.backbone_params, "all": None}[self.update]
+        total = 0.0
+        for _ in range(self.repeat):
+            batch = runner.forward(ex, "pull", frozen_features=self.update == "heads")
+            (loss,) = runner.losses(batch, [self])
+            runner.update(loss, only)
+            total += float(loss.detach())
+        out.terms["loss_pull"] = total / self.repeat
+        return out
+
 
 @pytest.mark.parametrize(
     ("update", "changed"),
     [("heads", {"head", "extra"}), ("backbone", {"backbone"}), ("all", {"head", "extra", "backbone"})],
 )
-def test_a_phase_steps_only_the_parameters_it_names(digits, update, changed):
+def test_an_objectives_own_step_updates_only_the_parameters_it_names(digits, update, changed):
     source = digits.train.subset(range(64))
     model = _mlp()
-    obj = TwoPhases((Phase("pull", update=update, repeat=3),))
+    obj = OwnStep(update)
     before = {k: v.clone() for k, v in model.named_parameters()}
     cfg = TrainConfig(epochs=1, batch_size=64, optimizer="sgd", momentum=0.0, weight_decay=0.0, lr=0.1,
                       backbone_lr_scale=1.0, scheduler="none")
@@ -106,21 +119,12 @@ def test_a_phase_steps_only_the_parameters_it_names(digits, update, changed):
     if not torch.equal(obj.extra.detach(), torch.ones(1)):
         moved.add("extra")
     assert moved == changed
-    assert history.epochs[0]["loss_two_phases_pull"] > 0
+    assert history.epochs[0]["loss_pull"] > 0
 
 
-def test_two_objectives_with_phases_are_refused():
+def test_two_objectives_with_their_own_steps_are_refused():
     with pytest.raises(ConfigError, match="at most one objective"):
-        Trainer(_mlp(), objectives=[TwoPhases((Phase("a"),)), TwoPhases((Phase("b"),))])
-
-
-def test_phase_arguments_are_checked():
-    with pytest.raises(ConfigError, match="update must be"):
-        Phase("x", update="head")  # type: ignore[arg-type]
-    with pytest.raises(ConfigError, match="repeat must be"):
-        Phase("x", repeat=0)
-    with pytest.raises(ConfigError, match="'main'"):
-        Phase("main")
+        Trainer(_mlp(), objectives=[OwnStep("all"), OwnStep("heads")])
 
 
 class Scripted:

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import copy
 import logging
-from types import SimpleNamespace
 
 import pytest
 import torch
 from torch import nn
 
 from transferkit.data.base import TensorDataset
-from transferkit.engine import TrainConfig, Trainer
+from transferkit.engine import FitContext, TrainConfig, Trainer
 from transferkit.engine.objectives import OBJECTIVES, Batch, CrossEntropy, build_objectives
 from transferkit.errors import ConfigError, ShapeError
 from transferkit.models import create_model, load_model, save_model
@@ -52,8 +51,7 @@ def _student(source: nn.Module, num_classes: int = 10, seed: int = 1) -> nn.Modu
 
 def _fake_trainer(model, data, **cfg):
     cfg = {"eval_batch_size": 4096, "weight_decay": 0.0, **cfg}
-    return SimpleNamespace(model=model, device=torch.device("cpu"), config=TrainConfig(**cfg),
-                           train_data=data)
+    return FitContext(model, torch.device("cpu"), TrainConfig(**cfg), data)
 
 
 def _backbone(model) -> torch.Tensor:

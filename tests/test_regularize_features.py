@@ -165,9 +165,9 @@ def test_channel_importance_scores_the_channel_that_matters_highest():
 # --------------------------------------------------------------------------- DELTA, objective
 def _setup(obj, model, data):
     trainer = Trainer(model, _cfg(), objectives=[CrossEntropy(), obj])
-    trainer.train_data = data
+    trainer.context.train_data = data
     model.to(trainer.device)
-    obj.setup(trainer)
+    obj.setup(trainer.context)
     return trainer
 
 

@@ -5,17 +5,19 @@ a :class:`TrainConfig` picks optimiser, schedule, freezing strategy, early stopp
 precision.
 """
 
+from transferkit.engine.batches import UNLABELLED, Examples
 from transferkit.engine.checkpoint import RunDir
 from transferkit.engine.config import TrainConfig
+from transferkit.engine.context import FitContext
 from transferkit.engine.objectives import (
     OBJECTIVES,
     Batch,
     CrossEntropy,
     Objective,
-    Phase,
     build_objectives,
     check_coefficient,
 )
+from transferkit.engine.step import StepOutput, StepRunner
 from transferkit.engine.strategies import (
     apply_strategy,
     backbone_blocks,
@@ -28,12 +30,16 @@ from transferkit.engine.trainer import History, Trainer, predict_features
 
 __all__ = [
     "OBJECTIVES",
+    "UNLABELLED",
     "Batch",
     "CrossEntropy",
+    "Examples",
+    "FitContext",
     "History",
     "Objective",
-    "Phase",
     "RunDir",
+    "StepOutput",
+    "StepRunner",
     "TrainConfig",
     "Trainer",
     "apply_strategy",

@@ -42,13 +42,17 @@ class TrainConfig(BaseModel):
         patience: Stop when validation accuracy has not improved for this many epochs; needs a
             validation set. ``None`` disables early stopping.
         grad_clip: Clip the global gradient norm to this value (> 0); ``None`` disables clipping.
-        amp: Use mixed precision (float16 autocast + gradient scaling); only effective on CUDA.
+        amp: Use mixed precision on CUDA (autocast in ``amp_dtype``; ignored on other devices).
+        amp_dtype: ``"float16"`` (with gradient scaling) or ``"bfloat16"`` (no scaling needed).
         device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
         seed: Seed of the global torch RNG and of the per-epoch shuffling.
         eval_batch_size: Batch size for validation and feature caching (>= 1).
         cache_features: For frozen backbones whose objectives need only logits, compute the backbone
             features once and train the head on them.
-        num_workers: Reserved for data loading workers (>= 0); data is in memory, so 0 is usual.
+        num_workers: DataLoader worker processes that read and decode examples of datasets that
+            are not in memory (>= 0); an in-memory TensorDataset is indexed directly.
+        pin_memory: Page-locked batches from those workers, copied to the GPU without blocking
+            (CUDA only).
         progress: Show a rich progress bar instead of one log line per epoch.
         freeze_bn: Keep the backbone's BatchNorm layers in eval mode while it trains, so they keep
             the source's statistics (their affine weights still train). Usually better when
@@ -84,11 +88,13 @@ class TrainConfig(BaseModel):
     patience: int | None = Field(None, ge=1)
     grad_clip: float | None = Field(None, gt=0)
     amp: bool = True
+    amp_dtype: Literal["float16", "bfloat16"] = "float16"
     device: str = "auto"
     seed: int = 0
     eval_batch_size: int = Field(512, ge=1)
     cache_features: bool = True
     num_workers: int = Field(0, ge=0)
+    pin_memory: bool = True
     progress: bool = False
     freeze_bn: bool = False
     channels_last: bool = False

@@ -8,9 +8,11 @@ Two methods at once is a list of two objectives, not new code.
 
 Domain adaptation adds unlabelled *target* examples: an objective with ``uses_target = True`` gets a
 target batch (same size as the source batch) forwarded with the source batch in one pass, in the
-``target_*`` fields of :class:`Batch`. Methods that alternate updates of different parts of the model
-(MCD's three steps) declare extra :class:`Phase` s; the trainer runs them after the main step on
-the same batch, each updating only the parameters it names.
+``target_*`` fields of :class:`Batch`. A method that alternates updates of different parts of the
+model (MCD's three steps) overrides :meth:`Objective.training_step` and composes the step's
+operations itself (:class:`~transferkit.engine.step.StepRunner`).
+
+Objectives see the run through a :class:`~transferkit.engine.context.FitContext`, never the trainer.
 """
 
 from __future__ import annotations
@@ -21,17 +23,19 @@ import numbers
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from transferkit.engine.batches import UNLABELLED, Examples
+from transferkit.engine.context import FitContext
 from transferkit.errors import ConfigError
 from transferkit.registry import Registry
 
 if TYPE_CHECKING:
-    from transferkit.engine.trainer import Trainer
+    from transferkit.engine.step import StepOutput, StepRunner
 
 
 @dataclass
@@ -39,8 +43,9 @@ class Batch:
     """Everything an objective may need about one training step.
 
     Attributes:
-        x: Raw inputs of the batch, ``(N, ...)``, on the training device.
-        y: Labels, ``(N,)`` int64.
+        x: Raw inputs of the batch, ``(N, ...)`` (or a dict of such tensors), on the training
+            device, after train-time augmentation.
+        y: Labels, ``(N,)`` int64; -1 marks an unlabelled example.
         logits: Student logits, ``(N, num_classes)``.
         features: Student backbone output, ``(N, D)``.
         taps: Outputs of the student modules the objectives asked for (``Objective.taps``), by
@@ -53,15 +58,20 @@ class Batch:
             outputs).
         progress: Fraction of training done before this step, in ``[0, 1)``: ``(epoch *
             steps_per_epoch + step) / (epochs * steps_per_epoch)`` (schedules such as DANN's).
-        phase: ``"main"`` in the ordinary step; the name of an extra :class:`Phase` otherwise.
+        phase: ``"main"`` in the ordinary step; a method's own step may name its extra passes
+            (MCD's ``"classifiers"``, ``"generator"``).
         target_x: Unlabelled target inputs ``(M, ...)`` when an objective uses target data.
         target_logits: Student logits of ``target_x`` ``(M, num_classes)``, same forward pass.
         target_features: Student backbone output of ``target_x`` ``(M, D)``.
         target_taps: The tapped modules' outputs for ``target_x``, by module name.
         target_index: Positions of the target examples in the target dataset, ``(M,)``.
+        y_soft: Soft targets ``(N, num_classes)`` when augmentation mixed examples (mixup,
+            cutmix), else ``None``; ``y`` then holds each example's dominant label.
+        augmented: Whether ``x`` went through train-time augmentation (values precomputed on the
+            stored examples, looked up by ``index``, then describe other inputs).
     """
 
-    x: torch.Tensor
+    x: torch.Tensor | dict[str, torch.Tensor]
     y: torch.Tensor
     logits: torch.Tensor
     features: torch.Tensor
@@ -77,6 +87,8 @@ class Batch:
     target_features: torch.Tensor | None = None
     target_taps: dict[str, torch.Tensor] = field(default_factory=dict)
     target_index: torch.Tensor | None = None
+    y_soft: torch.Tensor | None = None
+    augmented: bool = False
 
     @property
     def domain(self) -> torch.Tensor:
@@ -87,32 +99,6 @@ class Batch:
         dev = self.features.device
         return torch.cat([torch.zeros(n, dtype=torch.long, device=dev),
                           torch.ones(m, dtype=torch.long, device=dev)])
-
-
-@dataclass(frozen=True)
-class Phase:
-    """An extra update on the same batch after the main step (MCD's steps B and C).
-
-    Attributes:
-        name: Passed to the objective as ``batch.phase``; logged as ``loss_<objective>_<name>``.
-        update: Which parameters this phase steps: ``"heads"`` (the model's head and the
-            objectives' own parameters; the backbone's features are computed without gradients),
-            ``"backbone"`` (the input adapter and backbone only) or ``"all"``.
-        repeat: How many times the phase runs per batch (>= 1).
-    """
-
-    name: str
-    update: Literal["all", "heads", "backbone"] = "all"
-    repeat: int = 1
-
-    def __post_init__(self) -> None:
-        if self.update not in ("all", "heads", "backbone"):
-            raise ConfigError(f"Phase {self.name!r}: update must be 'all', 'heads' or 'backbone', "
-                              f"got {self.update!r}")
-        if isinstance(self.repeat, bool) or not isinstance(self.repeat, int) or self.repeat < 1:
-            raise ConfigError(f"Phase {self.name!r}: repeat must be an integer >= 1, got {self.repeat!r}")
-        if self.name == "main":
-            raise ConfigError("Phase name 'main' is the ordinary step's; pick another name")
 
 
 def check_coefficient(owner: str, name: str, value: object, hint: str = "") -> float:
@@ -140,7 +126,8 @@ def _snake(name: str) -> str:
 class Objective(nn.Module):
     """One term of the training loss.
 
-    Subclasses implement :meth:`forward` and may override :meth:`setup` and :meth:`on_epoch_start`.
+    Subclasses implement :meth:`forward` and may override :meth:`setup`, :meth:`on_epoch_start` and,
+    for an update sequence of their own, :meth:`training_step`.
     An objective manages the train/eval mode of its own sub-modules (a frozen teacher stays in eval
     mode); the trainer only moves it to the training device before :meth:`setup`. Parameters of the
     objective that require gradients (adapters, ...) are trained in an extra optimiser group at
@@ -160,14 +147,11 @@ class Objective(nn.Module):
             snake case.
         uses_target: True when the objective reads the unlabelled target fields of the batch
             (domain adaptation); the trainer then needs ``fit(..., target=...)``.
-        phases: Extra updates the trainer runs after the main step on every batch (at most one
-            objective of a run may declare them); in those phases only this objective's loss counts.
     """
 
     taps: tuple[str, ...] = ()
     head_only: ClassVar[bool] = False
     uses_target: ClassVar[bool] = False
-    phases: tuple[Phase, ...] = ()
 
     def __init__(self, weight: float = 1.0) -> None:
         super().__init__()
@@ -188,16 +172,32 @@ class Objective(nn.Module):
     def name(self, value: str) -> None:
         self._name = str(value)
 
-    def setup(self, trainer: Trainer) -> None:
+    def setup(self, ctx: FitContext) -> None:
         """Prepare once before training (store start weights, compute Fisher, ...).
 
-        Called after the model and this objective were moved to ``trainer.device`` and before the
+        Called after the model and this objective were moved to ``ctx.device`` and before the
         optimiser is built; on resume it is called before the checkpoint's weights are loaded, so it
         sees the same starting model as the original run.
         """
 
-    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
+    def on_epoch_start(self, ctx: FitContext, epoch: int) -> None:
         """Hook called at the start of every epoch (0-based ``epoch``)."""
+
+    def training_step(self, runner: StepRunner, ex: Examples) -> StepOutput:
+        """One training step on the batch ``ex``, for a method with an update sequence of its own.
+
+        The default is ``runner.default_step(ex)``: forward, every objective's weighted term, one
+        update. Override it (at most one objective of a run may) to compose the runner's
+        ``forward``, ``losses``, ``check`` and ``update(loss, only=runner.head_params)`` in another
+        order, as MCD does; return a :class:`~transferkit.engine.step.StepOutput` whose ``terms``
+        name any extra losses (``loss_<name>_<pass>``).
+        """
+        return runner.default_step(ex)
+
+    @classmethod
+    def owns_step(cls) -> bool:
+        """Whether this objective brings its own :meth:`training_step`."""
+        return cls.training_step is not Objective.training_step
 
     def forward(self, batch: Batch) -> torch.Tensor:
         """The unweighted scalar loss of ``batch``."""
@@ -227,10 +227,13 @@ class CrossEntropy(Objective):
         return f"weight={self.weight}, label_smoothing={self.label_smoothing}"
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        """Mean cross-entropy of ``batch.logits`` ``(N, C)`` against ``batch.y`` ``(N,)``."""
-        return F.cross_entropy(
-            batch.logits.float(), batch.y, label_smoothing=self.label_smoothing
-        )
+        """Mean cross-entropy of ``batch.logits`` ``(N, C)`` against ``batch.y`` ``(N,)``
+        (unlabelled examples, -1, left out), or against ``batch.y_soft`` after mixup / cutmix."""
+        logits = batch.logits.float()
+        if batch.y_soft is not None:
+            return F.cross_entropy(logits, batch.y_soft.float(), label_smoothing=self.label_smoothing)
+        return F.cross_entropy(logits, batch.y, ignore_index=UNLABELLED,
+                               label_smoothing=self.label_smoothing)
 
 
 # Every method's module registers its objectives on import; the registry imports them all before its
@@ -329,7 +332,6 @@ __all__ = [
     "Batch",
     "CrossEntropy",
     "Objective",
-    "Phase",
     "build_objectives",
     "check_coefficient",
 ]

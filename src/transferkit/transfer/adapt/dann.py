@@ -34,7 +34,7 @@ from transferkit.errors import ConfigError
 from transferkit.transfer.adapt.losses import grad_reverse
 
 if TYPE_CHECKING:
-    from transferkit.engine.trainer import Trainer
+    from transferkit.engine.context import FitContext
 
 SCHEDULES = ("ganin", "constant")
 
@@ -153,11 +153,11 @@ class DANN(Objective):
         dim = self.discriminator_input_dim(feature_dim, num_classes)
         self.discriminator = DomainDiscriminator(dim, self.hidden)
 
-    def setup(self, trainer: Trainer) -> None:
-        """Build the discriminator from ``trainer.model.info`` on ``trainer.device``."""
-        info = trainer.model.info
+    def setup(self, ctx: FitContext) -> None:
+        """Build the discriminator from ``ctx.model.info`` on ``ctx.device``."""
+        info = ctx.model.info
         self.build(int(info.feature_dim), int(info.num_classes))
-        self.to(trainer.device)
+        self.to(ctx.device)
 
     # ------------------------------------------------------------------ loss
     def coefficient(self, progress: float) -> float:

@@ -6,15 +6,17 @@ Adaptation" (CVPR). A feature generator ``G`` (the backbone) feeds two classifie
 ``d(p1, p2) = mean |softmax(F1(G(x_t))) - softmax(F2(G(x_t)))|`` (L1 averaged over classes and
 examples), detects target examples outside the support of the source. Each batch runs three steps:
 
-A. (``"main"``) train ``G``, ``F1``, ``F2`` on the labelled source;
+A. (``"main"``, the default step) train ``G``, ``F1``, ``F2`` on the labelled source;
 B. (``"classifiers"``, heads only) ``CE(F1) + CE(F2) - trade_off · d`` on source + target: the
    classifiers learn to disagree on the target while staying right on the source;
 C. (``"generator"``, backbone only, ``num_k`` times) ``trade_off · d``: the features move so the
    classifiers agree.
 
-``F1`` is the model's own head; :class:`MCD` holds ``F2``, a re-initialised copy of the head built
-in :meth:`MCD.setup`. MCD must be used beside ``cross_entropy`` (``[CrossEntropy(), MCD()]``): in
-step A the ``cross_entropy`` objective trains ``F1`` and this objective adds ``CE(F2)`` only.
+:meth:`MCD.training_step` runs the three steps on every batch (the method owns its update
+sequence; the trainer's loop has one plain step). ``F1`` is the model's own head; :class:`MCD`
+holds ``F2``, a re-initialised copy of the head built in :meth:`MCD.setup`. MCD must be used beside
+``cross_entropy`` (``[CrossEntropy(), MCD()]``): in step A the ``cross_entropy`` objective trains
+``F1`` and this objective adds ``CE(F2)`` only.
 """
 
 from __future__ import annotations
@@ -26,12 +28,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from transferkit.engine.objectives import OBJECTIVES, Batch, Objective, Phase, check_coefficient
+from transferkit.engine.objectives import OBJECTIVES, Batch, Objective, check_coefficient
 from transferkit.errors import ConfigError, ShapeError
 from transferkit.transfer.adapt.dann import check_positive_int, require_target
 
 if TYPE_CHECKING:
-    from transferkit.engine.trainer import Trainer
+    from transferkit.engine.batches import Examples
+    from transferkit.engine.context import FitContext
+    from transferkit.engine.step import StepOutput, StepRunner
 
 
 def classifier_discrepancy(logits1: torch.Tensor, logits2: torch.Tensor) -> torch.Tensor:
@@ -71,8 +75,6 @@ class MCD(Objective):
         trade_off: Weight of the discrepancy in steps B and C.
 
     Attributes:
-        phases: ``(Phase("classifiers", update="heads"), Phase("generator", update="backbone",
-            repeat=num_k))``.
         classifier2: ``F2`` after :meth:`setup` (also :meth:`second_head`).
     """
 
@@ -85,18 +87,30 @@ class MCD(Objective):
         owner = type(self).__name__
         self.num_k = check_positive_int(owner, "num_k", num_k)
         self.trade_off = check_coefficient(owner, "trade_off", trade_off, "1.0 is the usual value")
-        self.phases = (
-            Phase("classifiers", update="heads"),
-            Phase("generator", update="backbone", repeat=self.num_k),
-        )
         self.classifier2: nn.Module | None = None
 
     def extra_repr(self) -> str:
         return f"weight={self.weight}, num_k={self.num_k}, trade_off={self.trade_off}"
 
-    def setup(self, trainer: Trainer) -> None:
+    def setup(self, ctx: FitContext) -> None:
         """Build ``F2``: the model's head copied and re-initialised (seeded by the trainer)."""
-        self.classifier2 = reinitialised_copy(trainer.model.head).to(trainer.device)
+        self.classifier2 = reinitialised_copy(ctx.model.head).to(ctx.device)
+
+    def training_step(self, runner: StepRunner, ex: Examples) -> StepOutput:
+        """Steps A, B and C on one batch; B and C are logged as ``loss_mcd_classifiers`` and
+        ``loss_mcd_generator`` (mean over C's ``num_k`` updates)."""
+        out = runner.default_step(ex)
+        for phase, only, repeat in (("classifiers", runner.head_params, 1),
+                                    ("generator", runner.backbone_params, self.num_k)):
+            total = 0.0
+            for _ in range(repeat):
+                batch = runner.forward(ex, phase, frozen_features=phase == "classifiers")
+                (loss,) = runner.losses(batch, [self])
+                runner.check(ex, [f"{self.name}_{phase}"], [loss], loss, diverge=False)
+                runner.update(self.weight * loss, only)
+                total += float(loss.detach())
+            out.terms[f"loss_{self.name}_{phase}"] = total / repeat
+        return out
 
     def second_head(self) -> nn.Module:
         """The second classifier ``F2`` (same architecture as the model's head).

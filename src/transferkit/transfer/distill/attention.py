@@ -38,7 +38,7 @@ from transferkit.transfer.distill.layers import (
 from transferkit.transfer.distill.teacher import Teacher
 
 if TYPE_CHECKING:
-    from transferkit.engine.trainer import Trainer
+    from transferkit.engine.context import FitContext
 
 logger = logging.getLogger(__name__)
 
@@ -180,10 +180,10 @@ class AttentionTransfer(Objective):
     def extra_repr(self) -> str:
         return f"weight={self.weight}, p={self.p}, pairs={self.pairs or self._given or 'auto'}"
 
-    def setup(self, trainer: Trainer) -> None:
+    def setup(self, ctx: FitContext) -> None:
         """Resolve and check the layer pairs on one training example, then set the taps."""
-        example = first_example(trainer)
-        student, tmodel = trainer.model, self.teacher.model
+        example = first_example(ctx)
+        student, tmodel = ctx.model, self.teacher.model
         if self._given is None:
             s_blocks = spatial_blocks(student, example, "student")
             t_blocks = spatial_blocks(tmodel, example, "teacher")
@@ -213,13 +213,13 @@ class AttentionTransfer(Objective):
         self.pairs = pairs
         self.taps = tuple(dict.fromkeys(s for s, _ in pairs))
         self.teacher.request([t for _, t in pairs])
-        self.teacher.setup(trainer)
+        self.teacher.setup(ctx)
         logger.info("attention transfer on pairs %s", pairs)
 
     def forward(self, batch: Batch) -> torch.Tensor:
         """Sum over pairs of :func:`at_loss` of the student's and teacher's maps."""
         if self.pairs is None:
-            raise ConfigError("AttentionTransfer.setup(trainer) has not run; train it with Trainer")
+            raise ConfigError("AttentionTransfer.setup(ctx) has not run; train it with Trainer")
         out = self.teacher.outputs(batch)
         losses = [at_loss(batch.taps[s], teacher_tap(out, t), self.p) for s, t in self.pairs]
         return torch.stack(losses).sum()

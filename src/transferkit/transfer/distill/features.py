@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from transferkit.engine.batches import first_input
 from transferkit.engine.objectives import OBJECTIVES, Batch, Objective
 from transferkit.errors import ConfigError, ShapeError, TrainingError
 from transferkit.models.surgery import LayerTap, backbone_blocks
@@ -26,7 +27,7 @@ from transferkit.transfer.distill.teacher import Teacher
 if TYPE_CHECKING:
     from torch import nn
 
-    from transferkit.engine.trainer import Trainer
+    from transferkit.engine.context import FitContext
 
 logger = logging.getLogger(__name__)
 
@@ -140,10 +141,10 @@ class Hint(Objective):
             f"normalize={self.normalize}"
         )
 
-    def setup(self, trainer: Trainer) -> None:
+    def setup(self, ctx: FitContext) -> None:
         """Resolve the student layer, probe both layers' shapes and build the adapter.
 
-        The adapter is created on ``trainer.device`` as a sub-module, before the optimiser is
+        The adapter is created on ``ctx.device`` as a sub-module, before the optimiser is
         built, so it trains with the student. Calling setup again keeps an adapter whose shapes
         still match.
 
@@ -152,25 +153,25 @@ class Hint(Objective):
             ConfigError: the trainer has no training data to probe shapes with.
             ShapeError: the layer outputs are not tensors the adapters can map.
         """
-        model = trainer.model
+        model = ctx.model
         self.student_layer = self.student_layer or last_block_name(model, "student")
         LayerTap(model, [self.student_layer])  # validates the name, with suggestions
         self.taps = (self.student_layer,)
         self.teacher.request([self.teacher_layer])
-        self.teacher.setup(trainer)
-        data = trainer.train_data
+        self.teacher.setup(ctx)
+        data = ctx.train_data
         if data is None or len(data) == 0:
-            raise ConfigError("Hint.setup needs trainer.train_data to probe layer shapes; call fit")
-        probe = data.x[:1]
-        s_shape = _probe_shape(model, self.student_layer, probe, trainer.device, "student")
+            raise ConfigError("Hint.setup needs ctx.train_data to probe layer shapes; call fit")
+        probe = first_input(data)
+        s_shape = _probe_shape(model, self.student_layer, probe, ctx.device, "student")
         t_shape = _probe_shape(
             self.teacher.model, self.teacher_layer, probe, self.teacher.device, "teacher"
         )
         old = self.adapter
         if old is not None and (old.student_shape, old.teacher_shape) == (s_shape, t_shape):
-            self.adapter = old.to(trainer.device)
+            self.adapter = old.to(ctx.device)
             return
-        self.adapter = build_adapter(s_shape, t_shape, self.adapter_kind).to(trainer.device)
+        self.adapter = build_adapter(s_shape, t_shape, self.adapter_kind).to(ctx.device)
         logger.info(
             "hint %s %s -> teacher %s %s via %s adapter (%d parameters)",
             self.student_layer, s_shape, self.teacher_layer, t_shape, self.adapter.kind,
@@ -180,7 +181,7 @@ class Hint(Objective):
     def forward(self, batch: Batch) -> torch.Tensor:
         """MSE between the adapted student layer output and the teacher layer output, a scalar."""
         if self.adapter is None:
-            raise TrainingError("Hint.forward called before setup(trainer); train with a Trainer")
+            raise TrainingError("Hint.forward called before setup(ctx); train with a Trainer")
         if self.student_layer not in batch.taps:
             raise TrainingError(
                 f"batch.taps has no output of student layer {self.student_layer!r}; the trainer "

@@ -13,12 +13,13 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from transferkit.engine.batches import first_input
 from transferkit.errors import ConfigError
 from transferkit.models.surgery import LayerTap, backbone_blocks
 from transferkit.transfer.distill.teacher import TeacherOutput
 
 if TYPE_CHECKING:
-    from transferkit.engine.trainer import Trainer
+    from transferkit.engine.context import FitContext
 
 
 def probe_shapes(
@@ -76,15 +77,15 @@ def spatial_blocks(model: nn.Module, example: torch.Tensor, role: str = "model")
     return [n for n in names if shapes[n] is not None and len(shapes[n]) == 3]
 
 
-def first_example(trainer: Trainer) -> torch.Tensor:
+def first_example(ctx: FitContext) -> torch.Tensor:
     """The first training input ``(1, ...)`` of the trainer's current fit (for shape probes)."""
-    data = getattr(trainer, "train_data", None)
+    data = getattr(ctx, "train_data", None)
     if data is None or len(data) == 0:
         raise ConfigError(
-            "this objective probes layer shapes on the training data in setup(trainer); run it "
+            "this objective probes layer shapes on the training data in setup(ctx); run it "
             "through Trainer.fit(train, ...) with a non-empty training set"
         )
-    return data.x[:1]
+    return first_input(data)
 
 
 def teacher_tap(out: TeacherOutput, name: str) -> torch.Tensor:

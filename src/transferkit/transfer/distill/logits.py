@@ -9,7 +9,7 @@ Several teachers (an ensemble, or the seeds' ``K_t = K_s (+) K_m``: a source-dom
 middle-domain teacher) contribute the weighted average of their soft targets.
 
 The mix with the hard-label loss, ``(1 - alpha) * CE + alpha * KD``, is done by the engine: pass
-``[CrossEntropy(weight=1 - alpha), LogitKD(teacher, weight=alpha)]`` to the trainer.
+``[CrossEntropy(weight=1 - alpha), LogitKD(teacher, weight=alpha)]`` to the ctx.
 """
 
 from __future__ import annotations
@@ -22,12 +22,13 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from transferkit.engine.batches import first_input
 from transferkit.engine.objectives import OBJECTIVES, Batch, Objective
 from transferkit.errors import ConfigError, ShapeError
 from transferkit.transfer.distill.teacher import Teacher
 
 if TYPE_CHECKING:
-    from transferkit.engine.trainer import Trainer
+    from transferkit.engine.context import FitContext
 
 logger = logging.getLogger(__name__)
 
@@ -219,18 +220,18 @@ class LogitKD(Objective):
             f"teachers={[t.name for t in self.teachers]}, teacher_weights={self.teacher_weights}"
         )
 
-    def setup(self, trainer: Trainer) -> None:
+    def setup(self, ctx: FitContext) -> None:
         """Set up every teacher and check that it predicts as many classes as the student.
 
         Raises:
             ShapeError: a teacher's number of classes differs from the student's.
         """
         probe = None
-        if trainer.train_data is not None and len(trainer.train_data):
-            probe = trainer.train_data.x[:1]
-        student = _num_classes(trainer.model, probe, trainer.device)
+        if ctx.train_data is not None and len(ctx.train_data):
+            probe = first_input(ctx.train_data)
+        student = _num_classes(ctx.model, probe, ctx.device)
         for t in self.teachers:
-            t.setup(trainer)
+            t.setup(ctx)
             teacher = t.num_classes or _num_classes(t.model, probe, t.device)
             if student is not None and teacher is not None and student != teacher:
                 raise ShapeError(

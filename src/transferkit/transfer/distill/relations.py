@@ -37,7 +37,7 @@ from transferkit.transfer.distill.layers import (
 from transferkit.transfer.distill.teacher import Teacher
 
 if TYPE_CHECKING:
-    from transferkit.engine.trainer import Trainer
+    from transferkit.engine.context import FitContext
 
 logger = logging.getLogger(__name__)
 
@@ -202,9 +202,9 @@ class RKD(Objective):
             f"angle_weight={self.angle_weight}"
         )
 
-    def setup(self, trainer: Trainer) -> None:
+    def setup(self, ctx: FitContext) -> None:
         """Check the student layer and the batch size; set up the teacher."""
-        bs = int(trainer.config.batch_size)
+        bs = int(ctx.config.batch_size)
         if self.angle_weight > 0 and bs < 3:
             raise ConfigError(
                 f"RKD's angle term needs batches of at least 3 examples (triplets), but "
@@ -212,13 +212,13 @@ class RKD(Objective):
                 "angle_weight=0"
             )
         if self.student_layer:
-            shape = probe_shapes(trainer.model, [self.student_layer], first_example(trainer))
+            shape = probe_shapes(ctx.model, [self.student_layer], first_example(ctx))
             if shape[self.student_layer] is None:
                 raise ShapeError(
                     f"student layer {self.student_layer!r} does not output a tensor; pick a layer "
                     "whose output is (N, D) or (N, C, H, W)"
                 )
-        self.teacher.setup(trainer)
+        self.teacher.setup(ctx)
 
     def forward(self, batch: Batch) -> torch.Tensor:
         """Weighted RKD distance + angle loss of the batch's embeddings."""
@@ -383,9 +383,9 @@ class FSP(Objective):
         pairs = self._given or (self.student_pairs_, self.teacher_pairs_)
         return f"weight={self.weight}, adapter={self.adapter!r}, pairs={pairs}"
 
-    def _default_pairs(self, trainer: Trainer, example: torch.Tensor):
+    def _default_pairs(self, ctx: FitContext, example: torch.Tensor):
         pairs = []
-        for role, model in (("student", trainer.model), ("teacher", self.teacher.model)):
+        for role, model in (("student", ctx.model), ("teacher", self.teacher.model)):
             blocks = spatial_blocks(model, example, role)
             if len(blocks) < 2:
                 arch = getattr(getattr(model, "info", None), "arch", type(model).__name__)
@@ -398,11 +398,11 @@ class FSP(Objective):
         k = min(len(pairs[0]), len(pairs[1]))
         return pairs[0][-k:], pairs[1][-k:]
 
-    def setup(self, trainer: Trainer) -> None:
+    def setup(self, ctx: FitContext) -> None:
         """Resolve and check the pairs on one training example; build channel adapters."""
-        example = first_example(trainer)
-        s_pairs, t_pairs = self._given or self._default_pairs(trainer, example)
-        s_shapes = probe_shapes(trainer.model, [n for p in s_pairs for n in p], example)
+        example = first_example(ctx)
+        s_pairs, t_pairs = self._given or self._default_pairs(ctx, example)
+        s_shapes = probe_shapes(ctx.model, [n for p in s_pairs for n in p], example)
         t_shapes = probe_shapes(self.teacher.model, [n for p in t_pairs for n in p], example)
         for role, pairs, shapes in (("student", s_pairs, s_shapes), ("teacher", t_pairs,
                                                                        t_shapes)):
@@ -432,18 +432,18 @@ class FSP(Objective):
                 adapters[f"pair{i}_{end}"] = build_adapter(
                     s_shape, (t_shape[0], *s_shape[1:]), kind=self.adapter
                 )
-        self.adapters = nn.ModuleDict(adapters).to(trainer.device)
+        self.adapters = nn.ModuleDict(adapters).to(ctx.device)
         self.student_pairs_, self.teacher_pairs_ = list(s_pairs), list(t_pairs)
         self.taps = tuple(dict.fromkeys(n for p in s_pairs for n in p))
         self.teacher.request([n for p in t_pairs for n in p])
-        self.teacher.setup(trainer)
+        self.teacher.setup(ctx)
         logger.info("FSP on student pairs %s, teacher pairs %s, %d adapters",
                     s_pairs, t_pairs, len(adapters))
 
     def forward(self, batch: Batch) -> torch.Tensor:
         """:func:`fsp_loss` of the student's (adapted) and the teacher's FSP matrices."""
         if self.student_pairs_ is None:
-            raise ConfigError("FSP.setup(trainer) has not run; train it with Trainer")
+            raise ConfigError("FSP.setup(ctx) has not run; train it with Trainer")
         out = self.teacher.outputs(batch)
         s_fsps, t_fsps = [], []
         for i, (sp, tp) in enumerate(zip(self.student_pairs_, self.teacher_pairs_, strict=True)):

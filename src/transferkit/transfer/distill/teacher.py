@@ -11,6 +11,7 @@ the data pipeline is deterministic, it computes them once for the whole training
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -18,12 +19,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from transferkit.engine.batches import move
 from transferkit.errors import ConfigError
 from transferkit.models.surgery import LayerTap
 
 if TYPE_CHECKING:
+    from transferkit.engine.context import FitContext
     from transferkit.engine.objectives import Batch
-    from transferkit.engine.trainer import Trainer
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +79,7 @@ class Teacher:
         self._cache_key: tuple[Any, ...] | None = None
         self._cache: TeacherOutput | None = None
         self._table: torch.Tensor | None = None
-        self._table_for: int | None = None
+        self._table_for: weakref.ref | None = None
         self.request(layers)
 
     def request(self, layers: Iterable[str]) -> None:
@@ -96,34 +98,38 @@ class Teacher:
         info = getattr(self.model, "info", None)
         return int(info.num_classes) if info is not None and info.num_classes else None
 
-    def setup(self, trainer: Trainer) -> None:
+    def setup(self, ctx: FitContext) -> None:
         """Move to the training device; with ``precompute`` compute the training set's logits once.
 
         Safe to call once per objective that shares this teacher: the work is done once per
         training set.
         """
-        self.device = trainer.device
+        self.device = ctx.device
         self.model.to(self.device).eval()
         self._cache_key, self._cache = None, None
-        data = trainer.train_data
+        data = ctx.train_data
         if not self.precompute or self.layers or data is None:
             return
-        if self._table is not None and self._table_for == id(data):
-            return
-        bs = trainer.config.eval_batch_size
+        if self._table is not None and self._table_for is not None and self._table_for() is data:
+            return  # the same dataset object (a weak reference: a new object never matches)
         outs = []
         with torch.no_grad():
-            for start in range(0, len(data), bs):
-                outs.append(self.model(data.x[start : start + bs].to(self.device)).float().cpu())
-        self._table, self._table_for = torch.cat(outs), id(data)
+            for x in ctx.input_batches():
+                outs.append(self.model(move(x, self.device)).float().cpu())
+        self._table = torch.cat(outs)
+        try:
+            self._table_for = weakref.ref(data)
+        except TypeError:
+            self._table_for = None
         logger.info("%s: precomputed logits of %d training examples", self.name, len(data))
 
     def outputs(self, batch: Batch) -> TeacherOutput:
         """The teacher's logits (and requested layer outputs) for ``batch``, computed once per step."""
-        key = (batch.epoch, batch.step, batch.x.data_ptr(), tuple(batch.x.shape))
+        xs = batch.x.values() if isinstance(batch.x, dict) else [batch.x]
+        key = (batch.epoch, batch.step, tuple((t.data_ptr(), tuple(t.shape)) for t in xs))
         if self._cache is not None and self._cache_key == key:
             return self._cache
-        if self._table is not None and batch.index is not None and not self.layers:
+        if self._table is not None and batch.index is not None and not self.layers and not batch.augmented:
             out = TeacherOutput(self._table[batch.index].to(batch.x.device))
         else:
             self.model.eval()

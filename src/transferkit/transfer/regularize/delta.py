@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from transferkit.engine.batches import take
 from transferkit.engine.objectives import OBJECTIVES, Batch, Objective
 from transferkit.errors import ConfigError, ShapeError
 from transferkit.models.surgery import LayerTap, backbone_blocks
@@ -47,7 +48,7 @@ from transferkit.transfer.distill.layers import (
 from transferkit.transfer.distill.teacher import Teacher
 
 if TYPE_CHECKING:
-    from transferkit.engine.trainer import Trainer
+    from transferkit.engine.context import FitContext
 
 logger = logging.getLogger(__name__)
 
@@ -345,10 +346,10 @@ class DELTA(Objective):
         layers = spatial_blocks(model, example, "student")
         return layers or [backbone_blocks(model)[-1][0]]
 
-    def setup(self, trainer: Trainer) -> None:
+    def setup(self, ctx: FitContext) -> None:
         """Freeze the source, resolve and check the layers, compute the channel weights."""
-        student = trainer.model
-        example = first_example(trainer)
+        student = ctx.model
+        example = first_example(ctx)
         source = self._source[0] if self._source else None
         if source is student:
             logger.warning("DELTA: source is the student itself; using a frozen copy of it")
@@ -359,7 +360,7 @@ class DELTA(Objective):
         layers = list(self._given_layers or self._default_layers(student, example))
         LayerTap(student, layers)  # unknown student names raise with suggestions
         teacher = Teacher(source, layers, name="delta source")
-        teacher.setup(trainer)
+        teacher.setup(ctx)
         s_shapes = probe_shapes(student, layers, example)
         t_shapes = probe_shapes(source, layers, example)
         for name in layers:
@@ -370,17 +371,18 @@ class DELTA(Objective):
                     "(C, H, W) outputs on both models"
                 )
         if self.attention == "supervised":
-            data = trainer.train_data
-            gen = torch.Generator().manual_seed(int(trainer.config.seed))
+            data = ctx.train_data
+            gen = torch.Generator().manual_seed(int(ctx.config.seed))
             pick = torch.randperm(len(data), generator=gen)[: self.max_examples]
             head = None if copied or not hasattr(source, "forward_features") else student.head
+            chosen = take(data, pick)
             weights = supervised_channel_weights(
-                source, layers, data.x[pick], data.y[pick], temperature=self.temperature,
-                head=head, batch_size=trainer.config.eval_batch_size,
+                source, layers, chosen.x, chosen.y, temperature=self.temperature,
+                head=head, batch_size=ctx.config.eval_batch_size,
             )
         else:
             weights = {n: torch.full((s_shapes[n][0],), 1.0 / s_shapes[n][0]) for n in layers}
-        self.channel_weights = {n: w.to(trainer.device) for n, w in weights.items()}
+        self.channel_weights = {n: w.to(ctx.device) for n, w in weights.items()}
         self.layers, self.teacher = layers, teacher
         self.taps = tuple(layers)
         logger.info("DELTA on layers %s (attention=%s)", layers, self.attention)
@@ -388,7 +390,7 @@ class DELTA(Objective):
     def forward(self, batch: Batch) -> torch.Tensor:
         """:func:`delta_penalty` between ``batch.taps`` and the source's maps of ``batch.x``."""
         if self.teacher is None or self.layers is None:
-            raise ConfigError("DELTA.setup(trainer) has not run; train it with Trainer")
+            raise ConfigError("DELTA.setup(ctx) has not run; train it with Trainer")
         missing = [n for n in self.layers if n not in batch.taps]
         if missing:
             raise ConfigError(

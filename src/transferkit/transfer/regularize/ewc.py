@@ -38,7 +38,7 @@ from transferkit.io import load_state_dict, save_state_dict
 from transferkit.transfer.regularize.l2sp import match_reference
 
 if TYPE_CHECKING:
-    from transferkit.engine.trainer import Trainer
+    from transferkit.engine.context import FitContext
 
 logger = logging.getLogger(__name__)
 
@@ -390,7 +390,7 @@ class EWC(Objective):
                                "again next time", self.cache_dir, exc.strerror or exc)
         return fisher
 
-    def setup(self, trainer: Trainer) -> None:
+    def setup(self, ctx: FitContext) -> None:
         """Get the Fisher (given, cached or computed) and ``w*``; match them to the student.
 
         Raises:
@@ -398,8 +398,8 @@ class EWC(Objective):
         """
         self.computed = False
         source: nn.Module | None = self.__dict__["_source"]
-        student = dict(trainer.model.named_parameters())
-        fisher = self._get_fisher(trainer.device)
+        student = dict(ctx.model.named_parameters())
+        fisher = self._get_fisher(ctx.device)
         ref_all = ({n: p.detach() for n, p in source.named_parameters()} if source is not None
                    else {n: p.detach() for n, p in student.items()})
         for name, f in fisher.items():
@@ -410,8 +410,8 @@ class EWC(Objective):
                     f"parameter {tuple(ref.shape)}; the Fisher belongs to another model: delete "
                     "the cached file or pass the matching fisher="
                 )
-        self.reference = match_reference(student, ref_all, trainer.device)
-        self.fisher = {n: fisher[n].to(trainer.device, torch.float32)
+        self.reference = match_reference(student, ref_all, ctx.device)
+        self.fisher = {n: fisher[n].to(ctx.device, torch.float32)
                        for n in list(self.reference) if n in fisher}
         self.reference = {n: self.reference[n] for n in self.fisher}
         if not self.fisher:

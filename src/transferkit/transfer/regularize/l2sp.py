@@ -25,7 +25,7 @@ from transferkit.engine.objectives import OBJECTIVES, Batch, Objective, check_co
 from transferkit.errors import ConfigError
 
 if TYPE_CHECKING:
-    from transferkit.engine.trainer import Trainer
+    from transferkit.engine.context import FitContext
 
 logger = logging.getLogger(__name__)
 
@@ -166,15 +166,15 @@ class L2SP(Objective):
             f"source={'given' if self._source is not None else 'start point'}"
         )
 
-    def setup(self, trainer: Trainer) -> None:
+    def setup(self, ctx: FitContext) -> None:
         """Record ``w0`` for the student's parameters (from ``source`` or the starting weights)."""
-        model = trainer.model
+        model = ctx.model
         params = {
             n: p for n, p in model.named_parameters()
             if not any(fnmatch.fnmatchcase(n, pat) for pat in self.exclude)
         }
         ref = self._source if self._source is not None else params
-        self.reference = match_reference(params, ref, trainer.device)
+        self.reference = match_reference(params, ref, ctx.device)
         n_ref = sum(t.numel() for t in self.reference.values())
         n_all = sum(p.numel() for p in model.parameters())
         logger.info(
@@ -186,7 +186,7 @@ class L2SP(Objective):
                 "L2-SP: no student parameter matches the source by name and shape; the "
                 "regulariser is plain weight decay (beta=%g)", self.beta,
             )
-        decay = float(getattr(trainer.config, "weight_decay", 0.0) or 0.0)
+        decay = float(getattr(ctx.config, "weight_decay", 0.0) or 0.0)
         if decay > 0 and self.alpha > 0:
             logger.warning(
                 "L2-SP with weight_decay=%g: weight decay pulls weights to 0, against L2-SP's pull "

@@ -21,12 +21,13 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from transferkit.engine.batches import first_input
 from transferkit.engine.objectives import OBJECTIVES, Batch, Objective
 from transferkit.errors import ConfigError, ShapeError
 from transferkit.transfer.distill.logits import check_temperature, kd_loss
 
 if TYPE_CHECKING:
-    from transferkit.engine.trainer import Trainer
+    from transferkit.engine.context import FitContext
 
 logger = logging.getLogger(__name__)
 
@@ -82,33 +83,30 @@ class LwF(Objective):
         return f"weight={self.weight}, temperature={self.temperature}"
 
     @torch.no_grad()
-    def _record(self, trainer: Trainer) -> torch.Tensor:
+    def _record(self, ctx: FitContext) -> torch.Tensor:
         """Source logits on every training example, in order, eval mode: ``(N, C_old)``."""
         source: nn.Module = self.__dict__["_source"]
-        data = trainer.train_data
-        src_device = next((p.device for p in source.parameters()), trainer.device)
-        bs = int(getattr(trainer.config, "eval_batch_size", 512))
+        src_device = next((p.device for p in source.parameters()), ctx.device)
         was_training = source.training
         source.eval()
         try:
-            outs = [source(data.x[i:i + bs].to(src_device)).float().to(trainer.device)
-                    for i in range(0, len(data), bs)]
+            outs = [source(x.to(src_device)).float().to(ctx.device) for x in ctx.input_batches()]
         finally:
             source.train(was_training)
         return torch.cat(outs)
 
-    def _check_features(self, trainer: Trainer) -> None:
+    def _check_features(self, ctx: FitContext) -> None:
         """The student's features must fit the old head's input (probe with one example)."""
         source: nn.Module = self.__dict__["_source"]
-        model = trainer.model
-        x = trainer.train_data.x[:1]
-        src_device = next((p.device for p in source.parameters()), trainer.device)
+        model = ctx.model
+        x = first_input(ctx.train_data)
+        src_device = next((p.device for p in source.parameters()), ctx.device)
         modes = (model.training, source.training)
         model.eval()
         source.eval()
         try:
             with torch.no_grad():
-                mine = model.forward_features(x.to(trainer.device))
+                mine = model.forward_features(x.to(ctx.device))
                 theirs = source.forward_features(x.to(src_device))
         finally:
             model.train(modes[0])
@@ -120,26 +118,26 @@ class LwF(Objective):
                 "the student must have the source's backbone (transfer its parameters first)"
             )
 
-    def setup(self, trainer: Trainer) -> None:
+    def setup(self, ctx: FitContext) -> None:
         """Copy the old head (trainable) and record the source's outputs on the training set.
 
         Raises:
             ShapeError: the student's feature size differs from the old head's input.
             ConfigError: the trainer has no training data.
         """
-        if trainer.train_data is None or len(trainer.train_data) == 0:
-            raise ConfigError("LwF.setup needs trainer.train_data (call it through Trainer.fit)")
+        if ctx.train_data is None or len(ctx.train_data) == 0:
+            raise ConfigError("LwF.setup needs ctx.train_data (call it through Trainer.fit)")
         source: nn.Module = self.__dict__["_source"]
-        if not hasattr(source, "forward_features") or not hasattr(trainer.model,
+        if not hasattr(source, "forward_features") or not hasattr(ctx.model,
                                                                    "forward_features"):
             raise ConfigError("LwF needs TransferNets (forward_features + head) for student and "
                               "source; wrap them with transferkit.models.wrap_model")
-        self._check_features(trainer)
-        head = copy.deepcopy(source.head).to(trainer.device)
+        self._check_features(ctx)
+        head = copy.deepcopy(source.head).to(ctx.device)
         for p in head.parameters():
             p.requires_grad_(True)
         self.old_head = head.train()
-        self.targets = self._record(trainer)
+        self.targets = self._record(ctx)
         logger.info("LwF: recorded the source's %d-class outputs on %d training examples",
                     self.targets.shape[1], self.targets.shape[0])
 

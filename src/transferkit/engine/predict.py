@@ -1,0 +1,89 @@
+"""Inference over a whole dataset: backbone features and the validation loss / accuracy."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from transferkit.engine.batches import input_batches, labelled_batches, move
+
+
+def predict_features(
+    model: nn.Module,
+    data: object,
+    batch_size: int = 512,
+    device: str | torch.device | None = None,
+    num_workers: int = 0,
+) -> torch.Tensor:
+    """Backbone features of every example, in eval mode and without gradients.
+
+    Args:
+        model: A TransferNet (``model.forward_features``), already on ``device``.
+        data: A dataset (any map-style Dataset) or raw inputs ``(N, ...)``.
+        batch_size: Examples per forward pass.
+        device: Where inputs go and features stay; defaults to the model's device.
+        num_workers: DataLoader workers for datasets that are not in memory.
+
+    Returns:
+        Features ``(N, feature_dim)`` on ``device``, in dataset order. The model's train/eval mode
+        is restored.
+    """
+    if device is None:
+        first = next(model.parameters(), None)
+        device = first.device if first is not None else torch.device("cpu")
+    device = torch.device(device)
+    if isinstance(data, torch.Tensor):
+        batches = (data[s : s + batch_size] for s in range(0, len(data), batch_size))
+    else:
+        batches = input_batches(data, batch_size, num_workers)
+    was_training = model.training
+    model.eval()
+    chunks = []
+    try:
+        with torch.no_grad():
+            for x in batches:
+                chunks.append(model.forward_features(move(x, device)))
+    finally:
+        model.train(was_training)
+    if not chunks:
+        dim = getattr(getattr(model, "info", None), "feature_dim", 0)
+        return torch.empty(0, dim, device=device)
+    return torch.cat(chunks)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    data: object,
+    batch_size: int,
+    device: torch.device,
+    feats: torch.Tensor | None = None,
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    num_workers: int = 0,
+) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of ``model`` on the labelled examples of ``data`` (eval
+    mode, no gradients); with ``feats`` (precomputed backbone features, dataset order) only the
+    head runs."""
+    model.eval()
+    total = correct = 0.0
+    n = 0
+    for ex in labelled_batches(data, batch_size, num_workers):
+        y = ex.y.to(device)
+        with autocast():
+            if feats is not None:
+                logits = model.head(feats[ex.index.to(feats.device)])
+            else:
+                logits = model(move(ex.x, device))
+        keep = y >= 0
+        total += float(F.cross_entropy(logits.float()[keep], y[keep], reduction="sum"))
+        correct += float((logits.argmax(1)[keep] == y[keep]).sum())
+        n += int(keep.sum())
+    n = max(1, n)
+    return total / n, correct / n
+
+
+__all__ = ["evaluate", "predict_features"]
