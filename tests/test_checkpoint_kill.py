@@ -169,3 +169,13 @@ def test_remove_stale_temporaries_removes_only_what_a_killed_atomic_write_left(t
     assert remove_stale_temporaries(tmp_path) == [left]
     assert not left.exists() and look_alike_dir.is_dir() and all(p.exists() for p in others)
     assert remove_stale_temporaries(tmp_path / "missing") == []
+
+
+def test_a_run_extended_on_resume_follows_the_new_schedule(tmp_path, digits):
+    """Training 1 epoch, then resuming with epochs=2, uses the 2-epoch cosine schedule's rates
+    (the restored optimiser held the 1-epoch schedule's last rate, 0)."""
+    cfg = TrainConfig(epochs=2, batch_size=64, device="cpu", amp=False, scheduler="cosine")
+    whole = Trainer(_model(), cfg).fit(digits.train)
+    Trainer(_model(), cfg.model_copy(update={"epochs": 1}), run_dir=tmp_path).fit(digits.train)
+    extended = Trainer(_model(), cfg, run_dir=tmp_path).fit(digits.train, resume=True)
+    assert [r["lr"] for r in extended.epochs] == [r["lr"] for r in whole.epochs] == [cfg.lr, cfg.lr / 2]

@@ -70,6 +70,7 @@ def processes(device_type: str = "cpu") -> Processes:
     return Processes(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local)
 
 
+@torch.no_grad()
 def average_gradients(grads: list[torch.Tensor], count: int) -> None:
     """Replace every gradient with the example-weighted mean over the ranks: each rank's gradient
     of its own mean loss over its ``count`` examples, weighted by ``count``, so shares of unequal

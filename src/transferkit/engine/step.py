@@ -160,7 +160,7 @@ class StepRunner:
                 if id(p) not in only:
                     p.grad = None
         if self.grad_sync is not None:
-            self.grad_sync([p for p in params if p.grad is not None], self.count)
+            self.grad_sync([p.grad for p in params if p.grad is not None], self.count)
         if cfg.grad_clip is not None:
             self.scaler.unscale_(opt)
             torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], cfg.grad_clip)

@@ -55,6 +55,7 @@ from transferkit.engine.strategies import (
     build_optimizer,
     build_param_groups,
     build_scheduler,
+    lr_factor,
 )
 from transferkit.errors import ConfigError, TrainingError
 
@@ -445,6 +446,10 @@ class Trainer:
             state, weights, self.model, self.optimizer, self.scheduler, self.scaler,
             self.objectives, where=str(path),
         )
+        # the learning rate follows this run's schedule: a run extended to more epochs would
+        # otherwise keep the old schedule's last rate (0 after a cosine schedule)
+        for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs, strict=True):
+            group["lr"] = base * lr_factor(self.config, self.scheduler.last_epoch)
         self._guard.load_state_dict(state.get("guard", {}))
         torch.set_rng_state(state["rng"])
         if state.get("cuda_rng") and self.device.type == "cuda":
