@@ -538,6 +538,34 @@ def _no_dataset_hint(folder: Path) -> str:
     )
 
 
+def _folder_classes(train_dir: Path) -> list[str]:
+    """Names of the class sub-folders of ``train_dir``, sorted.
+
+    Raises:
+        DataError: ``train_dir`` has no class sub-folders (loose images, other files or nothing),
+            or none of them holds images.
+    """
+    class_dirs = _class_dirs(train_dir)
+    classes = [d.name for d in class_dirs]
+    if not classes:
+        loose = _image_files(train_dir)
+        if loose:
+            raise DataError(
+                f"image folder {str(train_dir)!r} holds {_count(len(loose), 'image')} but no class "
+                "sub-folders; put each class's images in a sub-folder named after the class"
+            )
+        others = _other_files(train_dir, limit=100)
+        held = f"it holds {_count(len(others), 'file')} but no images" if others else "it is empty"
+        raise DataError(f"folder {str(train_dir)!r} is no dataset: {held}; {_no_dataset_hint(train_dir)}")
+    if not any(_image_files(d) for d in class_dirs):
+        shown = ", ".join(repr(c) for c in classes[:5]) + (", ..." if len(classes) > 5 else "")
+        raise DataError(
+            f"folder {str(train_dir)!r} is no dataset: none of its {_count(len(classes), 'sub-folder')} "
+            f"({shown}) holds images ({', '.join(sorted(IMAGE_EXTENSIONS))}); {_no_dataset_hint(train_dir)}"
+        )
+    return classes
+
+
 def load_image_folder(
     path: str | os.PathLike, name: str, test_fraction: float = 0.2, test_seed: int = 0
 ) -> tuple[TensorDataset, TensorDataset]:
@@ -564,24 +592,7 @@ def load_image_folder(
     split_dirs = root / "train", root / "test"
     separate = all(d.is_dir() for d in split_dirs)
     train_dir = split_dirs[0] if separate else root
-    class_dirs = _class_dirs(train_dir)
-    classes = [d.name for d in class_dirs]
-    if not classes:
-        loose = _image_files(train_dir)
-        if loose:
-            raise DataError(
-                f"image folder {str(train_dir)!r} holds {_count(len(loose), 'image')} but no class "
-                "sub-folders; put each class's images in a sub-folder named after the class"
-            )
-        others = _other_files(train_dir, limit=100)
-        held = f"it holds {_count(len(others), 'file')} but no images" if others else "it is empty"
-        raise DataError(f"folder {str(train_dir)!r} is no dataset: {held}; {_no_dataset_hint(train_dir)}")
-    if not any(_image_files(d) for d in class_dirs):
-        shown = ", ".join(repr(c) for c in classes[:5]) + (", ..." if len(classes) > 5 else "")
-        raise DataError(
-            f"folder {str(train_dir)!r} is no dataset: none of its {_count(len(classes), 'sub-folder')} "
-            f"({shown}) holds images ({', '.join(sorted(IMAGE_EXTENSIONS))}); {_no_dataset_hint(train_dir)}"
-        )
+    classes = _folder_classes(train_dir)
     if separate:
         train, test = _read_images(
             [_scan(split_dirs[0], classes), _scan(split_dirs[1], classes)],
