@@ -183,3 +183,20 @@ def test_regularizer_errors(tmp_path, digits_source):
     assert_one_line_error(run(*base, "--regularizer", "l2sp", "--reg-weight", "-1"), "weight", "-1")
     assert_one_line_error(run(*base, "--reg-weight", "1"), "--reg-weight needs --regularizer")
     assert_one_line_error(run(*base, "--regularizer", "l2sp:alpha=-2"), "alpha", "-2")
+
+
+def test_finetune_with_augmentation_flags(tmp_path, digits_source):
+    out = tmp_path / "aug"
+    result = run(
+        "finetune", "--source", digits_source, "--data", "digits", "--shots", "5", "--epochs", "1",
+        "--out", out, "--strategy", "linear_probe", "--augment", "hflip", "--augment", "noise:std=0.05",
+        "baseline=false",
+    )
+    assert result.exit_code == 0, result.output
+    written = (out / "config.yaml").read_text()
+    assert "- hflip" in written and "noise:std=0.05" in written
+    assert_one_line_error(
+        run("finetune", "--source", digits_source, "--data", "digits", "--out", tmp_path / "bad",
+            "--augment", "flp"),
+        "unknown augmentation 'flp'; did you mean 'hflip'",
+    )

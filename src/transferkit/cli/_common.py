@@ -150,6 +150,23 @@ def trust_remote_code_option() -> Any:
     )
 
 
+def augment_option() -> Any:
+    """The repeatable ``--augment NAME[:key=value,...]`` flag (sets ``train.augment``)."""
+    return typer.Option(
+        None,
+        "--augment",
+        help="Train-time augmentation, repeatable and applied in order: hflip, vflip, crop[:scale=0.5], "
+        "rotate, randaugment, trivialaugment, noise[:std=0.05], color, erase, mixup[:alpha=0.2], cutmix.",
+    )
+
+
+def apply_augment(merged: dict[str, Any], augment: list[str] | None) -> dict[str, Any]:
+    """``merged`` with ``train.augment`` set from ``--augment`` flags (when given)."""
+    if augment:
+        merged.setdefault("train", {})["augment"] = list(augment)
+    return merged
+
+
 def setup_logging(verbose: bool) -> None:
     """INFO logs of transferkit on stderr when ``verbose``; warnings only otherwise."""
     level = logging.INFO if verbose else logging.WARNING

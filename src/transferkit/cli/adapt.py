@@ -8,6 +8,8 @@ from pathlib import Path
 import typer
 
 from transferkit.cli._common import (
+    apply_augment,
+    augment_option,
     console,
     handle_errors,
     parse_objective_spec,
@@ -55,6 +57,7 @@ def adapt(
     progress: bool | None = typer.Option(
         None, "--progress/--no-progress", help="Progress bars (default: on when stderr is a terminal)."
     ),
+    augment: list[str] | None = augment_option(),
     trust_remote_code: bool = trust_remote_code_option(),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every epoch."),
 ) -> None:
@@ -84,7 +87,7 @@ def adapt(
         items.append(f"seeds=[{seeds}]")
     if weights is not None:
         items.append(f"weights=[{weights}]")
-    merged = apply_overrides(base, items + list(overrides or []))
+    merged = apply_augment(apply_overrides(base, items + list(overrides or [])), augment)
     if method:
         merged["methods"] = [parse_objective_spec(m, "--method") for m in method]
     cfg = build_config(merged, AdaptConfig)

@@ -8,6 +8,8 @@ from pathlib import Path
 import typer
 
 from transferkit.cli._common import (
+    apply_augment,
+    augment_option,
     console,
     handle_errors,
     parse_objective_spec,
@@ -90,6 +92,7 @@ def finetune(
     progress: bool | None = typer.Option(
         None, "--progress/--no-progress", help="Progress bars (default: on when stderr is a terminal)."
     ),
+    augment: list[str] | None = augment_option(),
     trust_remote_code: bool = trust_remote_code_option(),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every epoch."),
 ) -> None:
@@ -106,6 +109,7 @@ def finetune(
     if source_data is not None:
         items.append(f"data.source_dataset={source_data}")
     merged = apply_overrides(read_yaml(config) if config else {}, items + list(overrides or []))
+    merged = apply_augment(merged, augment)
     if reg_weight is not None and not regularizer:
         raise ConfigError("--reg-weight needs --regularizer NAME (e.g. --regularizer l2sp)")
     if regularizer:

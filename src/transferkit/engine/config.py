@@ -65,6 +65,13 @@ class TrainConfig(BaseModel):
             candidates; when no epoch has it the model keeps the last epoch's weights.
         select_mode: ``"max"`` or ``"min"``; ``"auto"`` minimises names containing ``loss``,
             ``risk``, ``entropy`` or ``error`` and maximises the rest.
+        augment: Train-time augmentation of the training inputs, by name, applied in order on the
+            training device (:mod:`transferkit.data.augment`): ``["hflip", "crop:scale=0.5"]``,
+            ``randaugment``, ``trivialaugment``, ``noise:std=0.05``, ``mixup:alpha=0.2``, ...
+            Empty: none.
+        weak_augment, strong_augment: The two views of every unlabelled example given to
+            objectives that ask for them (``Objective.needs_views``); ``None`` uses
+            :data:`~transferkit.data.augment.WEAK` / :data:`~transferkit.data.augment.STRONG`.
         divergence_factor: Stop with a :class:`~transferkit.errors.TrainingError` when training
             diverges: a step's total loss is more than this many times its first step's (at least
             1 in magnitude), or the weights' norm grows to more than this many times its start.
@@ -101,6 +108,22 @@ class TrainConfig(BaseModel):
     select_metric: str = "val_accuracy"
     select_mode: Literal["auto", "max", "min"] = "auto"
     divergence_factor: float | None = Field(100.0, gt=1)
+    augment: list[str | dict[str, Any]] = Field(default_factory=list)
+    weak_augment: list[str | dict[str, Any]] | None = None
+    strong_augment: list[str | dict[str, Any]] | None = None
+
+    @field_validator("augment", "weak_augment", "strong_augment")
+    @classmethod
+    def _check_augment(cls, value: list | None) -> list | None:
+        if value:
+            from transferkit.data.augment import parse_spec  # imports kornia: only when used
+
+            for spec in value:
+                try:
+                    parse_spec(spec)
+                except ConfigError as exc:
+                    raise ValueError(str(exc)) from None
+        return value
 
     @field_validator("device")
     @classmethod

@@ -69,6 +69,9 @@ class Batch:
             cutmix), else ``None``; ``y`` then holds each example's dominant label.
         augmented: Whether ``x`` went through train-time augmentation (values precomputed on the
             stored examples, looked up by ``index``, then describe other inputs).
+        target_views: A weak and a strong augmentation ``(weak, strong)`` of the unlabelled
+            ``target_x`` (each ``(M, C, H, W)``) when an objective asks for them
+            (``Objective.needs_views``); semi-supervised methods compare predictions across them.
     """
 
     x: torch.Tensor | dict[str, torch.Tensor]
@@ -89,6 +92,7 @@ class Batch:
     target_index: torch.Tensor | None = None
     y_soft: torch.Tensor | None = None
     augmented: bool = False
+    target_views: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
     def domain(self) -> torch.Tensor:
@@ -147,11 +151,15 @@ class Objective(nn.Module):
             snake case.
         uses_target: True when the objective reads the unlabelled target fields of the batch
             (domain adaptation); the trainer then needs ``fit(..., target=...)``.
+        needs_views: True when the objective reads ``batch.target_views``, a weak and a strong
+            augmentation of every unlabelled example (``TrainConfig.weak_augment`` /
+            ``strong_augment``).
     """
 
     taps: tuple[str, ...] = ()
     head_only: ClassVar[bool] = False
     uses_target: ClassVar[bool] = False
+    needs_views: ClassVar[bool] = False
 
     def __init__(self, weight: float = 1.0) -> None:
         super().__init__()

@@ -61,12 +61,13 @@ class StepRunner:
         grad_sync: Callable[[list[torch.Tensor], int], None] | None = None,
         reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
         augment: Callable[[Examples], Examples] | None = None,
+        views: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
         kept: Callable[[], str] = lambda: "",
     ) -> None:
         self.context, self.objectives, self.term_names = context, list(objectives), list(term_names)
         self.optimizer, self.scaler, self.guard, self.autocast = optimizer, scaler, guard, autocast
         self.tap, self.grad_sync, self.augment, self.kept = tap, grad_sync, augment, kept
-        self.reduce = reduce
+        self.reduce, self.views = reduce, views
         self.count = 0
         model = context.model
         model_ids = {id(p) for p in model.parameters()}
@@ -97,7 +98,7 @@ class StepRunner:
         total = max(1, self.config.epochs * self.steps_per_epoch)
         common = dict(x=ex.x, y=ex.y, model=model, epoch=self.epoch, step=self.step, index=ex.index,
                       phase=phase, progress=(self.epoch * self.steps_per_epoch + self.step) / total,
-                      y_soft=ex.soft)
+                      y_soft=ex.soft, augmented=self.augment is not None)
         with self.autocast():
             if self.cached_features is not None:
                 features = self.cached_features[ex.index.to(self.cached_features.device)]
@@ -112,6 +113,9 @@ class StepRunner:
         if ex.target is None:
             return Batch(logits=logits, features=features, taps=taps, **common)
         n, t = len(ex), ex.target
+        if self.views is not None:
+            with torch.no_grad():
+                common["target_views"] = self.views(t.x)
         return Batch(
             logits=logits[:n], features=features[:n], taps={k: v[:n] for k, v in taps.items()},
             target_x=t.x, target_logits=logits[n:], target_features=features[n:],

@@ -23,6 +23,7 @@ import os
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -32,6 +33,7 @@ from transferkit.data.base import TensorDataset
 from transferkit.engine import distributed
 from transferkit.engine.batches import (
     EpochOrder,
+    Examples,
     LoaderBatches,
     TensorBatches,
     UserLoaderBatches,
@@ -245,7 +247,9 @@ class Trainer:
         self._guard.start(model)
         self.history = history
 
-        cached = (cfg.cache_features and backbone_frozen_throughout(cfg) and not isinstance(train, DataLoader)
+        # features are cached for a frozen backbone, unless augmentation changes the inputs every step
+        cached = (cfg.cache_features and backbone_frozen_throughout(cfg) and not cfg.augment
+                  and not isinstance(train, DataLoader)
                   and all(o.head_only and not o.taps and not o.uses_target for o in self.objectives)
                   and self.step_owner is None)
         train_feats = val_feats = None
@@ -260,6 +264,7 @@ class Trainer:
             self._autocast, tap=attach_taps(model, self.objectives), kept=self._kept,
             grad_sync=distributed.average_gradients if self.procs.parallel else None,
             reduce=distributed.mean_across if self.procs.parallel else None,
+            augment=self._augmentation(), views=self._views(),
         )
         runner.cached_features = train_feats
         start = len(history.epochs)
@@ -279,6 +284,34 @@ class Trainer:
             model.load_state_dict(best_state)
         model.eval()
         return history
+
+    def _augmentation(self) -> Callable[[Examples], Examples] | None:
+        """``config.augment`` as a function of a batch (on the device), or ``None``."""
+        if not self.config.augment:
+            return None
+        from transferkit.data.augment import build_augmentation
+
+        head = int(getattr(getattr(self.model, "info", None), "num_classes", 0) or 0) or None
+        aug = build_augmentation(self.config.augment, num_classes=head).to(self.device)
+
+        def apply(ex: Examples) -> Examples:
+            if isinstance(ex.x, dict):
+                raise ConfigError("augment works on image batches (N, C, H, W); these inputs are a "
+                                  f"dict ({', '.join(ex.x)}): drop train.augment for them")
+            x, soft = aug(ex.x, ex.y)
+            return replace(ex, x=x, soft=soft)
+
+        return apply
+
+    def _views(self) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None:
+        """The weak / strong views for objectives that ask for them, or ``None``."""
+        if not any(o.needs_views for o in self.objectives):
+            return None
+        from transferkit.data.augment import STRONG, WEAK, build_views
+
+        cfg = self.config
+        return build_views(WEAK if cfg.weak_augment is None else cfg.weak_augment,
+                           STRONG if cfg.strong_augment is None else cfg.strong_augment).to(self.device)
 
     def _start(self, resume: bool) -> tuple[History, dict[str, torch.Tensor] | None]:
         """A fresh history, or the checkpoint's on resume; an old checkpoint is cleared otherwise."""
