@@ -63,3 +63,53 @@ def test_malformed_overrides_and_files(tmp_path):
     bad.write_text("a: [\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
+
+
+# ---------------------------------------------------------------------------- method options
+def test_method_options_are_checked_when_the_config_is():
+    from transferkit.config import AdaptConfig, DistillConfig, build_config
+
+    teacher = {"model": "models/teacher"}
+    with pytest.raises(ConfigError) as info:
+        build_config({"teacher": teacher, "methods": [{"name": "cross_entropy"},
+                                                      {"name": "kd", "temperature": -1, "temprature": 4}]},
+                     DistillConfig)
+    msg = str(info.value)
+    assert msg.startswith("invalid config: methods.1: objective 'kd': temperature=-1: must be > 0")
+    assert "does not take 'temprature' (did you mean 'temperature'?)" in msg
+    with pytest.raises(ConfigError, match=r"regularizers\.0: objective 'l2sp': alpha=-2: must be >= 0"):
+        load_config(None, ["regularizers=[{name: l2sp, alpha: -2}]"])
+    with pytest.raises(ConfigError, match=r"regularizers\.0: unknown objective 'l2pp'.*Did you mean 'l2sp'"):
+        load_config(None, ["regularizers=[{name: l2pp}]"])
+    with pytest.raises(ConfigError, match=r"regularizers\.0: objective .* has no 'name'"):
+        load_config(None, ["regularizers=[{alpha: 1}]"])
+    with pytest.raises(ConfigError, match=r"methods\.0: method 'kd' does not adapt to target data"):
+        build_config({"methods": [{"name": "kd"}]}, AdaptConfig)
+    with pytest.raises(ConfigError, match=r"methods\.1: objective 'mcd': trade_off=-1: must be >= 0"):
+        build_config({"methods": [{"name": "cdan+e"}, {"name": "mcd", "trade_off": -1}]}, AdaptConfig)
+    with pytest.raises(ConfigError, match="methods must list at least one objective"):
+        build_config({"teacher": teacher, "methods": []}, DistillConfig)
+
+
+def test_valid_method_entries_are_kept_as_written():
+    from transferkit.config import AdaptConfig, DistillConfig, build_config
+
+    methods = [{"name": "KD", "temperature": 2}, {"name": "hint", "student_layer": "backbone.conv2"}]
+    cfg = build_config({"teacher": {"model": "t"}, "methods": methods}, DistillConfig)
+    assert cfg.methods == methods  # the recorded config (run.json) is what the user wrote
+    assert build_config({"methods": [{"name": "cdan+e"}]}, AdaptConfig).methods == [{"name": "cdan+e"}]
+    assert load_config(None, ["regularizers=[{name: l2sp}, {name: bss, k: 2}]"]).regularizers[1] == {
+        "name": "bss", "k": 2}
+
+
+def test_cli_validate_reports_a_bad_method_option(tmp_path):
+    from cli_helpers import assert_one_line_error, run
+
+    cfg = tmp_path / "distill.yaml"
+    cfg.write_text("teacher:\n  model: models/teacher\nmethods:\n  - {name: cross_entropy}\n"
+                   "  - {name: kd, temperature: -1}\n")
+    assert_one_line_error(run("validate", cfg), "methods.1", "objective 'kd'", "temperature=-1: must be > 0")
+    cfg.write_text("teacher:\n  model: models/teacher\nmethods:\n  - {name: kd, temperature: 2}\n")
+    result = run("validate", cfg)
+    assert result.exit_code == 0, result.output
+    assert "temperature: 2" in result.stdout and "config is valid (DistillConfig)" in result.output

@@ -169,9 +169,9 @@ def test_config_bad_values_named(bad, pattern):
 def test_objective_registry_and_bad_args():
     assert OBJECTIVES.get("cross_entropy") is CrossEntropy
     assert CrossEntropy().name == "cross_entropy" and CrossEntropy.head_only
-    with pytest.raises(ConfigError, match="label_smoothing must lie in"):
+    with pytest.raises(ConfigError, match="label_smoothing=1.0: must be < 1; 0.1 is a common value"):
         CrossEntropy(label_smoothing=1.0)
-    with pytest.raises(ConfigError, match="weight must be a finite number >= 0, got -1.0"):
+    with pytest.raises(ConfigError, match="'cross_entropy': weight=-1: must be >= 0"):
         CrossEntropy(weight=-1)
 
 
@@ -648,3 +648,4 @@ def test_check_coefficient_is_the_one_non_negative_rule():
             check_coefficient("X", "w", bad)
     with pytest.raises(ConfigError, match="; try 1"):
         check_coefficient("X", "w", -2, "try 1")
+

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 
 from transferkit.engine.config import TrainConfig
-from transferkit.errors import ConfigError, DataNotFoundError
+from transferkit.errors import ConfigError, DataNotFoundError, TransferkitError
 
 
 class _Strict(BaseModel):
@@ -74,6 +75,39 @@ class TransferConfig(_Strict):
     exclude: list[str] = Field(default_factory=lambda: ["head.*"])
 
 
+def _check_method(spec: dict[str, Any]) -> dict[str, Any]:
+    """Check one objective entry with its ``Options`` model
+    (:func:`~transferkit.engine.objectives.validate_method_spec`); the entry is kept as written, so
+    a run's recorded config stays what the user gave."""
+    from transferkit.engine.objectives import validate_method_spec
+
+    try:
+        validate_method_spec(spec)
+    except TransferkitError as exc:  # a bad option, no name, or an unknown name (close ones named)
+        raise PydanticCustomError("method_spec", "{problem}", {"problem": str(exc)}) from None
+    return spec
+
+
+def _check_adapt_method(spec: dict[str, Any]) -> dict[str, Any]:
+    """:func:`_check_method` for a domain-adaptation method: the name as the adapt workflow reads it
+    (``cdan+e`` is ``cdan_e``), and the objective must use target data."""
+    from transferkit.engine.objectives import OBJECTIVES
+
+    name = str(spec.get("name") or "").replace("+", "_").replace("-", "_")
+    _check_method({**spec, "name": name} if name else spec)
+    if not OBJECTIVES.get(name).uses_target:
+        adapting = ", ".join(n for n, cls in OBJECTIVES.items() if cls.uses_target)
+        problem = f"method {name!r} does not adapt to target data; use one of {adapting}"
+        raise PydanticCustomError("method_spec", "{problem}", {"problem": problem})
+    return spec
+
+
+#: An objective entry ``{name: ..., <option>: ...}`` whose options are checked when the config is.
+MethodSpec = Annotated[dict[str, Any], AfterValidator(_check_method)]
+#: A domain-adaptation method entry, checked the same way.
+AdaptMethodSpec = Annotated[dict[str, Any], AfterValidator(_check_adapt_method)]
+
+
 def _check_seeds(v: list[int]) -> list[int]:
     if not v:
         raise ValueError("seeds must list at least one seed, e.g. [0]")
@@ -94,7 +128,8 @@ class FinetuneConfig(_Strict):
         overwrite: Replace the results already in ``out``; they stay until the new run finishes.
             Without ``resume`` or ``overwrite`` a folder holding results is refused.
         regularizers: Objectives added to cross-entropy for the transferred model, each
-            ``{name: l2sp|delta|bss|ewc|lwf|kd|..., weight: ..., <args>}``; they combine freely.
+            ``{name: l2sp|delta|bss|ewc|lwf|kd|..., weight: ..., <options>}``; they combine freely.
+            Each entry's options are checked against the objective's ``Options`` here.
     """
 
     name: str = "finetune"
@@ -103,7 +138,7 @@ class FinetuneConfig(_Strict):
     baseline: bool = True
     resume: bool = False
     overwrite: bool = False
-    regularizers: list[dict[str, Any]] = Field(default_factory=list)
+    regularizers: list[MethodSpec] = Field(default_factory=list)
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     transfer: TransferConfig = Field(default_factory=TransferConfig)
@@ -259,7 +294,7 @@ class DistillConfig(_Strict):
         methods: The distilled student's objectives, each ``{name: ..., weight: ..., <args>}``
             (names from ``transferkit.engine.OBJECTIVES``: ``cross_entropy``, ``kd``, ``hint``,
             ``attention``, ``rkd``, ``fsp``). Without ``cross_entropy`` the student learns from the
-            teacher alone.
+            teacher alone. Each entry's options are checked against the objective's ``Options``.
     """
 
     name: str = "distill"
@@ -271,19 +306,16 @@ class DistillConfig(_Strict):
     teacher: TeacherConfig
     student: StudentConfig = Field(default_factory=StudentConfig)
     data: DataConfig = Field(default_factory=DataConfig)
-    methods: list[dict[str, Any]] = Field(default_factory=_default_methods)
+    methods: list[MethodSpec] = Field(default_factory=_default_methods)
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(backbone_lr_scale=1.0))
 
     _seeds_not_empty = field_validator("seeds")(_check_seeds)
 
     @field_validator("methods")
     @classmethod
-    def _methods_named(cls, v: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def _methods_given(cls, v: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if not v:
             raise ValueError("methods must list at least one objective, e.g. [{name: kd}]")
-        for i, m in enumerate(v):
-            if not m.get("name"):
-                raise ValueError(f"method #{i + 1} {m!r} has no 'name'")
         return v
 
 
@@ -322,9 +354,9 @@ class AdaptConfig(_Strict):
             larger of the two.
         methods: Objectives adapting to the target, each ``{name: ..., <args>}`` (``dann``,
             ``cdan``, ``cdan_e``, ``dan``, ``jan``, ``coral``, ``mcd``); cross-entropy on the source
-            is always added.
-        weights: Grid of the methods' trade-off weight (the objective's ``weight``; MCD's
-            ``trade_off``), unless a method sets it itself.
+            is always added. Each entry's options are checked against the objective's ``Options``.
+        weights: Grid of the methods' trade-off weight (the option its ``Options`` marks: the
+            objective's ``weight``; MCD's ``trade_off``), unless a method sets it itself.
         select: Label-free criterion picking checkpoint and weight: ``dev`` (importance-weighted
             source validation loss), ``snd`` (soft neighbourhood density) or ``entropy``.
         source_only: Also train on the source alone (the baseline of the report).
@@ -342,7 +374,7 @@ class AdaptConfig(_Strict):
     source_data: DomainDataConfig = Field(default_factory=lambda: DomainDataConfig(dataset="mnist5k"))
     target_data: DomainDataConfig = Field(default_factory=lambda: DomainDataConfig(dataset="digits"))
     image_size: int | None = Field(None, ge=4)
-    methods: list[dict[str, Any]] = Field(default_factory=_default_adapt_methods)
+    methods: list[AdaptMethodSpec] = Field(default_factory=_default_adapt_methods)
     weights: list[float] = Field(default_factory=lambda: [1.0])
     select: Literal["dev", "snd", "entropy"] = "dev"
     source_only: bool = True
@@ -351,14 +383,6 @@ class AdaptConfig(_Strict):
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(backbone_lr_scale=1.0))
 
     _seeds_not_empty = field_validator("seeds")(_check_seeds)
-
-    @field_validator("methods")
-    @classmethod
-    def _methods_named(cls, v: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        for i, m in enumerate(v):
-            if not m.get("name"):
-                raise ValueError(f"method #{i + 1} {m!r} has no 'name', e.g. {{name: dann}}")
-        return v
 
     @field_validator("weights")
     @classmethod

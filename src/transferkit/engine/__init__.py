@@ -14,8 +14,10 @@ from transferkit.engine.objectives import (
     Batch,
     CrossEntropy,
     Objective,
+    ObjectiveOptions,
     build_objectives,
     check_coefficient,
+    validate_method_spec,
 )
 from transferkit.engine.step import StepOutput, StepRunner
 from transferkit.engine.strategies import (
@@ -37,6 +39,7 @@ __all__ = [
     "FitContext",
     "History",
     "Objective",
+    "ObjectiveOptions",
     "RunDir",
     "StepOutput",
     "StepRunner",
@@ -51,4 +54,5 @@ __all__ = [
     "check_coefficient",
     "lr_factor",
     "predict_features",
+    "validate_method_spec",
 ]

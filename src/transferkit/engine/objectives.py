@@ -13,20 +13,31 @@ model (MCD's three steps) overrides :meth:`Objective.training_step` and composes
 operations itself (:class:`~transferkit.engine.step.StepRunner`).
 
 Objectives see the run through a :class:`~transferkit.engine.context.FitContext`, never the trainer.
+
+Every objective class declares its options as a pydantic model, ``Options`` (a subclass of
+:class:`ObjectiveOptions`: extra keys forbidden, each field documented and constrained, the
+trade-off weight marked with ``json_schema_extra={"trade_off": True}``). The base constructor
+validates them once, so ``LogitKD(teacher, temperature=-1)`` raises a :class:`ConfigError` naming
+the option and value, and :func:`validate_method_spec` checks a config entry
+(``{name: kd, temperature: 4}``) without building anything, which is how run configs are validated.
+Objects a workflow passes (a teacher, a source model, source data) are constructor arguments, not
+options.
 """
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import math
 import numbers
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from torch import nn
 
 from transferkit.engine.batches import UNLABELLED, Examples
@@ -122,6 +133,133 @@ def check_coefficient(owner: str, name: str, value: object, hint: str = "") -> f
     return v
 
 
+# --------------------------------------------------------------------------- options
+def _plain_real(v: object) -> object:
+    """A real number of any kind (a NumPy scalar too) as a Python float; anything else unchanged,
+    for the strict check to refuse (booleans, strings)."""
+    return float(v) if isinstance(v, numbers.Real) and not isinstance(v, bool) else v
+
+
+def _plain_int(v: object) -> object:
+    """An integer of any kind as a Python int; anything else unchanged (refused: 2.0, True)."""
+    return int(v) if isinstance(v, numbers.Integral) and not isinstance(v, bool) else v
+
+
+#: A finite number; booleans and strings refused. Bounds go in the type, so NaN is reported as not
+#: finite: ``Annotated[FiniteFloat, Field(ge=0, lt=1)]``.
+FiniteFloat = Annotated[float, BeforeValidator(_plain_real), Field(strict=True, allow_inf_nan=False)]
+#: An integer; booleans and floats such as 2.0 refused (bounds as for :data:`FiniteFloat`).
+Integer = Annotated[int, BeforeValidator(_plain_int), Field(strict=True)]
+#: A finite number >= 0 (loss weights, penalty strengths).
+Coefficient = Annotated[FiniteFloat, Field(ge=0)]
+#: A finite number > 0 (temperatures, bandwidths, ratios).
+PositiveFloat = Annotated[FiniteFloat, Field(gt=0)]
+#: An integer >= 1 (counts, widths).
+PositiveInt = Annotated[Integer, Field(ge=1)]
+#: A module name as in ``model.named_modules()`` (``"backbone.conv2"``).
+LayerName = Annotated[str, Field(min_length=1)]
+#: Two module names, e.g. ``("backbone.conv1", "backbone.conv2")``.
+LayerPair = tuple[LayerName, LayerName]
+
+#: Marks the option a trade-off grid varies (``Field(..., json_schema_extra=TRADE_OFF)``).
+TRADE_OFF: dict[str, Any] = {"trade_off": True}
+
+#: Constructor arguments that are objects a workflow passes (``build_objectives(..., teacher=)``),
+#: never options of a config entry.
+CONTEXT_ARGS = ("teacher", "source", "source_data", "fisher")
+
+
+class ObjectiveOptions(BaseModel):
+    """The options of an objective: what a config entry ``{name: ..., <option>: ...}`` may set.
+
+    Every objective class declares its own subclass as ``Options`` (extra keys forbidden, each field
+    with a ``description`` and its constraints); exactly one field is marked as the trade-off weight
+    with ``json_schema_extra={"trade_off": True}`` (see :meth:`Objective.trade_off_option`). A
+    field's ``json_schema_extra`` may also carry a ``"hint"`` shown after an error about it. Objects
+    (a teacher, a source model, source data) are constructor arguments, not options.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    weight: Coefficient = Field(
+        1.0, description="Multiplier of this term in the total loss.", json_schema_extra=TRADE_OFF
+    )
+
+
+def _extra(field_info: Any) -> dict[str, Any]:
+    extra = field_info.json_schema_extra
+    return extra if isinstance(extra, dict) else {}
+
+
+def _number(v: object) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+_BOUNDS = {"greater_than": (">", "gt"), "greater_than_equal": (">=", "ge"),
+           "less_than": ("<", "lt"), "less_than_equal": ("<=", "le")}
+_TYPES = {"int_type": "an integer", "int_parsing": "an integer", "int_from_float": "an integer",
+          "float_type": "a number", "float_parsing": "a number", "finite_number": "a finite number",
+          "bool_type": "true or false", "bool_parsing": "true or false", "string_type": "a string",
+          "list_type": "a list", "tuple_type": "a pair such as [a, b]", "dict_type": "a mapping"}
+
+
+def _reason(err: Mapping[str, Any]) -> str:
+    """One pydantic error as ``must be ...`` (``greater_than`` -> ``must be > 0``)."""
+    kind, ctx = err["type"], err.get("ctx") or {}
+    if kind in _BOUNDS:
+        op, key = _BOUNDS[kind]
+        return f"must be {op} {_number(ctx[key])}"
+    if kind in _TYPES:
+        return f"must be {_TYPES[kind]}"
+    if kind == "missing":
+        return "is missing"
+    if kind == "literal_error":
+        return f"must be one of {ctx['expected'].replace(' or ', ', ')}"
+    if kind == "too_short":
+        n = ctx.get("min_length", 1)
+        return "must not be empty" if n == 1 else f"must have at least {n} items"
+    if kind == "too_long":
+        return f"must have at most {ctx.get('max_length')} items"
+    if kind in ("value_error", "assertion_error") and "error" in ctx:
+        return str(ctx["error"])
+    return re.sub(r"^Input should", "must", str(err["msg"]))
+
+
+def _options_error(owner: str, cls: type[Objective], given: Mapping[str, object],
+                   exc: ValidationError) -> ConfigError:
+    """Every problem of ``exc`` in one :class:`ConfigError`: ``objective 'kd': temperature=-1: must
+    be > 0; does not take 'temprature' (did you mean 'temperature'?); known options: ...``."""
+    fields = cls.Options.model_fields
+    params = inspect.signature(cls.__init__).parameters
+    problems: list[str] = []
+    unknown = False
+    for err in exc.errors():
+        loc = err["loc"]
+        if not loc:  # a model validator: a rule between options
+            problems.append(_reason(err))
+            continue
+        key = str(loc[0])
+        if err["type"] == "extra_forbidden":
+            if key in CONTEXT_ARGS:
+                problems.append(f"{key!r} is not an option: the workflow passes it")
+                continue
+            if key in params and key != "self":
+                problems.append(f"{key!r} is an argument {cls.__name__}.Options does not declare; "
+                                "declare it there to set it from a config")
+                continue
+            unknown = True
+            close = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.6)
+            problems.append(f"does not take {key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            continue
+        where = f"item {'.'.join(map(str, loc[1:]))} " if len(loc) > 1 else ""
+        shown = f"{key}={given[key]!r}" if key in given else key
+        hint = _extra(fields[key]).get("hint") if key in fields else None
+        problems.append(f"{shown}: {where}{_reason(err)}" + (f"; {hint}" if hint else ""))
+    if unknown:
+        problems.append(f"known options: {', '.join(fields) or 'none'}")
+    return ConfigError(f"objective {owner!r}: " + "; ".join(dict.fromkeys(problems)))
+
+
 def _snake(name: str) -> str:
     """``CrossEntropy`` -> ``cross_entropy``; acronyms stay whole (``MyRKDLoss`` -> ``my_rkd_loss``)."""
     return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name).lower()
@@ -139,8 +277,13 @@ class Objective(nn.Module):
 
     Args:
         weight: Multiplier of this term in the total loss (finite, >= 0).
+        **options: The subclass's other options, validated with its :attr:`Options` model.
 
     Attributes:
+        Options: The pydantic model of the class's options (a subclass of
+            :class:`ObjectiveOptions`); a config entry is checked against it by
+            :func:`validate_method_spec` before anything is built.
+        options: This objective's options as validated at construction (an ``Options`` instance).
         taps: Names of student modules (as in ``model.named_modules()``) whose outputs this
             objective reads from ``batch.taps``; the trainer records them with forward hooks.
         head_only: True when the objective needs only ``batch.logits`` computed from backbone
@@ -156,14 +299,43 @@ class Objective(nn.Module):
             ``strong_augment``).
     """
 
+    Options: ClassVar[type[ObjectiveOptions]] = ObjectiveOptions
     taps: tuple[str, ...] = ()
     head_only: ClassVar[bool] = False
     uses_target: ClassVar[bool] = False
     needs_views: ClassVar[bool] = False
 
-    def __init__(self, weight: float = 1.0) -> None:
+    def __init__(self, weight: float = 1.0, **options: object) -> None:
         super().__init__()
-        self.weight = check_coefficient(type(self).__name__, "weight", weight)
+        self.options = type(self).validate_options({"weight": weight, **options})
+        self.weight = float(self.options.weight)
+
+    @classmethod
+    def validate_options(cls, values: Mapping[str, object]) -> ObjectiveOptions:
+        """``values`` validated with :attr:`Options` (defaults filled in).
+
+        Raises:
+            ConfigError: one message naming every bad option with its value, every unknown one
+                (with a close known name) and the known options.
+        """
+        try:
+            return cls.Options.model_validate(dict(values))
+        except ValidationError as exc:
+            raise _options_error(_registered_name(cls), cls, values, exc) from None
+
+    @classmethod
+    def trade_off_option(cls) -> str:
+        """The option a trade-off grid varies: the :attr:`Options` field marked
+        ``json_schema_extra={"trade_off": True}`` (``"weight"``; MCD's ``"trade_off"``).
+
+        Raises:
+            TypeError: the ``Options`` model marks no field, or several.
+        """
+        marked = [k for k, f in cls.Options.model_fields.items() if _extra(f).get("trade_off")]
+        if len(marked) != 1:
+            raise TypeError(f"{cls.__name__}.Options must mark exactly one field as the trade-off "
+                            f"(json_schema_extra={{'trade_off': True}}), found {marked or 'none'}")
+        return marked[0]
 
     @property
     def name(self) -> str:
@@ -171,10 +343,7 @@ class Objective(nn.Module):
         explicit = getattr(self, "_name", None)
         if explicit:
             return explicit
-        for registered in OBJECTIVES.names():  # the registry name is the canonical one ("rkd")
-            if OBJECTIVES.get(registered) is type(self):
-                return registered
-        return _snake(type(self).__name__)
+        return _registered_name(type(self))
 
     @name.setter
     def name(self, value: str) -> None:
@@ -220,16 +389,19 @@ class CrossEntropy(Objective):
         label_smoothing: Label smoothing in [0, 1) (Szegedy et al., 2016).
     """
 
+    class Options(ObjectiveOptions):
+        """Cross-entropy's options."""
+
+        label_smoothing: Annotated[FiniteFloat, Field(ge=0.0, lt=1.0)] = Field(
+            0.0, description="Label smoothing in [0, 1).",
+            json_schema_extra={"hint": "0.1 is a common value"},
+        )
+
     head_only: ClassVar[bool] = True
 
     def __init__(self, weight: float = 1.0, label_smoothing: float = 0.0) -> None:
-        super().__init__(weight)
-        if not 0.0 <= float(label_smoothing) < 1.0:
-            raise ConfigError(
-                f"label_smoothing must lie in [0, 1), got {label_smoothing!r}; "
-                "0.1 is a common value"
-            )
-        self.label_smoothing = float(label_smoothing)
+        super().__init__(weight, label_smoothing=label_smoothing)
+        self.label_smoothing = float(self.options.label_smoothing)
 
     def extra_repr(self) -> str:
         return f"weight={self.weight}, label_smoothing={self.label_smoothing}"
@@ -253,36 +425,61 @@ OBJECTIVES: Registry[type[Objective]] = Registry(
 OBJECTIVES.register("cross_entropy", CrossEntropy)
 
 
+def _registered_name(cls: type) -> str:
+    """The name ``cls`` is registered under (the canonical one, ``"rkd"``), else its class name in
+    snake case."""
+    for name, registered in OBJECTIVES.items():
+        if registered is cls:
+            return name
+    return _snake(cls.__name__)
+
+
+def validate_method_spec(spec: Mapping[str, object]) -> dict[str, object]:
+    """Check a config entry such as ``{"name": "kd", "temperature": 4}`` without building anything.
+
+    ``name`` picks the class from :data:`OBJECTIVES`; every other key must be an option of its
+    :attr:`Objective.Options` model, with a valid value.
+
+    Returns:
+        ``{"name": <registered name>, **options}``: the options given, as validated (defaults are
+        not filled in, so a workflow's context and the constructor's defaults still apply).
+
+    Raises:
+        ConfigError: no ``name``, or bad options: one message names every bad key and value, e.g.
+            ``objective 'kd': temperature=-1: must be > 0; does not take 'temprature' (did you
+            mean 'temperature'?); known options: weight, temperature, teacher_weights``.
+        UnknownNameError: ``name`` is not registered (close names suggested).
+    """
+    if not isinstance(spec, Mapping):
+        raise ConfigError(f"an objective is a mapping such as {{name: kd, temperature: 4}}, got {spec!r}")
+    args = dict(spec)
+    name = args.pop("name", None)
+    if not name:
+        raise ConfigError(f"objective {dict(spec)!r} has no 'name'; e.g. {{name: kd}}")
+    cls = OBJECTIVES.get(str(name))
+    options = cls.validate_options(args)
+    return {"name": _registered_name(cls), **options.model_dump(exclude_unset=True)}
+
+
 def build_objectives(specs: Sequence[Mapping[str, object]], **context: object) -> list[Objective]:
     """Objectives from config entries such as ``{"name": "kd", "weight": 0.9, "temperature": 4}``.
 
-    ``name`` picks the class from :data:`OBJECTIVES`; the other keys are its constructor's
-    arguments. ``context`` entries (``teacher=...``, ``source=...``) are passed to the constructors
-    that take them, so a config never has to name objects.
+    Each entry is checked by :func:`validate_method_spec` (``name`` picks the class from
+    :data:`OBJECTIVES`, the other keys are its options). ``context`` entries (``teacher=...``,
+    ``source=...``) are passed to the constructors that take them, so a config never has to name
+    objects.
 
     Raises:
-        ConfigError: an entry has no ``name`` or has keys its objective does not take (all named).
+        ConfigError: an entry has no ``name`` or bad options (all named, with their values).
         UnknownNameError: ``name`` is not registered (close names suggested).
     """
     out: list[Objective] = []
     for i, spec in enumerate(specs):
-        args = dict(spec)
-        name = args.pop("name", None)
-        if not name:
+        if not isinstance(spec, Mapping) or not spec.get("name"):
             raise ConfigError(f"objective #{i + 1} ({spec!r}) has no 'name'; e.g. {{name: kd}}")
-        cls = OBJECTIVES.get(str(name))
+        args = validate_method_spec(spec)
+        cls = OBJECTIVES.get(str(args.pop("name")))
         params = inspect.signature(cls.__init__).parameters
-        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-        accepted = sorted(k for k in params if k != "self")
-        unknown = [k for k in args if k not in params and not takes_any]
-        if unknown:
-            raise ConfigError(
-                f"objective {name!r} does not take {', '.join(map(repr, unknown))}; "
-                f"it takes {', '.join(accepted) or 'no arguments'}"
-            )
-        hints = _option_types(cls)
-        for key, value in args.items():
-            _check_option(str(name), key, value, hints.get(key))
         for key, value in context.items():
             if key in params and key not in args:
                 args[key] = value
@@ -291,55 +488,26 @@ def build_objectives(specs: Sequence[Mapping[str, object]], **context: object) -
         except ConfigError:
             raise
         except (TypeError, ValueError) as exc:
-            raise ConfigError(f"objective {name!r}: {exc}; check its options") from None
+            raise ConfigError(f"objective {_registered_name(cls)!r}: {exc}; check its options") from None
     return out
-
-
-def _option_types(cls: type) -> dict[str, object]:
-    """The type annotations of ``cls.__init__`` that resolve (those naming types imported only for
-    type checking are left out)."""
-    import sys
-    import typing
-
-    init = cls.__init__
-    namespace = {**vars(typing), **vars(sys.modules[init.__module__])}
-    out: dict[str, object] = {}
-    for key, ann in getattr(init, "__annotations__", {}).items():
-        try:
-            out[key] = eval(ann, namespace) if isinstance(ann, str) else ann  # our own source text
-        except Exception:
-            continue
-    return out
-
-
-def _check_option(name: str, key: str, value: object, hint: object | None) -> None:
-    """Refuse an option value of the wrong type (``kd:weight=[1,2]``, ``label_smoothing=abc``)
-    against the constructor's annotation ``hint``, before the objective is built."""
-    if hint is None:
-        return
-    from pydantic import TypeAdapter, ValidationError
-    from pydantic.errors import PydanticSchemaGenerationError
-
-    try:
-        adapter = TypeAdapter(hint)
-    except (PydanticSchemaGenerationError, TypeError, NameError):
-        return  # a type pydantic can't check (a Teacher, a module): the constructor checks it
-    try:
-        adapter.validate_python(value)
-    except ValidationError as exc:
-        expected = getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
-        reason = exc.errors()[0]["msg"] if exc.errors() else "wrong type"
-        raise ConfigError(
-            f"objective {name!r} option {key}={value!r} is not a valid {expected} ({reason}); "
-            f"e.g. {name}:{key}=<a {expected}>"
-        ) from None
 
 
 __all__ = [
+    "CONTEXT_ARGS",
     "OBJECTIVES",
+    "TRADE_OFF",
     "Batch",
+    "Coefficient",
     "CrossEntropy",
+    "FiniteFloat",
+    "Integer",
+    "LayerName",
+    "LayerPair",
     "Objective",
+    "ObjectiveOptions",
+    "PositiveFloat",
+    "PositiveInt",
     "build_objectives",
     "check_coefficient",
+    "validate_method_spec",
 ]

@@ -98,7 +98,7 @@ def _method_grid(methods: list[dict[str, Any]], weights: list[float]) -> list[tu
                 f"method {name!r} does not adapt to target data; use one of "
                 f"{', '.join(n for n in OBJECTIVES.names() if OBJECTIVES.get(n).uses_target)}"
             )
-        arg = getattr(cls, "trade_off_arg", "weight")
+        arg = cls.trade_off_option()
         grid = [spec[arg]] if arg in spec else weights
         for w in grid:
             w = check_coefficient(f"method {name!r}", arg, w, "e.g. 0.3")

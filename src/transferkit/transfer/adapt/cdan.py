@@ -24,14 +24,16 @@ The gradient-reversal schedule and the discriminator are DANN's
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
-from transferkit.engine.objectives import OBJECTIVES, Batch
+from transferkit.engine.objectives import OBJECTIVES, Batch, Integer, PositiveInt
 from transferkit.errors import ShapeError
-from transferkit.transfer.adapt.dann import DANN, check_positive_int, require_target
+from transferkit.transfer.adapt.dann import DANN, require_target
 
 
 def multilinear_map(features: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
@@ -129,6 +131,24 @@ class CDAN(DANN):
         discriminator, last_coeff, last_accuracy: As in :class:`~transferkit.transfer.adapt.dann.DANN`.
     """
 
+    class Options(DANN.Options):
+        """CDAN's options: DANN's and the conditioning's."""
+
+        hidden: PositiveInt = Field(
+            1024, description="Width of the discriminator's hidden layers (1024 in the authors' code).",
+        )
+        entropy: bool = Field(
+            False, description="CDAN+E: weight examples by prediction certainty 1 + exp(-H(g)).",
+        )
+        max_dim: PositiveInt = Field(
+            4096, description="Largest D * C for the exact multilinear map; above it the randomized "
+                              "map is used.",
+        )
+        random_dim: PositiveInt = Field(1024, description="Output width r of the randomized map.")
+        seed: Annotated[Integer, Field(ge=0)] = Field(
+            0, description="Seed of the randomized map's fixed matrices.",
+        )
+
     def __init__(
         self,
         weight: float = 1.0,
@@ -141,12 +161,13 @@ class CDAN(DANN):
         random_dim: int = 1024,
         seed: int = 0,
     ) -> None:
-        super().__init__(weight, hidden, max_coeff, gamma, schedule)
-        owner = type(self).__name__
-        self.entropy = bool(entropy)
-        self.max_dim = check_positive_int(owner, "max_dim", max_dim)
-        self.random_dim = check_positive_int(owner, "random_dim", random_dim)
-        self.seed = int(seed)
+        super().__init__(weight, hidden, max_coeff, gamma, schedule, entropy=entropy, max_dim=max_dim,
+                         random_dim=random_dim, seed=seed)
+        opts = self.options
+        self.entropy = opts.entropy
+        self.max_dim = opts.max_dim
+        self.random_dim = opts.random_dim
+        self.seed = opts.seed
         self.random_map: RandomizedMultilinearMap | None = None
 
     def extra_repr(self) -> str:
@@ -183,6 +204,13 @@ class CDAN(DANN):
 
 class CDANE(CDAN):
     """CDAN+E: :class:`CDAN` with entropy conditioning on by default (registered as ``cdan_e``)."""
+
+    class Options(CDAN.Options):
+        """CDAN+E's options: CDAN's, with ``entropy`` on."""
+
+        entropy: bool = Field(
+            True, description="Weight examples by prediction certainty 1 + exp(-H(g)) (CDAN+E).",
+        )
 
     def __init__(
         self,

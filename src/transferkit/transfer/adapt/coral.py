@@ -13,7 +13,7 @@ from typing import ClassVar
 
 import torch
 
-from transferkit.engine.objectives import OBJECTIVES, Batch, Objective
+from transferkit.engine.objectives import OBJECTIVES, Batch, Objective, ObjectiveOptions
 from transferkit.transfer.adapt.dann import require_target
 from transferkit.transfer.adapt.losses import coral_loss
 
@@ -24,6 +24,9 @@ class CORAL(Objective):
     Args:
         weight: Multiplier in the total loss (the paper's ``λ``).
     """
+
+    class Options(ObjectiveOptions):
+        """CORAL's options: its weight alone (the paper's lambda)."""
 
     uses_target: ClassVar[bool] = True
 

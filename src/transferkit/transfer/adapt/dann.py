@@ -22,14 +22,21 @@ The schedule and the discriminator are shared with CDAN (:mod:`transferkit.trans
 from __future__ import annotations
 
 import math
-import numbers
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
-from transferkit.engine.objectives import OBJECTIVES, Batch, Objective, check_coefficient
+from transferkit.engine.objectives import (
+    OBJECTIVES,
+    Batch,
+    Coefficient,
+    Objective,
+    ObjectiveOptions,
+    PositiveInt,
+)
 from transferkit.errors import ConfigError
 from transferkit.transfer.adapt.losses import grad_reverse
 
@@ -60,13 +67,6 @@ def grl_coefficient(
         return float(max_coeff) * (2.0 / (1.0 + math.exp(-float(gamma) * float(progress))) - 1.0)
     raise ConfigError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}; "
                       "'ganin' ramps the reversal up from 0 as in the DANN paper")
-
-
-def check_positive_int(owner: str, name: str, value: object) -> int:
-    """``value`` as an int, checked to be an integer >= 1 (booleans refused), else ConfigError."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < 1:
-        raise ConfigError(f"{owner} {name} must be an integer >= 1, got {value!r}")
-    return int(value)
 
 
 class DomainDiscriminator(nn.Sequential):
@@ -108,12 +108,26 @@ class DANN(Objective):
         max_coeff: Largest gradient-reversal strength ``λ``.
         gamma: Steepness of the ``"ganin"`` schedule.
         schedule: ``"ganin"`` (ramp from 0 to ``max_coeff``) or ``"constant"``.
+        **options: A subclass's further options (CDAN's), validated with its ``Options``.
 
     Attributes:
         discriminator: The :class:`DomainDiscriminator` (after :meth:`setup` / :meth:`build`).
         last_coeff: ``λ`` used at the last step.
         last_accuracy: The discriminator's accuracy on the last batch (0.5 = domains confused).
     """
+
+    class Options(ObjectiveOptions):
+        """DANN's options."""
+
+        hidden: PositiveInt = Field(256, description="Width of the discriminator's hidden layers.")
+        max_coeff: Coefficient = Field(1.0, description="Largest gradient-reversal strength lambda.")
+        gamma: Coefficient = Field(
+            10.0, description="Steepness of the 'ganin' schedule.",
+            json_schema_extra={"hint": "10 is the DANN paper's value"},
+        )
+        schedule: Literal["ganin", "constant"] = Field(
+            "ganin", description="'ganin' (reversal ramped up from 0, as in the paper) or 'constant'.",
+        )
 
     uses_target: ClassVar[bool] = True
 
@@ -124,16 +138,15 @@ class DANN(Objective):
         max_coeff: float = 1.0,
         gamma: float = 10.0,
         schedule: str = "ganin",
+        **options: object,
     ) -> None:
-        super().__init__(weight)
-        owner = type(self).__name__
-        self.hidden = check_positive_int(owner, "hidden", hidden)
-        self.max_coeff = check_coefficient(owner, "max_coeff", max_coeff)
-        self.gamma = check_coefficient(owner, "gamma", gamma, "10 is the DANN paper's value")
-        if schedule not in SCHEDULES:
-            raise ConfigError(f"{owner} schedule must be one of {', '.join(SCHEDULES)}, got "
-                              f"{schedule!r}; 'ganin' ramps the reversal up from 0 as in the paper")
-        self.schedule = schedule
+        super().__init__(weight, hidden=hidden, max_coeff=max_coeff, gamma=gamma, schedule=schedule,
+                         **options)
+        opts = self.options
+        self.hidden = opts.hidden
+        self.max_coeff = opts.max_coeff
+        self.gamma = opts.gamma
+        self.schedule = opts.schedule
         self.discriminator: nn.Module | None = None
         self.last_coeff: float | None = None
         self.last_accuracy: float | None = None
@@ -198,4 +211,4 @@ class DANN(Objective):
 
 OBJECTIVES.register("dann", DANN)
 
-__all__ = ["DANN", "SCHEDULES", "DomainDiscriminator", "check_positive_int", "grl_coefficient"]
+__all__ = ["DANN", "SCHEDULES", "DomainDiscriminator", "grl_coefficient"]

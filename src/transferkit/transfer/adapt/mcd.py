@@ -26,11 +26,20 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
-from transferkit.engine.objectives import OBJECTIVES, Batch, Objective, check_coefficient
+from transferkit.engine.objectives import (
+    OBJECTIVES,
+    TRADE_OFF,
+    Batch,
+    Coefficient,
+    Objective,
+    ObjectiveOptions,
+    PositiveInt,
+)
 from transferkit.errors import ConfigError, ShapeError
-from transferkit.transfer.adapt.dann import check_positive_int, require_target
+from transferkit.transfer.adapt.dann import require_target
 
 if TYPE_CHECKING:
     from transferkit.engine.batches import Examples
@@ -78,15 +87,25 @@ class MCD(Objective):
         classifier2: ``F2`` after :meth:`setup` (also :meth:`second_head`).
     """
 
+    class Options(ObjectiveOptions):
+        """MCD's options; ``trade_off`` (not ``weight``) is what a trade-off grid varies."""
+
+        weight: Coefficient = Field(1.0, description="Multiplier of every MCD loss (steps A, B and C).")
+        num_k: PositiveInt = Field(
+            4, description="How many times step C (the generator update) runs per batch.",
+            json_schema_extra={"hint": "4 in the paper's code"},
+        )
+        trade_off: Coefficient = Field(
+            1.0, description="Weight of the discrepancy in steps B and C.",
+            json_schema_extra={**TRADE_OFF, "hint": "1.0 is the usual value"},
+        )
+
     uses_target: ClassVar[bool] = True
-    #: The argument a trade-off grid varies (``transferkit.workflows.adapt``); ``weight`` elsewhere.
-    trade_off_arg: ClassVar[str] = "trade_off"
 
     def __init__(self, weight: float = 1.0, num_k: int = 4, trade_off: float = 1.0) -> None:
-        super().__init__(weight)
-        owner = type(self).__name__
-        self.num_k = check_positive_int(owner, "num_k", num_k)
-        self.trade_off = check_coefficient(owner, "trade_off", trade_off, "1.0 is the usual value")
+        super().__init__(weight, num_k=num_k, trade_off=trade_off)
+        self.num_k = self.options.num_k
+        self.trade_off = self.options.trade_off
         self.classifier2: nn.Module | None = None
 
     def extra_repr(self) -> str:

@@ -19,23 +19,32 @@ Both are used beside ``cross_entropy`` on the labelled source: ``[CrossEntropy()
 
 from __future__ import annotations
 
-import math
 from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
-from transferkit.engine.objectives import OBJECTIVES, Batch, Objective, check_coefficient
-from transferkit.errors import ConfigError
-from transferkit.transfer.adapt.dann import check_positive_int, require_target
+from transferkit.engine.objectives import (
+    OBJECTIVES,
+    Batch,
+    Objective,
+    ObjectiveOptions,
+    PositiveFloat,
+    PositiveInt,
+)
+from transferkit.transfer.adapt.dann import require_target
 from transferkit.transfer.adapt.losses import jmmd_loss, mmd_loss
 
 
-def _check_kernel_mul(owner: str, kernel_mul: float) -> float:
-    value = check_coefficient(owner, "kernel_mul", kernel_mul)
-    if value <= 0:
-        raise ConfigError(f"{owner} kernel_mul must be > 0, got {kernel_mul!r}; 2.0 is DAN's value")
-    return value
+class _KernelOptions(ObjectiveOptions):
+    """The multi-kernel Gaussian options DAN and JAN share."""
+
+    kernel_mul: PositiveFloat = Field(
+        2.0, description="Ratio between consecutive Gaussian bandwidths.",
+        json_schema_extra={"hint": "2.0 is DAN's value"},
+    )
+    num_kernels: PositiveInt = Field(5, description="Number of Gaussian kernels.")
 
 
 def _collapsed(source: torch.Tensor, target: torch.Tensor) -> bool:
@@ -61,16 +70,22 @@ class DAN(Objective):
         logits: Also add the MMD of the softmax outputs (adapting the classifier layer too).
     """
 
+    class Options(_KernelOptions):
+        """DAN's options."""
+
+        logits: bool = Field(
+            False, description="Also add the MMD of the softmax outputs (adapt the classifier too).",
+        )
+
     uses_target: ClassVar[bool] = True
 
     def __init__(
         self, weight: float = 1.0, kernel_mul: float = 2.0, num_kernels: int = 5, logits: bool = False
     ) -> None:
-        super().__init__(weight)
-        owner = type(self).__name__
-        self.kernel_mul = _check_kernel_mul(owner, kernel_mul)
-        self.num_kernels = check_positive_int(owner, "num_kernels", num_kernels)
-        self.logits = bool(logits)
+        super().__init__(weight, kernel_mul=kernel_mul, num_kernels=num_kernels, logits=logits)
+        self.kernel_mul = self.options.kernel_mul
+        self.num_kernels = self.options.num_kernels
+        self.logits = self.options.logits
 
     def extra_repr(self) -> str:
         return (f"weight={self.weight}, kernel_mul={self.kernel_mul}, num_kernels={self.num_kernels}, "
@@ -97,6 +112,14 @@ class JAN(Objective):
             softmax outputs (1.68 as in the authors' code).
     """
 
+    class Options(_KernelOptions):
+        """JAN's options."""
+
+        softmax_bandwidth: PositiveFloat = Field(
+            1.68, description="Bandwidth b of the kernel exp(-||p - p'||^2 / b) on the softmax outputs.",
+            json_schema_extra={"hint": "1.68 is JAN's value"},
+        )
+
     uses_target: ClassVar[bool] = True
 
     def __init__(
@@ -106,15 +129,11 @@ class JAN(Objective):
         num_kernels: int = 5,
         softmax_bandwidth: float = 1.68,
     ) -> None:
-        super().__init__(weight)
-        owner = type(self).__name__
-        self.kernel_mul = _check_kernel_mul(owner, kernel_mul)
-        self.num_kernels = check_positive_int(owner, "num_kernels", num_kernels)
-        bw = check_coefficient(owner, "softmax_bandwidth", softmax_bandwidth)
-        if not bw > 0 or not math.isfinite(bw):
-            raise ConfigError(f"{owner} softmax_bandwidth must be > 0, got {softmax_bandwidth!r}; "
-                              "1.68 is JAN's value")
-        self.softmax_bandwidth = bw
+        super().__init__(weight, kernel_mul=kernel_mul, num_kernels=num_kernels,
+                         softmax_bandwidth=softmax_bandwidth)
+        self.kernel_mul = self.options.kernel_mul
+        self.num_kernels = self.options.num_kernels
+        self.softmax_bandwidth = self.options.softmax_bandwidth
 
     def extra_repr(self) -> str:
         return (f"weight={self.weight}, kernel_mul={self.kernel_mul}, num_kernels={self.num_kernels}, "

@@ -19,17 +19,23 @@ The module also holds the small probing helpers the layer-pairing objectives sha
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
-from transferkit.engine.objectives import OBJECTIVES, Batch, Objective
+from transferkit.engine.objectives import (
+    OBJECTIVES,
+    Batch,
+    FiniteFloat,
+    LayerPair,
+    Objective,
+    ObjectiveOptions,
+)
 from transferkit.errors import ConfigError, ShapeError
 from transferkit.transfer.distill.layers import (
-    check_pairs,
     first_example,
     probe_shapes,
     spatial_blocks,
@@ -146,11 +152,27 @@ class AttentionTransfer(Objective):
         pairs: The layer pairs in use (filled by :meth:`setup` when defaulted), bottom first.
 
     Raises:
-        ConfigError: bad ``pairs`` / ``p``, or the teacher is not a :class:`Teacher`.
+        ConfigError: bad ``pairs`` / ``p`` (see :attr:`Options`), or the teacher is not a
+            :class:`Teacher`.
         UnknownNameError: a layer name does not exist (teacher names at construction, student
             names in :meth:`setup`).
         ShapeError: a paired layer does not output ``(N, C, H, W)`` (e.g. an MLP student).
     """
+
+    class Options(ObjectiveOptions):
+        """Attention transfer's options."""
+
+        pairs: list[LayerPair] | None = Field(
+            None, min_length=1,
+            description="(student layer, teacher layer) pairs of 4-D maps; None: the backbone "
+                        "blocks paired from the top.",
+        )
+        p: Annotated[FiniteFloat, Field(ge=1.0)] = Field(
+            2.0,
+            description="Exponent of the attention map (the paper uses 2).",
+            json_schema_extra={"hint": "the paper uses p=2; below 1 the gradient of |f|^p is "
+                                       "infinite at exact zeros, which ReLU features are full of"},
+        )
 
     def __init__(
         self,
@@ -159,20 +181,15 @@ class AttentionTransfer(Objective):
         p: float = 2.0,
         weight: float = 1.0,
     ) -> None:
-        super().__init__(weight)
+        super().__init__(weight, pairs=pairs, p=p)
         if not isinstance(teacher, Teacher):
             raise ConfigError(
                 f"AttentionTransfer needs a Teacher, got {type(teacher).__name__}; wrap the model "
                 "with transferkit.transfer.distill.teacher.Teacher(model)"
             )
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 1 <= p < math.inf:
-            raise ConfigError(
-                f"attention exponent p must be a finite number >= 1, got {p!r} (below 1 the gradient "
-                "of |f|^p is infinite at exact zeros, which ReLU features are full of); the paper uses p=2"
-            )
         self.teacher = teacher
-        self.p = float(p)
-        self._given = check_pairs(pairs, "AttentionTransfer pairs")
+        self.p = self.options.p
+        self._given = self.options.pairs
         self.pairs: list[tuple[str, str]] | None = None
         if self._given is not None:
             teacher.request([t for _, t in self._given])

@@ -16,12 +16,13 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
 from transferkit.engine.batches import first_input
-from transferkit.engine.objectives import OBJECTIVES, Batch, Objective
+from transferkit.engine.objectives import OBJECTIVES, Batch, LayerName, Objective, ObjectiveOptions
 from transferkit.errors import ConfigError, ShapeError, TrainingError
 from transferkit.models.surgery import LayerTap, backbone_blocks
-from transferkit.transfer.distill.adapters import ADAPTER_KINDS, FeatureAdapter, build_adapter
+from transferkit.transfer.distill.adapters import AdapterKind, FeatureAdapter, build_adapter
 from transferkit.transfer.distill.teacher import Teacher
 
 if TYPE_CHECKING:
@@ -102,6 +103,22 @@ class Hint(Objective):
             the message suggests close names.
     """
 
+    class Options(ObjectiveOptions):
+        """Hint distillation's options."""
+
+        student_layer: LayerName | None = Field(
+            None, description="Student module whose output is mapped; None: its last backbone block.",
+        )
+        teacher_layer: LayerName | None = Field(
+            None, description="Teacher module to mimic; None: its last backbone block.",
+        )
+        adapter: AdapterKind = Field(
+            "auto", description="Kind of the trainable adapter from the student to the teacher layer.",
+        )
+        normalize: bool = Field(
+            False, description="Compare L2-normalised per-example features (directions only).",
+        )
+
     def __init__(
         self,
         teacher: Teacher,
@@ -111,27 +128,24 @@ class Hint(Objective):
         weight: float = 1.0,
         normalize: bool = False,
     ) -> None:
-        super().__init__(weight)
+        super().__init__(weight, student_layer=student_layer, teacher_layer=teacher_layer,
+                         adapter=adapter, normalize=normalize)
         if not isinstance(teacher, Teacher):
             raise ConfigError(
                 f"Hint needs a Teacher, got a {type(teacher).__name__}; wrap the model: "
                 "Teacher(model)"
             )
-        if adapter not in ADAPTER_KINDS:
-            raise ConfigError(
-                f"unknown adapter kind {adapter!r}; choose one of "
-                f"{', '.join(map(repr, ADAPTER_KINDS))}"
-            )
+        opts = self.options
         self.teacher = teacher
-        self.teacher_layer = teacher_layer or last_block_name(teacher.model, "teacher")
+        self.teacher_layer = opts.teacher_layer or last_block_name(teacher.model, "teacher")
         # Requested now (not in setup) so that every objective sharing the teacher sees the layer
         # before any teacher.setup, and a precomputed logits-only table is never built for it.
         teacher.request([self.teacher_layer])
-        self.student_layer = student_layer
-        self.adapter_kind = adapter
-        self.normalize = bool(normalize)
+        self.student_layer = opts.student_layer
+        self.adapter_kind = opts.adapter
+        self.normalize = opts.normalize
         self.adapter: FeatureAdapter | None = None
-        self.taps = (student_layer,) if student_layer else ()
+        self.taps = (self.student_layer,) if self.student_layer else ()
         self.name = "hint"
 
     def extra_repr(self) -> str:

@@ -1,8 +1,8 @@
 """Finding and probing layers for objectives that compare student and teacher layers.
 
 Shared by attention transfer, FSP, RKD and DELTA: output shapes of named layers from one example,
-the spatial (4-D) backbone blocks, the first training example of a fit, a teacher's recorded layer,
-and validation of ``(layer, layer)`` pairs.
+the spatial (4-D) backbone blocks, the first training example of a fit and a teacher's recorded
+layer. (Layer pairs are options, validated by each objective's ``Options`` model.)
 """
 
 from __future__ import annotations
@@ -96,27 +96,3 @@ def teacher_tap(out: TeacherOutput, name: str) -> torch.Tensor:
             "teacher.request([...]) for their teacher layers before training starts"
         )
     return out.taps[name]
-
-
-def check_pairs(pairs: object, what: str) -> list[tuple[str, str]] | None:
-    """Validate a sequence of ``(name_a, name_b)`` string pairs (``None`` passes through)."""
-    if pairs is None:
-        return None
-    if isinstance(pairs, str) or not isinstance(pairs, Sequence):
-        raise ConfigError(f"{what} must be a list of (layer, layer) name pairs, got {pairs!r}")
-    out = []
-    for pair in pairs:
-        if (
-            isinstance(pair, str)
-            or not isinstance(pair, Sequence)
-            or len(pair) != 2
-            or not all(isinstance(n, str) and n for n in pair)
-        ):
-            raise ConfigError(
-                f"{what} must hold (layer, layer) pairs of two non-empty names, got {pair!r}; "
-                'e.g. [("backbone.conv2", "backbone.conv3")]'
-            )
-        out.append((pair[0], pair[1]))
-    if not out:
-        raise ConfigError(f"{what} is empty; pass at least one pair or None for the default")
-    return out

@@ -21,9 +21,17 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, field_validator
 
 from transferkit.engine.batches import first_input
-from transferkit.engine.objectives import OBJECTIVES, Batch, Objective
+from transferkit.engine.objectives import (
+    OBJECTIVES,
+    Batch,
+    Coefficient,
+    Objective,
+    ObjectiveOptions,
+    PositiveFloat,
+)
 from transferkit.errors import ConfigError, ShapeError
 from transferkit.transfer.distill.teacher import Teacher
 
@@ -187,6 +195,25 @@ class LogitKD(Objective):
             ``teacher_weights``.
     """
 
+    class Options(ObjectiveOptions):
+        """Logit distillation's options."""
+
+        temperature: PositiveFloat = Field(
+            4.0, description="Softmax temperature T of both the teachers and the student.",
+            json_schema_extra={"hint": "1-10 is usual (Hinton et al. use 2-20; 4 is a common default)"},
+        )
+        teacher_weights: list[Coefficient] | None = Field(
+            None, min_length=1,
+            description="One weight per teacher, normalised to sum to 1; None weighs them equally.",
+        )
+
+        @field_validator("teacher_weights")
+        @classmethod
+        def _not_all_zero(cls, v: list[float] | None) -> list[float] | None:
+            if v is not None and sum(v) <= 0:
+                raise ValueError("must not be all zero")
+            return v
+
     def __init__(
         self,
         teacher: Teacher | Sequence[Teacher],
@@ -194,7 +221,7 @@ class LogitKD(Objective):
         weight: float = 1.0,
         teacher_weights: Sequence[float] | None = None,
     ) -> None:
-        super().__init__(weight)
+        super().__init__(weight, temperature=temperature, teacher_weights=teacher_weights)
         teachers = [teacher] if isinstance(teacher, Teacher) else list(teacher)
         if not teachers:
             raise ConfigError("LogitKD needs at least one Teacher; pass teacher=Teacher(model)")
@@ -205,8 +232,9 @@ class LogitKD(Objective):
                     "Teacher(model)"
                 )
         self.teachers: list[Teacher] = teachers
-        self.temperature = check_temperature(temperature)
-        self.teacher_weights = normalise_weights(teacher_weights, len(teachers))
+        self.temperature = self.options.temperature
+        # how many weights there are is about the teachers passed, not an option: checked here
+        self.teacher_weights = normalise_weights(self.options.teacher_weights, len(teachers))
         self.name = "kd"
 
     @property

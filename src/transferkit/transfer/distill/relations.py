@@ -22,13 +22,22 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, model_validator
 from torch import nn
 
-from transferkit.engine.objectives import OBJECTIVES, Batch, Objective, check_coefficient
+from transferkit.engine.objectives import (
+    OBJECTIVES,
+    Batch,
+    Coefficient,
+    LayerName,
+    LayerPair,
+    Objective,
+    ObjectiveOptions,
+)
 from transferkit.errors import ConfigError, ShapeError
 from transferkit.models.surgery import backbone_blocks
+from transferkit.transfer.distill.adapters import AdapterKind
 from transferkit.transfer.distill.layers import (
-    check_pairs,
     first_example,
     probe_shapes,
     spatial_blocks,
@@ -159,10 +168,34 @@ class RKD(Objective):
         weight: Multiplier of the whole term in the total loss.
 
     Raises:
-        ConfigError: negative weights, both term weights 0, no teacher backbone for the default
-            ``teacher_layer``, or (in :meth:`setup`) a batch size below 3 with the angle term on.
+        ConfigError: negative weights, both term weights 0 (see :attr:`Options`), no teacher
+            backbone for the default ``teacher_layer``, or (in :meth:`setup`) a batch size below 3
+            with the angle term on.
         UnknownNameError: a layer name does not exist.
     """
+
+    class Options(ObjectiveOptions):
+        """RKD's options."""
+
+        student_layer: LayerName | None = Field(
+            None, description="Student layer whose output is the embedding; None: the backbone "
+                              "features.",
+        )
+        teacher_layer: LayerName | None = Field(
+            None, description="Teacher layer whose output is the embedding; None: its last "
+                              "backbone block.",
+        )
+        distance_weight: Coefficient = Field(1.0, description="Weight of the distance term.")
+        angle_weight: Coefficient = Field(2.0, description="Weight of the angle term.")
+
+        @model_validator(mode="after")
+        def _some_term(self) -> RKD.Options:
+            if self.distance_weight == 0 and self.angle_weight == 0:
+                raise ValueError(
+                    "distance_weight and angle_weight are both 0, so the term is always 0; "
+                    "set at least one above 0 (the paper uses 25 and 50)"
+                )
+            return self
 
     def __init__(
         self,
@@ -173,15 +206,13 @@ class RKD(Objective):
         angle_weight: float = 2.0,
         weight: float = 1.0,
     ) -> None:
-        super().__init__(weight)
+        super().__init__(weight, student_layer=student_layer, teacher_layer=teacher_layer,
+                         distance_weight=distance_weight, angle_weight=angle_weight)
         _check_teacher(teacher, "RKD")
-        self.distance_weight = check_coefficient("RKD", "distance_weight", distance_weight)
-        self.angle_weight = check_coefficient("RKD", "angle_weight", angle_weight)
-        if self.distance_weight == 0 and self.angle_weight == 0:
-            raise ConfigError(
-                "RKD distance_weight and angle_weight are both 0, so the term is always 0; "
-                "set at least one above 0 (the paper uses 25 and 50)"
-            )
+        opts = self.options
+        self.distance_weight = opts.distance_weight
+        self.angle_weight = opts.angle_weight
+        student_layer, teacher_layer = opts.student_layer, opts.teacher_layer
         if teacher_layer is None:
             if not hasattr(teacher.model, "backbone"):
                 raise ConfigError(
@@ -342,6 +373,37 @@ class FSP(Objective):
             ``adapter=None``) the channel counts differ.
     """
 
+    class Options(ObjectiveOptions):
+        """FSP's options."""
+
+        student_pairs: list[LayerPair] | None = Field(
+            None, min_length=1,
+            description="(layer_a, layer_b) student layers whose flow is matched; None (with "
+                        "teacher_pairs None): consecutive 4-D backbone blocks from the top.",
+        )
+        teacher_pairs: list[LayerPair] | None = Field(
+            None, min_length=1, description="The teacher's pairs, one per student pair.",
+        )
+        adapter: AdapterKind | None = Field(
+            "conv1x1", description="Adapter kind mapping a student map whose channel count differs "
+                                   "from the teacher's; None: such a mismatch is an error.",
+        )
+
+        @model_validator(mode="after")
+        def _pairs_match(self) -> FSP.Options:
+            s, t = self.student_pairs, self.teacher_pairs
+            if (s is None) != (t is None):
+                raise ValueError(
+                    "give both student_pairs and teacher_pairs, or neither (for the default "
+                    f"pairing); got student_pairs={s!r}, teacher_pairs={t!r}"
+                )
+            if s is not None and t is not None and len(s) != len(t):
+                raise ValueError(
+                    f"student_pairs has {len(s)} pair(s) but teacher_pairs {len(t)}; they pair one "
+                    "to one"
+                )
+            return self
+
     def __init__(
         self,
         teacher: Teacher,
@@ -350,28 +412,12 @@ class FSP(Objective):
         weight: float = 1.0,
         adapter: str | None = "conv1x1",
     ) -> None:
-        super().__init__(weight)
+        super().__init__(weight, student_pairs=student_pairs, teacher_pairs=teacher_pairs,
+                         adapter=adapter)
         _check_teacher(teacher, "FSP")
-        s = check_pairs(student_pairs, "FSP student_pairs")
-        t = check_pairs(teacher_pairs, "FSP teacher_pairs")
-        if (s is None) != (t is None):
-            raise ConfigError(
-                "FSP needs both student_pairs and teacher_pairs, or neither (for the default "
-                f"pairing); got student_pairs={student_pairs!r}, teacher_pairs={teacher_pairs!r}"
-            )
-        if s is not None and len(s) != len(t):
-            raise ConfigError(
-                f"FSP has {len(s)} student pairs but {len(t)} teacher pairs; they pair one to one"
-            )
-        from transferkit.transfer.distill.adapters import ADAPTER_KINDS
-
-        if adapter is not None and adapter not in ADAPTER_KINDS:
-            raise ConfigError(
-                f"unknown FSP adapter {adapter!r}; choose one of "
-                f"{', '.join(map(repr, ADAPTER_KINDS))} or None"
-            )
+        s, t = self.options.student_pairs, self.options.teacher_pairs
         self.teacher = teacher
-        self.adapter = adapter
+        self.adapter = self.options.adapter
         self._given = (s, t) if s is not None else None
         self.student_pairs_: list[tuple[str, str]] | None = None
         self.teacher_pairs_: list[tuple[str, str]] | None = None

@@ -17,8 +17,17 @@ import logging
 from typing import ClassVar
 
 import torch
+from pydantic import Field
 
-from transferkit.engine.objectives import OBJECTIVES, Batch, Objective
+from transferkit.engine.objectives import (
+    OBJECTIVES,
+    TRADE_OFF,
+    Batch,
+    Coefficient,
+    Objective,
+    ObjectiveOptions,
+    PositiveInt,
+)
 from transferkit.errors import ConfigError, ShapeError
 
 logger = logging.getLogger(__name__)
@@ -78,12 +87,24 @@ class BSS(Objective):
         ConfigError: ``k`` < 1 or ``weight`` < 0 (named with the value).
     """
 
+    class Options(ObjectiveOptions):
+        """BSS's options."""
+
+        k: PositiveInt = Field(
+            1, description="Number of smallest singular values to shrink.",
+            json_schema_extra={"hint": "the paper uses k=1"},
+        )
+        weight: Coefficient = Field(
+            0.001, description="eta, the multiplier in the total loss (the paper uses 0.001).",
+            json_schema_extra=TRADE_OFF,
+        )
+
     head_only: ClassVar[bool] = False
 
     def __init__(self, k: int = 1, weight: float = 0.001) -> None:
-        super().__init__(weight)
+        super().__init__(weight, k=k)
         self.name = "bss"
-        self.k = _check_k(k)
+        self.k = self.options.k
 
     def extra_repr(self) -> str:
         return f"weight={self.weight}, k={self.k}"

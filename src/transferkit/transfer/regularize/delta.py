@@ -27,16 +27,24 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, field_validator
 from torch import nn
 
 from transferkit.engine.batches import take
-from transferkit.engine.objectives import OBJECTIVES, Batch, Objective
+from transferkit.engine.objectives import (
+    OBJECTIVES,
+    Batch,
+    LayerName,
+    Objective,
+    ObjectiveOptions,
+    PositiveFloat,
+    PositiveInt,
+)
 from transferkit.errors import ConfigError, ShapeError
 from transferkit.models.surgery import LayerTap, backbone_blocks
 from transferkit.transfer.distill.layers import (
@@ -51,9 +59,6 @@ if TYPE_CHECKING:
     from transferkit.engine.context import FitContext
 
 logger = logging.getLogger(__name__)
-
-ATTENTIONS = ("supervised", "none")
-
 
 # --------------------------------------------------------------------------- pure functions
 def delta_penalty(
@@ -283,6 +288,31 @@ class DELTA(Objective):
         ShapeError: a layer's output differs between student and source.
     """
 
+    class Options(ObjectiveOptions):
+        """DELTA's options (the source model is an object the workflow passes, not an option)."""
+
+        layers: list[LayerName] | None = Field(
+            None, min_length=1,
+            description="Layers compared on both models (one name or a list); None: the backbone "
+                        "blocks with 4-D outputs, else the last backbone block.",
+        )
+        attention: Literal["supervised", "none"] = Field(
+            "supervised", description="Channel weights: 'supervised' (from the loss increase when a "
+                                      "channel is zeroed) or 'none' (uniform).",
+        )
+        temperature: PositiveFloat = Field(
+            5.0, description="Softmax temperature of the supervised channel weights.",
+            json_schema_extra={"hint": "the authors use 5"},
+        )
+        max_examples: PositiveInt = Field(
+            256, description="Training examples used to score the channels.",
+        )
+
+        @field_validator("layers", mode="before")
+        @classmethod
+        def _one_layer(cls, v: object) -> object:
+            return [v] if isinstance(v, str) else v
+
     def __init__(
         self,
         source: nn.Module | None = None,
@@ -292,45 +322,23 @@ class DELTA(Objective):
         max_examples: int = 256,
         weight: float = 1.0,
     ) -> None:
-        super().__init__(weight)
+        super().__init__(weight, layers=layers, attention=attention, temperature=temperature,
+                         max_examples=max_examples)
         self.name = "delta"
         if source is not None and not isinstance(source, nn.Module):
             raise ConfigError(
                 f"DELTA source must be an nn.Module or None (a copy of the student), got "
                 f"{type(source).__name__}"
             )
-        if attention not in ATTENTIONS:
-            raise ConfigError(
-                f"DELTA attention must be one of {', '.join(map(repr, ATTENTIONS))}, got "
-                f"{attention!r}"
-            )
-        if (
-            isinstance(temperature, bool)
-            or not isinstance(temperature, (int, float))
-            or not 0 < temperature < math.inf
-        ):
-            raise ConfigError(
-                f"DELTA temperature must be a finite number > 0, got {temperature!r}; the authors "
-                "use 5"
-            )
-        if isinstance(max_examples, bool) or not isinstance(max_examples, int) or max_examples < 1:
-            raise ConfigError(f"DELTA max_examples must be an integer >= 1, got {max_examples!r}")
-        if layers is not None:
-            if isinstance(layers, str):
-                layers = [layers]
-            layers = list(layers)
-            if not layers or not all(isinstance(n, str) and n for n in layers):
-                raise ConfigError(
-                    f"DELTA layers must be a non-empty list of layer names or None, got {layers!r}"
-                )
-            if source is not None:
-                LayerTap(source, layers)  # unknown names raise now, with suggestions
+        layers = self.options.layers
+        if layers is not None and source is not None:
+            LayerTap(source, layers)  # unknown names raise now, with suggestions
         # A tuple keeps the source out of this module's submodules (state_dict, parameters()).
         self._source: tuple[nn.Module, ...] = (source,) if source is not None else ()
         self._given_layers = layers
-        self.attention = attention
-        self.temperature = float(temperature)
-        self.max_examples = max_examples
+        self.attention = self.options.attention
+        self.temperature = self.options.temperature
+        self.max_examples = self.options.max_examples
         self.layers: list[str] | None = None
         self.channel_weights: dict[str, torch.Tensor] = {}
         self.teacher: Teacher | None = None

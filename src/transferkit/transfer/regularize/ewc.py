@@ -27,12 +27,21 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, field_validator
 from safetensors import safe_open
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from transferkit.data.base import TensorDataset
-from transferkit.engine.objectives import OBJECTIVES, Batch, Objective, check_coefficient
+from transferkit.engine.objectives import (
+    OBJECTIVES,
+    Batch,
+    Coefficient,
+    Objective,
+    ObjectiveOptions,
+    PositiveInt,
+    check_coefficient,
+)
 from transferkit.errors import CheckpointError, ConfigError, LabelError, ShapeError
 from transferkit.io import load_state_dict, save_state_dict
 from transferkit.transfer.regularize.l2sp import match_reference
@@ -314,6 +323,30 @@ class EWC(Objective):
             negative ``lam``, ``max_examples`` < 1.
     """
 
+    class Options(ObjectiveOptions):
+        """EWC's options (the source model, source data and a given Fisher are objects the workflow
+        passes, not options)."""
+
+        kind: Literal["empirical", "true"] = Field(
+            "empirical", description="Fisher estimate: 'empirical' (observed labels) or 'true' (the "
+                                     "model's own predictive distribution).",
+        )
+        lam: Coefficient = Field(
+            1.0, description="lambda, the strength of the pull to the source weights.",
+            json_schema_extra={"hint": "1-10^4 is usual"},
+        )
+        max_examples: PositiveInt | None = Field(
+            1000, description="Source examples used for the Fisher estimate; None: all.",
+        )
+        cache_dir: str | None = Field(
+            None, description="Folder to read fisher-<kind>.safetensors from, or write it to.",
+        )
+
+        @field_validator("cache_dir", mode="before")
+        @classmethod
+        def _path_as_text(cls, v: object) -> object:
+            return os.fspath(v) if isinstance(v, os.PathLike) else v
+
     def __init__(
         self,
         source: nn.Module | None = None,
@@ -325,11 +358,10 @@ class EWC(Objective):
         weight: float = 1.0,
         cache_dir: str | None = None,
     ) -> None:
-        super().__init__(weight)
-        self.kind = _check_kind(kind)
-        self.lam = check_coefficient("EWC", "lam", lam, "1-10^4 is usual")
-        if max_examples is not None and int(max_examples) < 1:
-            raise ConfigError(f"EWC max_examples must be >= 1 or None (all), got {max_examples!r}")
+        super().__init__(weight, kind=kind, lam=lam, max_examples=max_examples, cache_dir=cache_dir)
+        self.kind = kind = self.options.kind
+        self.lam = self.options.lam
+        max_examples, cache_dir = self.options.max_examples, self.options.cache_dir
         if source is not None and not isinstance(source, nn.Module):
             raise ConfigError(f"EWC source must be an nn.Module, got {type(source).__name__}")
         if fisher is None and source_data is None and self._cached(cache_dir, source, kind) is None:
@@ -339,7 +371,7 @@ class EWC(Objective):
                 "EWC needs the source model (with its source head) to estimate the Fisher: pass "
                 "source= (e.g. --source path/to/model) or a saved fisher="
             )
-        self.max_examples = None if max_examples is None else int(max_examples)
+        self.max_examples = max_examples
         self.source_data = source_data
         self.cache_dir = cache_dir
         self._fisher_arg = fisher

@@ -19,9 +19,17 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import torch
+from pydantic import Field, field_validator
 from torch import nn
 
-from transferkit.engine.objectives import OBJECTIVES, Batch, Objective, check_coefficient
+from transferkit.engine.objectives import (
+    OBJECTIVES,
+    Batch,
+    Coefficient,
+    Objective,
+    ObjectiveOptions,
+    check_coefficient,
+)
 from transferkit.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -141,6 +149,27 @@ class L2SP(Objective):
         ConfigError: ``alpha`` or ``beta`` negative or not finite; ``source`` of a wrong type.
     """
 
+    class Options(ObjectiveOptions):
+        """L2-SP's options."""
+
+        alpha: Coefficient = Field(
+            0.01, description="Weight of 1/2 ||w_S - w_S^0||^2, the pull to the start point.",
+            json_schema_extra={"hint": "0.01-0.1 is usual"},
+        )
+        beta: Coefficient = Field(
+            0.01, description="Weight of 1/2 ||w||^2 on the parameters without a reference.",
+            json_schema_extra={"hint": "0.01 is usual"},
+        )
+        exclude: tuple[str, ...] = Field(
+            ("head.*",), description="Glob patterns of student parameters that are new whatever the "
+                                     "source holds (they get beta); one pattern or a list.",
+        )
+
+        @field_validator("exclude", mode="before")
+        @classmethod
+        def _one_pattern(cls, v: object) -> object:
+            return (v,) if isinstance(v, str) else v
+
     def __init__(
         self,
         alpha: float = 0.01,
@@ -149,12 +178,10 @@ class L2SP(Objective):
         weight: float = 1.0,
         exclude: Sequence[str] = ("head.*",),
     ) -> None:
-        super().__init__(weight)
-        self.alpha = check_coefficient("L2SP", "alpha", alpha, "0.01-0.1 is usual")
-        self.beta = check_coefficient("L2SP", "beta", beta, "0.01 is usual")
-        if isinstance(exclude, str):
-            exclude = [exclude]
-        self.exclude = tuple(str(p) for p in exclude)
+        super().__init__(weight, alpha=alpha, beta=beta, exclude=exclude)
+        self.alpha = self.options.alpha
+        self.beta = self.options.beta
+        self.exclude = self.options.exclude
         # Plain dict on purpose: the source's tensors must not become parameters of the objective.
         self._source = None if source is None else source_tensors(source)
         self.reference: dict[str, torch.Tensor] = {}

@@ -19,12 +19,13 @@ import logging
 from typing import TYPE_CHECKING
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from transferkit.engine.batches import first_input
-from transferkit.engine.objectives import OBJECTIVES, Batch, Objective
+from transferkit.engine.objectives import OBJECTIVES, Batch, Objective, ObjectiveOptions, PositiveFloat
 from transferkit.errors import ConfigError, ShapeError
-from transferkit.transfer.distill.logits import check_temperature, kd_loss
+from transferkit.transfer.distill.logits import kd_loss
 
 if TYPE_CHECKING:
     from transferkit.engine.context import FitContext
@@ -53,13 +54,20 @@ class LwF(Objective):
         ConfigError: ``source`` missing or without a ``head``; ``temperature`` not > 0.
     """
 
+    class Options(ObjectiveOptions):
+        """LwF's options."""
+
+        temperature: PositiveFloat = Field(
+            2.0, description="Softmax temperature T of the distillation (2 in the paper).",
+        )
+
     def __init__(
         self,
         source: nn.Module | None = None,
         temperature: float = 2.0,
         weight: float = 1.0,
     ) -> None:
-        super().__init__(weight)
+        super().__init__(weight, temperature=temperature)
         if source is None:
             raise ConfigError(
                 "LwF needs the source model (backbone + its source head) to remember: pass "
@@ -72,7 +80,7 @@ class LwF(Objective):
                 f"LwF source must be a TransferNet with a 'head' (the source classifier), got a "
                 f"{type(source).__name__}; load it with transferkit.models.load_model"
             )
-        self.temperature = check_temperature(temperature)
+        self.temperature = self.options.temperature
         # Kept out of the module tree on purpose: the source itself is never trained or saved.
         self.__dict__["_source"] = source
         self.old_head: nn.Module | None = None
