@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from cli_helpers import assert_one_line_error, run
+from transferkit.errors import ConfigError
 from transferkit.workflows.output import differences, open_output
 
 
@@ -152,3 +153,11 @@ def test_open_output_on_an_empty_folder_and_leftovers(tmp_path):
     assert folder.work == tmp_path / "o" and not (tmp_path / "o" / ".staging").exists()
     assert json.loads((tmp_path / "o" / "run.json").read_text())["identity"] == {"a": 1}
     np.testing.assert_equal(sorted(p.name for p in (tmp_path / "o").iterdir()), ["run.json"])
+
+
+def test_a_workflow_launched_as_one_of_several_processes_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    pattern = r"the finetune workflow runs in one process.*one of 2 .*Trainer.fit under torchrun"
+    with pytest.raises(ConfigError, match=pattern):
+        open_output(tmp_path / "o", {"config": {}}, kind="finetune")
+    assert not (tmp_path / "o").exists()

@@ -182,8 +182,17 @@ def open_output(
 
     Raises:
         ConfigError: ``out`` is a file; it holds results and neither ``resume`` nor ``overwrite`` is
-            set; ``resume`` with a different run; both flags at once; or it can't be written.
+            set; ``resume`` with a different run; both flags at once; or it can't be written; or the
+            process was launched as one of several data-parallel processes (the workflows write
+            their reports from one process; train data-parallel with ``Trainer.fit`` under torchrun).
     """
+    world = os.environ.get("WORLD_SIZE", "1") or "1"
+    if world.isdigit() and int(world) > 1:
+        raise ConfigError(
+            f"the {kind} workflow runs in one process, but this one was launched as one of {world} "
+            "(WORLD_SIZE); launch it without torchrun, or train data-parallel from Python with "
+            "Trainer.fit under torchrun (see the README)"
+        )
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite contradict each other; pass one of them")
     root = Path(out)
