@@ -217,10 +217,12 @@ def test_ewc_setup_matches_backbone_and_caches(source_task, digits, tmp_path, mo
         student = _student(source)
         obj.setup(_fake_trainer(student, digits.train))
         assert set(obj.fisher) == {"backbone.fc1.0.weight", "backbone.fc1.0.bias"}
-    assert calls == ["true"]  # the second setup read fisher-true.safetensors
+    assert calls == ["true"]  # the second setup read the cached Fisher
     assert obj.computed is False
-    assert fisher_info(tmp_path / "fisher-true.safetensors") == {"kind": "true",
-                                                                  "n_examples": "50"}
+    key = ewc_mod.fisher_key(source, data, 50, "true")
+    (cached,) = tmp_path.glob("fisher-true-*.safetensors")
+    assert cached.name == f"fisher-true-{key[:16]}.safetensors"
+    assert fisher_info(cached) == {"kind": "true", "n_examples": "50", "key": key}
     batch = Batch(x=data.x[:1], y=data.y[:1], logits=torch.zeros(1, 10),
                   features=torch.zeros(1, 16), model=student)
     assert obj(batch).item() == 0.0  # student backbone == source backbone
@@ -230,14 +232,44 @@ def test_ewc_setup_matches_backbone_and_caches(source_task, digits, tmp_path, mo
     assert obj(batch).item() == pytest.approx(0.5 * 2.0 * f.sum().item(), rel=1e-5)
 
 
+def test_ewc_cache_is_keyed_by_source_weights_data_and_count(source_task, digits, tmp_path, monkeypatch):
+    source, data = source_task
+    calls = []
+    real = ewc_mod.fisher_diagonal
+    monkeypatch.setattr(ewc_mod, "fisher_diagonal", lambda *a, **k: calls.append(1) or real(*a, **k))
+
+    def setup(src, examples, max_examples=40):
+        obj = EWC(src, examples, max_examples=max_examples)
+        obj.setup(FitContext(_student(src), torch.device("cpu"), TrainConfig(weight_decay=0.0),
+                             digits.train, run_dir=tmp_path / "run"))
+        return obj
+
+    setup(source, data)
+    assert len(calls) == 1 and len(list((tmp_path / "run").glob("fisher-empirical-*"))) == 1
+    assert setup(source, data).computed is False and len(calls) == 1   # same source, data, count
+    setup(source, data.subset(range(1, 60)))                           # other source examples
+    setup(source, data, max_examples=30)                               # other count
+    other = copy.deepcopy(source)
+    with torch.no_grad():
+        other.backbone.fc1[0].bias.add_(0.1)
+    setup(other, data)                                                 # other source weights
+    assert len(calls) == 4 and len(list((tmp_path / "run").glob("fisher-empirical-*"))) == 4
+
+
 def test_ewc_reads_fisher_stored_with_the_model(source_task, digits, tmp_path, monkeypatch):
     source, data = source_task
     folder = save_model(source, tmp_path / "src")
     fisher = fisher_diagonal(source, data, kind="empirical", max_examples=20)
-    save_fisher(fisher, folder, kind="empirical", n_examples=20)
-    monkeypatch.setattr(ewc_mod, "fisher_diagonal", lambda *a, **k: pytest.fail("recomputed"))
     loaded = load_model(folder)
-    obj = EWC(loaded, data, kind="empirical")
+    # saved without saying what it was estimated from: never reused silently
+    save_fisher(fisher, folder, kind="empirical", n_examples=20)
+    obj = EWC(loaded, data, kind="empirical", max_examples=20)
+    obj.setup(_fake_trainer(_student(loaded), digits.train))
+    assert obj.computed
+    save_fisher(fisher, folder, kind="empirical", n_examples=20,
+                key=ewc_mod.fisher_key(loaded, data, 20, "empirical"))
+    monkeypatch.setattr(ewc_mod, "fisher_diagonal", lambda *a, **k: pytest.fail("recomputed"))
+    obj = EWC(loaded, data, kind="empirical", max_examples=20)
     obj.setup(_fake_trainer(_student(loaded), digits.train))
     assert torch.equal(obj.fisher["backbone.fc1.0.weight"], fisher["backbone.fc1.0.weight"])
     with pytest.raises(ConfigError, match="EWC needs source data"):  # refused when built, not later

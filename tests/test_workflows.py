@@ -113,7 +113,7 @@ def test_source_retention_is_measured_before_and_after(tmp_path, digits_source, 
     assert run.extra["forgetting"] == pytest.approx(source_acc - run.extra["source_accuracy_after"])
 
 
-def test_ewc_fisher_is_stored_with_the_source_model_and_reused(tmp_path, digits_source, monkeypatch):
+def test_ewc_fisher_is_computed_once_per_run_into_its_cache_folder(tmp_path, digits_source, monkeypatch):
     import shutil
 
     import transferkit.transfer.regularize.ewc as ewc
@@ -128,9 +128,13 @@ def test_ewc_fisher_is_stored_with_the_source_model_and_reused(tmp_path, digits_
                data={"dataset": "digits", "val_fraction": 0.2, "shots": 5, "source_dataset": "digits"})
     finetune(cfg)
     assert len(calls) == 1  # computed once for two seeds ...
-    assert list(source.glob("fisher*.safetensors"))  # ... and stored beside the source's weights
-    finetune({**cfg, "out": str(tmp_path / "b")})
-    assert len(calls) == 1  # a later run reuses it
+    assert len(list((tmp_path / "a" / "cache").glob("fisher-empirical-*.safetensors"))) == 1
+    assert not list(source.glob("fisher*"))  # ... into the run's folder, never the user's source folder
+    finetune({**cfg, "out": str(tmp_path / "a"), "resume": True})
+    assert len(calls) == 1  # a resumed run reuses it
+    finetune({**cfg, "out": str(tmp_path / "b"),
+              "regularizers": [{"name": "ewc", "lam": 10.0, "max_examples": 100}]})
+    assert len(calls) == 2  # estimated from another number of source examples: computed again
 
 
 def test_the_exported_model_is_chosen_on_validation_never_on_test():

@@ -35,7 +35,9 @@ class FitContext:
         val_data: The validation set, or ``None``.
         target_data: The unlabelled target set (domain adaptation), or ``None``.
         steps_per_epoch: Optimisation steps in one epoch.
-        run_dir: The run's folder (caches an objective writes belong here), or ``None`` in memory.
+        run_dir: The run's folder, or ``None`` in memory.
+        cache_dir: A folder shared by the runs of one workflow for values an objective computes
+            once and keys by what they depend on (EWC's Fisher); ``None``: use ``run_dir``.
         rank, world_size: This process's rank and the number of data-parallel processes.
     """
 
@@ -47,6 +49,7 @@ class FitContext:
     target_data: Any = None
     steps_per_epoch: int = 0
     run_dir: Path | None = None
+    cache_dir: Path | None = None
     rank: int = 0
     world_size: int = 1
 

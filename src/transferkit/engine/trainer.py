@@ -24,6 +24,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -79,6 +80,8 @@ class Trainer:
         monitors: Callables ``monitor(ctx: FitContext) -> {name: value}`` run after every epoch
             (after validation); their values join the epoch's row, where ``config.select_metric``
             can pick them (label-free model choice in domain adaptation).
+        cache_dir: A folder shared by several runs for what objectives compute once, keyed by
+            what it depends on (``FitContext.cache_dir``); ``None`` keeps such caches in ``run_dir``.
 
     Attributes:
         device: The device training runs on (``config.device`` resolved).
@@ -95,6 +98,7 @@ class Trainer:
         objectives: Sequence[Objective] | None = None,
         run_dir: str | os.PathLike | None = None,
         monitors: Sequence[Monitor] | None = None,
+        cache_dir: str | os.PathLike | None = None,
     ) -> None:
         for part in ("backbone", "head", "forward_features"):
             if not hasattr(model, part):
@@ -130,6 +134,7 @@ class Trainer:
         self.objectives: list[Objective] = objectives
         self.term_names = _unique_names([o.name for o in objectives])
         self.run_dir = RunDir(run_dir) if run_dir is not None else None
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.device = config.resolve_device()
         self.use_amp = bool(config.amp and self.device.type == "cuda")
         self.optimizer: torch.optim.Optimizer | None = None
@@ -228,7 +233,7 @@ class Trainer:
             model = model.to(memory_format=torch.channels_last)
         ctx = self.context = FitContext(
             model, self.device, cfg, train, val, target, steps_per_epoch=len(batches),
-            run_dir=None if self.run_dir is None else self.run_dir.root,
+            run_dir=None if self.run_dir is None else self.run_dir.root, cache_dir=self.cache_dir,
             rank=self.procs.rank, world_size=self.procs.world_size,
         )
 

@@ -255,7 +255,8 @@ def run_arms(
             run_dir = out / "runs" / arm.name.replace("/", "-") / f"seed{seed}"
             objectives = arm.objectives() if arm.objectives is not None else None
             monitors = arm.monitors() if arm.monitors is not None else None
-            trainer = Trainer(model, cfg, objectives=objectives, run_dir=run_dir, monitors=monitors)
+            trainer = Trainer(model, cfg, objectives=objectives, run_dir=run_dir, monitors=monitors,
+                              cache_dir=out / "cache")
             train_splits = arm.data if arm.data is not None else splits
             history = trainer.fit(train_splits.train, train_splits.val, target=arm.target, resume=resume)
             if cfg.strategy == "linear_probe" and arm.source is not None:

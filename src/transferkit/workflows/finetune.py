@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 from transferkit.config import DataConfig, FinetuneConfig, build_config
@@ -75,8 +74,6 @@ def finetune(cfg: FinetuneConfig | dict[str, Any]) -> WorkflowResult:
             "source_data": source_splits.train if source_splits else None,
             # the source as a frozen teacher, for hint / attention / rkd / kd regularisers
             "teacher": Teacher(source, name="source") if source is not None else None,
-            # EWC stores its Fisher beside the source's weights, so it is computed once
-            "cache_dir": cfg.model.source if Path(str(cfg.model.source)).is_dir() else None,
         }
         build_objectives(regs, **context)  # validate the regularisers before any training
 

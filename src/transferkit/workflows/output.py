@@ -19,12 +19,11 @@ data, models, objectives) first and a typo never touches the folder.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import shutil
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ import transferkit
 from transferkit.errors import ConfigError
 from transferkit.io import atomic_write_json
 from transferkit.io.files import remove_stale_temporaries
+from transferkit.io.weights import tensor_digest
 
 logger = logging.getLogger(__name__)
 
@@ -47,18 +47,6 @@ VOLATILE_KEYS = frozenset({"out", "resume", "overwrite", "train.progress"})
 
 
 # ---------------------------------------------------------------------------------- fingerprints
-def tensor_digest(tensors: Iterable[tuple[str, torch.Tensor]]) -> str:
-    """SHA-256 over named tensors (name, dtype, shape and bytes), in the order given."""
-    h = hashlib.sha256()
-    for name, t in tensors:
-        t = t.detach().to("cpu").contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        if t.numel():
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes()
-                     if t.dtype != torch.bool else t.to(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
 def model_fingerprint(model: torch.nn.Module | None, spec: str | None = None) -> dict[str, Any] | None:
     """What a source model is: its spec (path or name), architecture and a hash of its weights."""
     if model is None:

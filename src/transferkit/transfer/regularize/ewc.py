@@ -44,6 +44,7 @@ from transferkit.engine.objectives import (
 )
 from transferkit.errors import CheckpointError, ConfigError, LabelError, ShapeError
 from transferkit.io import load_state_dict, save_state_dict
+from transferkit.io.weights import tensor_digest
 from transferkit.transfer.regularize.l2sp import match_reference
 
 if TYPE_CHECKING:
@@ -199,6 +200,7 @@ def save_fisher(
     *,
     kind: str = "empirical",
     n_examples: int | None = None,
+    key: str | None = None,
 ) -> Path:
     """Write a diagonal Fisher as safetensors (atomically), e.g. into the source model's folder.
 
@@ -207,11 +209,15 @@ def save_fisher(
         folder_or_file: A folder (the file is ``<folder>/fisher.safetensors``) or a file path.
         kind: ``"empirical"`` or ``"true"``, stored in the file's metadata.
         n_examples: Number of examples it was estimated on, stored in the metadata.
+        key: What it was estimated from (:func:`fisher_key`), stored in the metadata so a cache
+            is only reused for the same source weights, source examples and kind.
 
     Returns:
         The file written.
     """
     meta = {"kind": _check_kind(kind), "n_examples": str(n_examples if n_examples else "")}
+    if key:
+        meta["key"] = key
     return save_state_dict(fisher, _fisher_file(folder_or_file), metadata=meta)
 
 
@@ -243,22 +249,41 @@ def load_fisher(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return load_state_dict(_fisher_file(path))
 
 
-def find_cached_fisher(folder: str | os.PathLike, kind: str) -> Path | None:
-    """``<folder>/fisher-<kind>.safetensors``, else ``<folder>/fisher.safetensors`` of that kind."""
+def fisher_key(source: nn.Module, data: TensorDataset, n_examples: int, kind: str) -> str:
+    """What a Fisher estimate depends on, as one SHA-256: the source's weights, the first
+    ``n_examples`` source examples (inputs and labels) and the kind."""
+    weights = tensor_digest(sorted(source.state_dict().items()))
+    examples = tensor_digest([("x", data.x[:n_examples]), ("y", data.y[:n_examples])])
+    return tensor_digest([(f"{weights}|{examples}|{n_examples}|{kind}", torch.empty(0))])
+
+
+def cache_file_name(kind: str, key: str) -> str:
+    """``fisher-<kind>-<first 16 hex of key>.safetensors``."""
+    return f"fisher-{kind}-{key[:16]}.safetensors"
+
+
+def find_cached_fisher(folder: str | os.PathLike, kind: str, key: str) -> Path | None:
+    """A Fisher in ``folder`` estimated from exactly what ``key`` describes (:func:`fisher_key`):
+    ``fisher-<kind>-<key>.safetensors``, or ``fisher.safetensors`` / ``fisher-<kind>.safetensors``
+    whose metadata records the same key. Files of other weights, data or counts are never used."""
     folder = Path(folder)
     if not folder.is_dir():
         return None
-    for candidate in (folder / f"fisher-{kind}.safetensors", folder / FISHER_NAME):
+    for candidate in (folder / cache_file_name(kind, key), folder / f"fisher-{kind}.safetensors",
+                      folder / FISHER_NAME):
         if candidate.is_file():
             try:
-                if fisher_info(candidate).get("kind") == kind:
-                    return candidate
+                meta = fisher_info(candidate)
             except CheckpointError as exc:
                 logger.warning("ignoring unreadable cached Fisher: %s", exc)
+                continue
+            if meta.get("kind") == kind and meta.get("key") == key:
+                return candidate
+            logger.info("EWC: not using %s: it was estimated from other source weights, source "
+                        "examples or counts (pass fisher= to use it anyway)", candidate)
     return None
 
 
-# ---------------------------------------------------------------------------- penalty
 def ewc_penalty(
     params: Mapping[str, torch.Tensor],
     reference: Mapping[str, torch.Tensor],
@@ -308,9 +333,12 @@ class EWC(Objective):
         lam: ``λ`` >= 0; the Fisher of a trained model is small, so 1-10^4 is usual.
         max_examples: Source examples used for the estimate (``None`` = all).
         weight: Multiplier of this term in the total loss.
-        cache_dir: A folder to read ``fisher-<kind>.safetensors`` from, or to write it to after
-            computing it. Without it, a source loaded from a model folder (``source.info.source``)
-            that holds a Fisher file of this kind is used as the cache (read only).
+        cache_dir: A folder for the computed Fisher (``fisher-<kind>-<key>.safetensors``); without
+            it the Fisher is kept in the workflow's cache folder (``FitContext.cache_dir``, shared
+            by its seeds and arms), else in the run's folder (``FitContext.run_dir``). A cached Fisher is
+            reused only when it was estimated from the same source weights, the same source
+            examples and count, and the same kind (:func:`fisher_key`); a Fisher saved beside a
+            source model's files with :func:`save_fisher` (``key=``) is read under the same rule.
 
     Attributes:
         fisher: ``{name: F}`` on the training device, after :meth:`setup`, for the student
@@ -319,8 +347,8 @@ class EWC(Objective):
         computed: Whether setup computed the Fisher (False when given or read from a cache).
 
     Raises:
-        ConfigError: neither ``source_data`` nor ``fisher`` (nor ``cache_dir``), bad ``kind``,
-            negative ``lam``, ``max_examples`` < 1.
+        ConfigError: neither ``source_data`` nor ``fisher``, bad ``kind``, negative ``lam``,
+            ``max_examples`` < 1.
     """
 
     class Options(ObjectiveOptions):
@@ -339,7 +367,8 @@ class EWC(Objective):
             1000, description="Source examples used for the Fisher estimate; None: all.",
         )
         cache_dir: str | None = Field(
-            None, description="Folder to read fisher-<kind>.safetensors from, or write it to.",
+            None, description="Folder for the computed Fisher (default: the run's folder); a cached "
+                              "one is reused only for the same source weights, examples and kind.",
         )
 
         @field_validator("cache_dir", mode="before")
@@ -364,7 +393,7 @@ class EWC(Objective):
         max_examples, cache_dir = self.options.max_examples, self.options.cache_dir
         if source is not None and not isinstance(source, nn.Module):
             raise ConfigError(f"EWC source must be an nn.Module, got {type(source).__name__}")
-        if fisher is None and source_data is None and self._cached(cache_dir, source, kind) is None:
+        if fisher is None and source_data is None:
             raise ConfigError(_NO_DATA)
         if fisher is None and source is None:
             raise ConfigError(
@@ -385,41 +414,35 @@ class EWC(Objective):
     def extra_repr(self) -> str:
         return f"weight={self.weight}, lam={self.lam}, kind={self.kind!r}"
 
-    @staticmethod
-    def _cached(cache_dir: str | None, source: nn.Module | None, kind: str) -> Path | None:
-        """The cached Fisher of ``kind``: in ``cache_dir``, else beside the source model's files."""
-        origin = getattr(getattr(source, "info", None), "source", "") if source is not None else ""
-        for folder in (cache_dir, origin):
-            hit = find_cached_fisher(folder, kind) if folder else None
-            if hit is not None:
-                return hit
-        return None
-
-    def _get_fisher(self, device: torch.device) -> dict[str, torch.Tensor]:
+    def _get_fisher(self, ctx: FitContext) -> dict[str, torch.Tensor]:
+        """The given Fisher, else a cached one of exactly this source, data, count and kind, else
+        computed (and cached in ``cache_dir`` or the run folder)."""
         if isinstance(self._fisher_arg, Mapping):
             return dict(self._fisher_arg)
         if self._fisher_arg is not None:
             return load_fisher(self._fisher_arg)
         source: nn.Module = self.__dict__["_source"]
-        hit = self._cached(self.cache_dir, source, self.kind)
-        if hit is not None:
-            logger.info("EWC: using the cached %s Fisher %s", self.kind, hit)
-            return load_fisher(hit)
-        if self.source_data is None:
-            raise ConfigError(_NO_DATA)
-        fisher = fisher_diagonal(source, self.source_data, kind=self.kind,
-                                 max_examples=self.max_examples, device=device)
+        data = self.source_data
+        n = len(data) if self.max_examples is None else min(len(data), self.max_examples)
+        key = fisher_key(source, data, n, self.kind)
+        origin = getattr(getattr(source, "info", None), "source", "") or None
+        store = self.cache_dir or ctx.cache_dir or ctx.run_dir
+        for folder in (store, origin):
+            hit = find_cached_fisher(folder, self.kind, key) if folder else None
+            if hit is not None:
+                logger.info("EWC: using the cached %s Fisher %s", self.kind, hit)
+                return load_fisher(hit)
+        fisher = fisher_diagonal(source, data, kind=self.kind, max_examples=self.max_examples,
+                                 device=ctx.device)
         self.computed = True
-        if self.cache_dir is not None:
-            n = len(self.source_data) if self.max_examples is None else min(
-                len(self.source_data), self.max_examples)
+        if store is not None and ctx.rank == 0:
             try:
-                path = save_fisher(fisher, Path(self.cache_dir) / f"fisher-{self.kind}.safetensors",
-                                   kind=self.kind, n_examples=n)
+                path = save_fisher(fisher, Path(store) / cache_file_name(self.kind, key), kind=self.kind,
+                                   n_examples=n, key=key)
                 logger.info("EWC: saved the Fisher to %s", path)
-            except OSError as exc:  # a read-only source folder: train on, without the cache
+            except OSError as exc:  # a read-only folder: train on, without the cache
                 logger.warning("EWC: could not cache the Fisher in %s (%s); it will be computed "
-                               "again next time", self.cache_dir, exc.strerror or exc)
+                               "again next time", store, exc.strerror or exc)
         return fisher
 
     def setup(self, ctx: FitContext) -> None:
@@ -431,7 +454,7 @@ class EWC(Objective):
         self.computed = False
         source: nn.Module | None = self.__dict__["_source"]
         student = dict(ctx.model.named_parameters())
-        fisher = self._get_fisher(ctx.device)
+        fisher = self._get_fisher(ctx)
         ref_all = ({n: p.detach() for n, p in source.named_parameters()} if source is not None
                    else {n: p.detach() for n, p in student.items()})
         for name, f in fisher.items():
@@ -471,7 +494,9 @@ OBJECTIVES.register("ewc", EWC)
 __all__ = [
     "EWC",
     "ewc_penalty",
+    "cache_file_name",
     "find_cached_fisher",
+    "fisher_key",
     "fisher_diagonal",
     "fisher_info",
     "load_fisher",
