@@ -187,3 +187,30 @@ def test_dataloader_workers_and_pickle(tmp_path, context):
         len(train),
     )
     assert torch.equal(back.targets, train.targets) and torch.equal(_stack(back)[0], ref_x)
+
+
+def test_a_model_trains_and_evaluates_on_a_streamed_folder_as_on_the_loaded_one(tmp_path):
+    from transferkit.data.sources import load_image_folder
+    from transferkit.engine import TrainConfig, Trainer
+    from transferkit.evaluation import evaluate
+    from transferkit.models import create_model
+
+    root = tmp_path / "imgs"
+    rng = np.random.default_rng(0)
+    for c in range(3):
+        (root / f"c{c}").mkdir(parents=True)
+        for i in range(12):
+            pixels = (rng.random((8, 8)) * 80 + c * 80).astype(np.uint8)
+            Image.fromarray(pixels).save(root / f"c{c}" / f"{i}.png")
+    streamed, s_test = open_image_folder(root, "imgs", test_fraction=0.25)
+    loaded, l_test = load_image_folder(root, "imgs", test_fraction=0.25)
+    weights = []
+    for train in (streamed, loaded):
+        torch.manual_seed(0)
+        model = create_model("small_cnn", num_classes=3, in_channels=1, image_size=8, widths=(4,),
+                             feature_dim=8)
+        Trainer(model, TrainConfig(epochs=3, batch_size=9, device="cpu", amp=False, seed=1)).fit(train)
+        weights.append(model)
+    for a, b in zip(weights[0].state_dict().values(), weights[1].state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b)
+    assert evaluate(weights[0], s_test).accuracy == evaluate(weights[1], l_test).accuracy

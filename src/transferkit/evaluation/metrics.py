@@ -18,6 +18,7 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 from torch import Tensor, nn
 
 from transferkit.data.base import TensorDataset
+from transferkit.engine.batches import labelled_batches, move
 from transferkit.errors import ConfigError, DataError, LabelError
 
 logger = logging.getLogger(__name__)
@@ -131,7 +132,8 @@ def predict(
 def _predict(
     model: nn.Module, data: TensorDataset, batch_size: int, device: str | torch.device | None
 ) -> tuple[Tensor, Tensor, int]:
-    """:func:`predict` plus the width of the model's logits (its number of classes)."""
+    """:func:`predict` plus the width of the model's logits (its number of classes). ``data`` may
+    also be any map-style Dataset with ``classes`` (a streamed image folder)."""
     if len(data) == 0:
         raise DataError(
             f"cannot evaluate on dataset {data.name!r}: it has 0 examples; pass a non-empty split"
@@ -142,23 +144,24 @@ def _predict(
     was_training = model.training
     model.eval()
     preds: list[Tensor] = []
+    labels: list[Tensor] = []
     width = 0
     try:
         with torch.inference_mode():
-            for start in range(0, len(data), batch_size):
-                xb = data.x[start : start + batch_size].to(dev)
-                logits = model(xb)
-                if logits.ndim != 2 or logits.shape[0] != xb.shape[0]:
+            for ex in labelled_batches(data, batch_size):  # tensors sliced; other datasets loaded
+                logits = model(move(ex.x, dev))
+                if logits.ndim != 2 or logits.shape[0] != len(ex):
                     raise DataError(
                         f"model returned output of shape {tuple(logits.shape)} for a batch of "
-                        f"{xb.shape[0]}; it must return logits of shape (batch, num_classes)"
+                        f"{len(ex)}; it must return logits of shape (batch, num_classes)"
                     )
                 width = int(logits.shape[1])
                 preds.append(logits.argmax(dim=1).cpu())
+                labels.append(ex.y.cpu())
     finally:
         model.train(was_training)
     y_pred = torch.cat(preds).long()
-    return y_pred, data.y.detach().cpu().long(), width
+    return y_pred, torch.cat(labels).long(), width
 
 
 def _as_label_array(values: Any, what: str) -> np.ndarray:
