@@ -396,7 +396,7 @@ def test_resume_matches_straight_run(tmp_path, mode):
 
 
 def test_resume_without_checkpoint_starts_fresh(tmp_path, caplog):
-    with caplog.at_level(logging.INFO, logger="transferkit.engine.trainer"):
+    with caplog.at_level(logging.INFO, logger="transferkit.engine"):
         hist = Trainer(make_net(), cpu(epochs=1), run_dir=tmp_path).fit(blobs(12), resume=True)
     assert len(hist.epochs) == 1 and "no checkpoint" in caplog.text
     with pytest.raises(ConfigError, match="resume=True needs a run_dir"):

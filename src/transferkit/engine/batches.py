@@ -22,7 +22,7 @@ share of each global batch (``positions[rank::world_size]``), so shuffling agree
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -368,6 +368,57 @@ def take(data: Dataset, positions: torch.Tensor) -> Examples:
     if isinstance(data, TensorDataset):
         return Examples(data.x[positions], data.y[positions], positions)
     return collate([(int(p), data[int(p)]) for p in positions])
+
+
+Batches = TensorBatches | LoaderBatches | UserLoaderBatches
+
+
+def make_batches(train: Dataset | DataLoader, target: Dataset | None, config: Any, rank: int = 0,
+                 world_size: int = 1, cuda: bool = False) -> Batches:
+    """The batch source of a fit: the in-memory fast path for a TensorDataset (and an in-memory
+    target), a DataLoader with ``config.num_workers`` workers for any other dataset, a user's own
+    DataLoader as it is. ``target`` is paired with every batch (``None``: no pairing)."""
+    if isinstance(train, DataLoader):
+        return UserLoaderBatches(train, config.seed, target)
+    order = EpochOrder(num_examples(train), config.batch_size, config.seed,
+                       target_size=None if target is None else num_examples(target),
+                       rank=rank, world_size=world_size)
+    if isinstance(train, TensorDataset) and (target is None or isinstance(target, TensorDataset)):
+        return TensorBatches(train, order, target)
+    return LoaderBatches(train, order, target, config.num_workers, config.pin_memory and cuda)
+
+
+def augmenter(specs: Sequence[Any], num_classes: int | None,
+              device: torch.device) -> Callable[[Examples], Examples] | None:
+    """Train-time augmentation by name (:mod:`transferkit.data.augment`) as a function of a batch
+    on ``device``: images augmented, soft targets set by mixup / cutmix; ``None`` without specs."""
+    if not specs:
+        return None
+    from transferkit.data.augment import build_augmentation  # imports kornia: only when used
+
+    aug = build_augmentation(specs, num_classes=num_classes).to(device)
+
+    def apply(ex: Examples) -> Examples:
+        if isinstance(ex.x, dict):
+            raise ConfigError("augment works on image batches (N, C, H, W); these inputs are a "
+                              f"dict ({', '.join(ex.x)}): drop train.augment for them")
+        x, soft = aug(ex.x, ex.y)
+        return replace(ex, x=x, soft=soft)
+
+    return apply
+
+
+def view_maker(config: Any, objectives: Sequence[Any],
+               device: torch.device) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None:
+    """The weak / strong views (``config.weak_augment`` / ``strong_augment``, else the library's
+    defaults) for objectives that ask for them (``needs_views``); ``None`` when none does."""
+    if not any(getattr(o, "needs_views", False) for o in objectives):
+        return None
+    from transferkit.data.augment import STRONG, WEAK, build_views
+
+    weak = WEAK if config.weak_augment is None else config.weak_augment
+    strong = STRONG if config.strong_augment is None else config.strong_augment
+    return build_views(weak, strong).to(device)
 
 
 def gather(data: Dataset, positions: torch.Tensor) -> Inputs:

@@ -18,10 +18,12 @@ code. ``metrics.jsonl`` and ``best.safetensors`` are rewritten from it on resume
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
 import zipfile
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,8 @@ FORMAT = "transferkit-checkpoint"
 VERSION = 1
 # The two files of the checkpoints written before last.ckpt (never read, only recognised).
 OLD_FILES = ("last.safetensors", "last_state.pt")
+
+logger = logging.getLogger(__name__)
 
 
 class RunDir:
@@ -166,6 +170,74 @@ class RunDir:
         return [json.loads(line) for line in lines if line.strip()]
 
 
+@dataclass
+class TrainingState:
+    """The parts of a fit a checkpoint holds (besides its history and best weights): what
+    :meth:`save` writes after every epoch and :meth:`restore` puts back on resume."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    objectives: Sequence[torch.nn.Module]
+    config: Any
+    guard: Any
+    device: torch.device
+
+    def save(self, run_dir: RunDir, epoch: int, history: Any, best_state: dict | None) -> None:
+        """Write ``last.ckpt`` after 1-based ``epoch`` (atomically, one file)."""
+        state = {
+            "epoch": epoch,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+            "history": history.to_dict(),
+            "best_model": best_state,
+            "objectives": [o.state_dict() for o in self.objectives],
+            "config": self.config.model_dump(),
+            "guard": self.guard.state_dict(),
+        }
+        run_dir.save_checkpoint(cpu_state_dict(self.model), state)
+
+    def restore(self, run_dir: RunDir) -> tuple[Any, dict[str, torch.Tensor] | None] | None:
+        """Load ``last.ckpt`` into the parts; returns ``(history, best weights)``, or ``None``
+        (logged) when the folder has no checkpoint.
+
+        Raises:
+            CheckpointError: the checkpoint is unreadable, of the old format, or does not fit.
+        """
+        from transferkit.engine.history import History
+        from transferkit.engine.strategies import lr_factor
+
+        loaded = run_dir.load_checkpoint()
+        if loaded is None:
+            logger.info("resume=True but %s has no checkpoint; starting fresh", run_dir.root)
+            return None
+        weights, state = loaded
+        load_training_state(state, weights, self.model, self.optimizer, self.scheduler, self.scaler,
+                            self.objectives, where=str(run_dir.last))
+        # the learning rate follows this run's schedule: a run extended to more epochs would
+        # otherwise keep the old schedule's last rate (0 after a cosine schedule)
+        for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs, strict=True):
+            group["lr"] = base * lr_factor(self.config, self.scheduler.last_epoch)
+        self.guard.load_state_dict(state.get("guard", {}))
+        torch.set_rng_state(state["rng"])
+        if state.get("cuda_rng") and self.device.type == "cuda":
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        old = state.get("config", {})
+        changed = sorted(k for k, v in self.config.model_dump().items()
+                         if k in old and old[k] != v and k not in ("epochs", "progress"))
+        if changed:
+            logger.warning("resuming with changed config values: %s", ", ".join(changed))
+        history = History(**state["history"])
+        if history.best_value is None and self.config.select_metric == "val_accuracy":
+            history.best_value = history.best_val_accuracy  # checkpoints written before best_value
+        logger.info("resuming from %s after epoch %d", run_dir.last, int(state["epoch"]))
+        return history, state.get("best_model")
+
+
 def load_training_state(
     state: Mapping[str, Any],
     weights: Mapping[str, torch.Tensor],
@@ -209,4 +281,4 @@ def cpu_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
 
 
-__all__ = ["RunDir", "cpu_state_dict", "load_training_state"]
+__all__ = ["RunDir", "TrainingState", "cpu_state_dict", "load_training_state"]

@@ -23,27 +23,23 @@ import os
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
 
-from transferkit.data.base import TensorDataset
 from transferkit.engine import distributed
 from transferkit.engine.batches import (
-    EpochOrder,
-    Examples,
-    LoaderBatches,
-    TensorBatches,
-    UserLoaderBatches,
+    Batches,
+    augmenter,
     data_name,
     epoch_seed,
     labels_of,
-    num_examples,
+    make_batches,
+    view_maker,
 )
-from transferkit.engine.checkpoint import RunDir, cpu_state_dict, load_training_state
+from transferkit.engine.checkpoint import RunDir, TrainingState, cpu_state_dict
 from transferkit.engine.checks import attach_taps, check_batch_labels, check_fit
 from transferkit.engine.config import TrainConfig
 from transferkit.engine.context import FitContext
@@ -58,7 +54,6 @@ from transferkit.engine.strategies import (
     build_optimizer,
     build_param_groups,
     build_scheduler,
-    lr_factor,
 )
 from transferkit.errors import ConfigError, TrainingError
 
@@ -171,22 +166,6 @@ class Trainer:
         """
         check_fit(self.model, self.objectives, self.config, self.device, train, val, target)
 
-    def _batches(self, train: Any, target: Any) -> TensorBatches | LoaderBatches | UserLoaderBatches:
-        """The batch source: the in-memory fast path for a TensorDataset, a DataLoader for any other
-        dataset, the user's own DataLoader as it is."""
-        cfg = self.config
-        if not any(o.uses_target for o in self.objectives):
-            target = None
-        if isinstance(train, DataLoader):
-            return UserLoaderBatches(train, cfg.seed, target)
-        order = EpochOrder(num_examples(train), cfg.batch_size, cfg.seed,
-                           target_size=None if target is None else num_examples(target),
-                           rank=self.procs.rank, world_size=self.procs.world_size)
-        if isinstance(train, TensorDataset) and (target is None or isinstance(target, TensorDataset)):
-            return TensorBatches(train, order, target)
-        pin = cfg.pin_memory and self.device.type == "cuda"
-        return LoaderBatches(train, order, target, cfg.num_workers, pin)
-
     # ------------------------------------------------------------------ fit
     def fit(self, train: Any, val: Any = None, *, target: Any = None, resume: bool = False) -> History:
         """Train ``self.model`` on ``train``, validating on ``val`` after every epoch.
@@ -227,7 +206,8 @@ class Trainer:
         if self.procs.parallel and self.device.type == "cuda":
             self.device = torch.device("cuda", self.procs.local_rank)
         self.check(train, val, target=target)
-        batches = self._batches(train, target)
+        batches = make_batches(train, target if any(o.uses_target for o in self.objectives) else None,
+                               cfg, self.procs.rank, self.procs.world_size, self.device.type == "cuda")
         model = self.model.to(self.device)
         if cfg.channels_last and any(p.ndim == 4 for p in model.parameters()):
             model = model.to(memory_format=torch.channels_last)
@@ -248,6 +228,9 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, cfg)
         self.scaler = torch.amp.GradScaler(self.device.type,
                                            enabled=self.use_amp and cfg.amp_dtype == "float16")
+        self._guard = DivergenceGuard(cfg.divergence_factor)
+        self._state = TrainingState(model, self.optimizer, self.scheduler, self.scaler, self.objectives,
+                                    cfg, self._guard, self.device)
         history, best_state = self._start(resume)
         self._guard.start(model)
         self.history = history
@@ -269,7 +252,8 @@ class Trainer:
             self._autocast, tap=attach_taps(model, self.objectives), kept=self._kept,
             grad_sync=distributed.average_gradients if self.procs.parallel else None,
             reduce=distributed.mean_across if self.procs.parallel else None,
-            augment=self._augmentation(), views=self._views(),
+            augment=augmenter(cfg.augment, _head_size(model), self.device),
+            views=view_maker(cfg, self.objectives, self.device),
         )
         runner.cached_features = train_feats
         start = len(history.epochs)
@@ -290,44 +274,15 @@ class Trainer:
         model.eval()
         return history
 
-    def _augmentation(self) -> Callable[[Examples], Examples] | None:
-        """``config.augment`` as a function of a batch (on the device), or ``None``."""
-        if not self.config.augment:
-            return None
-        from transferkit.data.augment import build_augmentation
-
-        head = int(getattr(getattr(self.model, "info", None), "num_classes", 0) or 0) or None
-        aug = build_augmentation(self.config.augment, num_classes=head).to(self.device)
-
-        def apply(ex: Examples) -> Examples:
-            if isinstance(ex.x, dict):
-                raise ConfigError("augment works on image batches (N, C, H, W); these inputs are a "
-                                  f"dict ({', '.join(ex.x)}): drop train.augment for them")
-            x, soft = aug(ex.x, ex.y)
-            return replace(ex, x=x, soft=soft)
-
-        return apply
-
-    def _views(self) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None:
-        """The weak / strong views for objectives that ask for them, or ``None``."""
-        if not any(o.needs_views for o in self.objectives):
-            return None
-        from transferkit.data.augment import STRONG, WEAK, build_views
-
-        cfg = self.config
-        return build_views(WEAK if cfg.weak_augment is None else cfg.weak_augment,
-                           STRONG if cfg.strong_augment is None else cfg.strong_augment).to(self.device)
-
     def _start(self, resume: bool) -> tuple[History, dict[str, torch.Tensor] | None]:
         """A fresh history, or the checkpoint's on resume; an old checkpoint is cleared otherwise."""
         history, best_state = History(), None
-        self._guard = DivergenceGuard(self.config.divergence_factor)
         run_dir, main = self.run_dir, self.procs.is_main
         if run_dir is not None and main:
             for path in run_dir.remove_stale_temporaries():
                 logger.info("removed %s, left by an interrupted write", path)
         if resume:
-            restored = self._restore()
+            restored = self._state.restore(run_dir)
             if restored is not None:
                 history, best_state = restored
                 if main and best_state is not None and history.best_epoch is not None:
@@ -345,7 +300,7 @@ class Trainer:
         self,
         epoch: int,
         runner: StepRunner,
-        batches: TensorBatches | LoaderBatches | UserLoaderBatches,
+        batches: Batches,
         val_feats: torch.Tensor | None,
         history: History,
         best_state: dict[str, torch.Tensor] | None,
@@ -383,7 +338,7 @@ class Trainer:
         if self.run_dir is not None and self.procs.is_main:
             # last.ckpt alone is the resumable state; best.safetensors and metrics.jsonl follow it
             # (and are rewritten from it on resume), so a kill between the writes loses nothing
-            self._save(epoch + 1, history, best_state)
+            self._state.save(self.run_dir, epoch + 1, history, best_state)
             if new_best:
                 self.run_dir.save_best(best_state, epoch + 1)
             self.run_dir.write_metrics(history.epochs)
@@ -400,7 +355,7 @@ class Trainer:
         self,
         epoch: int,
         runner: StepRunner,
-        batches: TensorBatches | LoaderBatches | UserLoaderBatches,
+        batches: Batches,
         progress: Progress,
     ) -> dict[str, float]:
         cfg, ctx, model = self.config, self.context, self.model
@@ -408,7 +363,7 @@ class Trainer:
         for obj in self.objectives:
             obj.on_epoch_start(ctx, epoch)
         progress.start_epoch(epoch, len(batches))
-        head = int(getattr(getattr(model, "info", None), "num_classes", 0) or 0)
+        head = _head_size(model) or 0
         check_labels = head > 0 and labels_of(ctx.train_data) is None
         non_blocking = self.device.type == "cuda"
         sums: dict[str, float] = defaultdict(float)
@@ -456,52 +411,10 @@ class Trainer:
         return evaluate(model, data, self.config.eval_batch_size, self.device, feats,
                         self._autocast, self.config.num_workers)
 
-    # ------------------------------------------------------------------ checkpoints
-    def _save(self, epoch: int, history: History, best_state: dict | None) -> None:
-        state = {
-            "epoch": epoch,
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
-            "history": history.to_dict(),
-            "best_model": best_state,
-            "objectives": [o.state_dict() for o in self.objectives],
-            "config": self.config.model_dump(),
-            "guard": self._guard.state_dict(),
-        }
-        self.run_dir.save_checkpoint(cpu_state_dict(self.model), state)
 
-    def _restore(self) -> tuple[History, dict[str, torch.Tensor] | None] | None:
-        loaded = self.run_dir.load_checkpoint()
-        if loaded is None:
-            logger.info("resume=True but %s has no checkpoint; starting fresh", self.run_dir.root)
-            return None
-        weights, state = loaded
-        path = self.run_dir.last
-        load_training_state(
-            state, weights, self.model, self.optimizer, self.scheduler, self.scaler,
-            self.objectives, where=str(path),
-        )
-        # the learning rate follows this run's schedule: a run extended to more epochs would
-        # otherwise keep the old schedule's last rate (0 after a cosine schedule)
-        for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs, strict=True):
-            group["lr"] = base * lr_factor(self.config, self.scheduler.last_epoch)
-        self._guard.load_state_dict(state.get("guard", {}))
-        torch.set_rng_state(state["rng"])
-        if state.get("cuda_rng") and self.device.type == "cuda":
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-        old = state.get("config", {})
-        changed = sorted(k for k, v in self.config.model_dump().items()
-                         if k in old and old[k] != v and k not in ("epochs", "progress"))
-        if changed:
-            logger.warning("resuming with changed config values: %s", ", ".join(changed))
-        history = History(**state["history"])
-        if history.best_value is None and self.config.select_metric == "val_accuracy":
-            history.best_value = history.best_val_accuracy  # checkpoints written before best_value
-        logger.info("resuming from %s after epoch %d", path, int(state["epoch"]))
-        return history, state.get("best_model")
+def _head_size(model: torch.nn.Module) -> int | None:
+    """The head's number of classes when the model's info tells it."""
+    return int(getattr(getattr(model, "info", None), "num_classes", 0) or 0) or None
 
 
 def _unique_names(names: list[str]) -> list[str]:
