@@ -53,6 +53,7 @@ class Examples:
         domain: Domain label of every example ``(N,)`` int64: 0 = source, 1 = target.
         target: The paired unlabelled target batch (domain adaptation), or ``None``.
         soft: Soft targets ``(N, num_classes)`` when augmentation mixed examples (mixup, cutmix).
+        all_labelled: Known to hold no unlabelled example (saves a count per step).
     """
 
     x: Inputs
@@ -61,12 +62,16 @@ class Examples:
     domain: torch.Tensor | None = None
     target: Examples | None = None
     soft: torch.Tensor | None = None
+    all_labelled: bool = False
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
     def to(self, device: torch.device, non_blocking: bool = False) -> Examples:
-        """A copy with inputs and labels on ``device`` (``index`` stays on the CPU)."""
+        """A copy with inputs and labels on ``device`` (``index`` stays on the CPU); ``self`` when
+        they are there already."""
+        if self.y.device == device and self.target is None and self.soft is None:
+            return self
         return replace(
             self,
             x=move(self.x, device, non_blocking),
@@ -278,14 +283,16 @@ class TensorBatches:
 
     def __init__(self, data: TensorDataset, order: EpochOrder, target: Dataset | None = None) -> None:
         self.data, self.order, self.target = data, order, target
+        self.inputs = True  # False when the step reads cached features: x is then left empty
 
     def __len__(self) -> int:
         return len(self.order)
 
     def epoch(self, epoch: int) -> Iterator[Examples]:
         x, y = self.data.x, self.data.y
+        labelled = bool(len(y) == 0 or int(y.min()) >= 0)
         for idx, idx_t in self.order.batches(epoch):
-            ex = Examples(x[idx], y[idx], idx)
+            ex = Examples(x[idx] if self.inputs else x[:0], y[idx], idx, all_labelled=labelled)
             yield ex if idx_t is None else _pair(ex, gather(self.target, idx_t), idx_t)
 
 

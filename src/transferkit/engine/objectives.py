@@ -287,8 +287,9 @@ class Objective(nn.Module):
         taps: Names of student modules (as in ``model.named_modules()``) whose outputs this
             objective reads from ``batch.taps``; the trainer records them with forward hooks.
         head_only: True when the objective needs only ``batch.logits`` computed from backbone
-            features (and ``x``, ``y``), never gradients into the backbone or taps. With a frozen
-            backbone this lets the trainer cache the features once.
+            features (and ``y``, ``index``), never the inputs, gradients into the backbone or taps.
+            With a frozen backbone this lets the trainer cache the features once (``batch.x`` is
+            then an empty tensor).
         name: Short name used for logging the term (``"loss_<name>"``); defaults to the name the
             class is registered under in :data:`OBJECTIVES` (``"rkd"``), else the class name in
             snake case.

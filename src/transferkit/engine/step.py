@@ -11,6 +11,7 @@ the same operations, as Lightning's manual optimisation does; the loop itself ha
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -75,6 +76,7 @@ class StepRunner:
         self.head_params = {id(p) for p in model.head.parameters()} | extra
         self.backbone_params = {id(p) for p in model.parameters()} - self.head_params
         self.cached_features: torch.Tensor | None = None
+        self._params: list[torch.Tensor] | None = None
         self.epoch = self.step = 0
         self.steps_per_epoch = max(1, context.steps_per_epoch)
 
@@ -141,7 +143,7 @@ class StepRunner:
         divergence guard flags -- before any update, so the weights stay good."""
         total = total.detach() if self.reduce is None else self.reduce(total)  # every rank decides alike
         value = float(total)
-        if not torch.isfinite(total):
+        if not math.isfinite(value):
             ctx = self.context
             inputs = [(data_name(ctx.train_data), ex.x)]
             if ex.target is not None and ctx.target_data is not None:
@@ -158,7 +160,9 @@ class StepRunner:
         opt, cfg = self.optimizer, self.config
         opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
-        params = [p for g in opt.param_groups for p in g["params"]]
+        params = self._params
+        if params is None:  # the optimiser's groups are fixed for the fit
+            params = self._params = [p for g in opt.param_groups for p in g["params"]]
         if only is not None:
             for p in params:
                 if id(p) not in only:
@@ -176,15 +180,19 @@ class StepRunner:
         """Forward -> taps -> the weighted sum of every objective's term -> one update."""
         batch = self.forward(ex)
         terms = self.losses(batch)
-        loss = sum(o.weight * t for o, t in zip(self.objectives, terms, strict=True))
+        weighted = [t if o.weight == 1.0 else o.weight * t  # 1.0 * t is t: skip the multiplication
+                    for o, t in zip(self.objectives, terms, strict=True)]
+        loss = weighted[0] if len(weighted) == 1 else sum(weighted)
         value = self.check(ex, self.term_names, terms, loss)
         self.update(loss)
-        labelled = ex.y >= 0
+        with torch.no_grad():  # a prediction is never -1, so unlabelled rows never count as correct
+            correct = int((batch.logits.argmax(1) == ex.y).sum())
+            labelled = len(ex) if ex.all_labelled else int((ex.y >= 0).sum())
         return StepOutput(
             total=value,
             terms={f"loss_{n}": float(t.detach()) for n, t in zip(self.term_names, terms, strict=True)},
-            correct=int((batch.logits.argmax(1) == ex.y)[labelled].sum()),
-            labelled=int(labelled.sum()),
+            correct=correct,
+            labelled=labelled,
         )
 
     def run(self, ex: Examples, epoch: int, step: int, owner: Objective | None) -> StepOutput:

@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader
 from transferkit.engine import distributed
 from transferkit.engine.batches import (
     Batches,
+    TensorBatches,
     augmenter,
     data_name,
     epoch_seed,
@@ -256,6 +257,8 @@ class Trainer:
             views=view_maker(cfg, self.objectives, self.device),
         )
         runner.cached_features = train_feats
+        if train_feats is not None and isinstance(batches, TensorBatches):
+            batches.inputs = False  # the head reads cached features; no need to gather the images
         start = len(history.epochs)
         progress = Progress(cfg.progress and self.procs.is_main, cfg.epochs, start)
         t0 = time.perf_counter()
@@ -367,7 +370,7 @@ class Trainer:
         check_labels = head > 0 and labels_of(ctx.train_data) is None
         non_blocking = self.device.type == "cuda"
         sums: dict[str, float] = defaultdict(float)
-        counts = torch.zeros(3, dtype=torch.float64)  # examples, labelled, correct
+        counts = [0, 0, 0]  # examples, labelled, correct
         for step, ex in enumerate(batches.epoch(epoch)):
             if check_labels:
                 check_batch_labels(ex.y, head, data_name(ctx.train_data))
@@ -376,10 +379,10 @@ class Trainer:
             sums["train_loss"] += out.total * n
             for name, value in out.terms.items():
                 sums[name] += value * n
-            counts += torch.tensor([n, out.labelled, out.correct], dtype=torch.float64)
+            counts = [counts[0] + n, counts[1] + out.labelled, counts[2] + out.correct]
             progress.advance_batch()
         names = sorted(sums)
-        totals = torch.cat([torch.tensor([sums[k] for k in names], dtype=torch.float64), counts])
+        totals = torch.tensor([*(sums[k] for k in names), *counts], dtype=torch.float64)
         if self.procs.parallel:
             torch.distributed.all_reduce(totals)
         seen, labelled, correct = (float(v) for v in totals[-3:])
