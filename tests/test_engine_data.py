@@ -162,3 +162,15 @@ def test_examples_move_with_their_target(digits):
                   target=Examples({"a": torch.zeros(2)}, torch.full((2,), -1)))
     moved = ex.to(torch.device("cpu"))
     assert moved.target.x["a"].shape == (2,) and moved.index.tolist() == [0, 1]
+
+
+def test_a_dataset_without_labels_is_refused_when_cross_entropy_needs_them(digits):
+    class Bare(Dataset):
+        def __len__(self):
+            return 40
+
+        def __getitem__(self, i):
+            return {"pixel_values": digits.train.x[i]}
+
+    with pytest.raises(DataError, match="holds no labelled example .* cross_entropy learns from labels"):
+        Trainer(_mlp(), _cfg(epochs=1)).fit(Bare())

@@ -104,9 +104,15 @@ def check_labels(train: object, val: object | None, head: int) -> None:
             )
 
 
-def check_batch_labels(y: torch.Tensor, head: int, name: str) -> None:
-    """Labels of one batch from a dataset that does not tell its labels up front."""
-    if len(y) and int(y.max()) >= head:
+def check_batch_labels(y: torch.Tensor, head: int, name: str, learns: bool = False) -> None:
+    """Labels of one batch from a dataset that does not tell its labels up front: none beyond the
+    head (``head`` > 0), and, when an objective ``learns`` from labels, at least one labelled."""
+    if learns and len(y) and int(y.max()) < 0:
+        raise DataError(
+            f"a batch of {name!r} holds no labelled example (every label is -1 or missing) but "
+            "cross_entropy learns from labels; return (inputs, label) items or a 'label' key"
+        )
+    if head > 0 and len(y) and int(y.max()) >= head:
         raise LabelError(
             f"a batch of {name!r} holds label {int(y.max())} but the model's head predicts {head} "
             f"classes (labels 0..{head - 1}); give the model a head of {int(y.max()) + 1} outputs "

@@ -367,13 +367,14 @@ class Trainer:
             obj.on_epoch_start(ctx, epoch)
         progress.start_epoch(epoch, len(batches))
         head = _head_size(model) or 0
-        check_labels = head > 0 and labels_of(ctx.train_data) is None
+        check_labels = labels_of(ctx.train_data) is None  # labels seen only batch by batch
+        learns = any(isinstance(o, CrossEntropy) for o in self.objectives)
         non_blocking = self.device.type == "cuda"
         sums: dict[str, float] = defaultdict(float)
         counts = [0, 0, 0]  # examples, labelled, correct
         for step, ex in enumerate(batches.epoch(epoch)):
             if check_labels:
-                check_batch_labels(ex.y, head, data_name(ctx.train_data))
+                check_batch_labels(ex.y, head, data_name(ctx.train_data), learns)
             out = runner.run(ex.to(self.device, non_blocking), epoch, step, self.step_owner)
             n = len(ex)
             sums["train_loss"] += out.total * n
