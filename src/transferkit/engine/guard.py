@@ -36,6 +36,7 @@ class DivergenceGuard:
         self.norm0: float | None = None
         self.peak_loss_ratio = 0.0
         self.peak_norm_ratio = 0.0
+        self._frozen: dict[int, float] = {}  # norms of parameters that don't train, by id
 
     def start(self, model: nn.Module) -> None:
         """Record the weight norm to compare with (unless a resumed checkpoint brought it)."""
@@ -56,7 +57,7 @@ class DivergenceGuard:
 
     def weight_problem(self, model: nn.Module) -> str | None:
         """What is wrong with the model's weights, or ``None``."""
-        norm = weight_norm(model)
+        norm = weight_norm(model, self._frozen)
         if not math.isfinite(norm):
             return "the weights hold NaN/inf values"
         ratio = norm / self.norm0 if self.norm0 else 0.0
@@ -73,11 +74,27 @@ class DivergenceGuard:
         self.loss0, self.norm0 = state.get("loss0"), state.get("norm0")
 
 
-def weight_norm(model: nn.Module) -> float:
-    """The L2 norm of all the model's parameters (in float64, so 1e30-sized weights don't overflow)."""
+def weight_norm(model: nn.Module, frozen: dict[int, float] | None = None) -> float:
+    """The L2 norm of all the model's parameters (in float64, so 1e30-sized weights don't overflow).
+
+    Args:
+        frozen: A cache of the norms of parameters that do not train (``requires_grad`` False),
+            by ``id``: they can't have changed since they were cached, so a frozen backbone is
+            measured once, not every epoch. A parameter seen training is measured again.
+    """
+    norms = []
     with torch.no_grad():
-        norms = [float(torch.linalg.vector_norm(p.detach(), dtype=torch.float64))
-                 for p in model.parameters()]
+        for p in model.parameters():
+            if frozen is not None and not p.requires_grad and id(p) in frozen:
+                norms.append(frozen[id(p)])
+                continue
+            n = float(torch.linalg.vector_norm(p.detach(), dtype=torch.float64))
+            if frozen is not None:
+                if p.requires_grad:
+                    frozen.pop(id(p), None)
+                else:
+                    frozen[id(p)] = n
+            norms.append(n)
     return math.sqrt(math.fsum(n * n for n in norms))
 
 

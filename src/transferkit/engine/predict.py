@@ -68,7 +68,7 @@ def evaluate(
     """Mean cross-entropy and accuracy of ``model`` on the labelled examples of ``data`` (eval
     mode, no gradients); with ``feats`` (precomputed backbone features, dataset order) only the
     head runs."""
-    model.eval()
+    (model.head if feats is not None else model).eval()  # on cached features only the head runs
     total = correct = 0.0
     n = 0
     for ex in labelled_batches(data, batch_size, num_workers):

@@ -77,6 +77,7 @@ class StepRunner:
         self.backbone_params = {id(p) for p in model.parameters()} - self.head_params
         self.cached_features: torch.Tensor | None = None
         self._params: list[torch.Tensor] | None = None
+        self.strategy_applied = False
         self.epoch = self.step = 0
         self.steps_per_epoch = max(1, context.steps_per_epoch)
 

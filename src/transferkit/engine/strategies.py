@@ -71,16 +71,16 @@ def apply_strategy(model: nn.Module, config: TrainConfig, epoch: int) -> list[st
     blocks = backbone_blocks(model)
     n = num_unfrozen_blocks(config, epoch, len(blocks))
     model.train()
-    for p in model.parameters():
-        p.requires_grad_(True)
     trainable = blocks[len(blocks) - n :] if n else []
     frozen = blocks[: len(blocks) - n]
-    for _, block in frozen:
-        block.requires_grad_(False)
-        block.eval()
+    still = {id(p) for _, block in frozen for p in block.parameters()}
     if frozen:
-        for p in _loose_backbone_params(model):
-            p.requires_grad_(False)
+        still.update(id(p) for p in _loose_backbone_params(model))
+    for p in model.parameters():  # only flags that change are set (a probe keeps them all epochs)
+        if p.requires_grad != (id(p) not in still):
+            p.requires_grad_(id(p) not in still)
+    for _, block in frozen:
+        block.eval()
     if config.freeze_bn:
         for module in model.backbone.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):

@@ -362,7 +362,11 @@ class Trainer:
         progress: Progress,
     ) -> dict[str, float]:
         cfg, ctx, model = self.config, self.context, self.model
-        apply_strategy(model, cfg, epoch)
+        if runner.cached_features is None or not runner.strategy_applied:
+            apply_strategy(model, cfg, epoch)
+            runner.strategy_applied = True
+        else:  # only the head runs on cached features: the backbone's flags and modes stay as set
+            model.head.train()
         for obj in self.objectives:
             obj.on_epoch_start(ctx, epoch)
         progress.start_epoch(epoch, len(batches))
@@ -411,7 +415,10 @@ class Trainer:
             data: Examples to score (a TensorDataset, any Dataset or a DataLoader).
             feats: Precomputed backbone features ``(N, D)`` of ``data``; only the head runs.
         """
-        model = self.model.to(self.device)
+        model = self.model
+        first = next(model.parameters(), None)
+        if first is not None and first.device != self.device:  # called outside fit
+            model = model.to(self.device)
         return evaluate(model, data, self.config.eval_batch_size, self.device, feats,
                         self._autocast, self.config.num_workers)
 
