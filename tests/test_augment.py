@@ -244,3 +244,16 @@ def test_two_views():
     )
     weak, strong = build_views([], ["hflip:p=1"])(x)
     assert torch.equal(weak, x) and torch.equal(strong, x.flip(-1))
+
+
+def test_shift_translates_without_rescaling():
+    torch.manual_seed(0)
+    x = torch.zeros(8, 1, 28, 28)
+    x[:, :, 10:18, 10:18] = 1.0
+    out, _ = build_augmentation(["shift:fraction=0.2"])(x)
+    assert out.shape == x.shape
+    # the bright square keeps its size (no rescaling) but moves
+    assert torch.allclose(out.sum((1, 2, 3)), x.sum((1, 2, 3)), atol=2.0)
+    assert not torch.equal(out, x)
+    with pytest.raises(ConfigError, match="fraction"):
+        build_augmentation(["shift:fraction=0.9"])

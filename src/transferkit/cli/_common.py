@@ -156,7 +156,8 @@ def augment_option() -> Any:
         None,
         "--augment",
         help="Train-time augmentation, repeatable and applied in order: hflip, vflip, crop[:scale=0.5], "
-        "rotate, randaugment, trivialaugment, noise[:std=0.05], color, erase, mixup[:alpha=0.2], cutmix.",
+        "shift[:fraction=0.1], rotate, randaugment, trivialaugment, noise[:std=0.05], color, erase, "
+        "mixup[:alpha=0.2], cutmix.",
     )
 
 

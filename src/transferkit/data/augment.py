@@ -43,6 +43,7 @@ AUGMENTATIONS: dict[str, dict[str, float]] = {
     "vflip": {"p": 0.5},
     "crop": {"scale": 0.08, "p": 1.0},
     "rotate": {"degrees": 15.0, "p": 0.5},
+    "shift": {"fraction": 0.1, "p": 1.0},
     "randaugment": {"n": 2, "m": 9},
     "trivialaugment": {},
     "noise": {"std": 0.05, "p": 1.0},
@@ -60,6 +61,7 @@ _RANGES = {
     "p": (0, 1, False, False), "scale": (0, 1, True, False), "degrees": (0, 180, False, False),
     "n": (1, 15, False, True), "m": (1, 29, False, True), "std": (0, 1, False, False),
     "strength": (0, 1, False, False), "alpha": (0, 100, True, False),
+    "fraction": (0, 0.5, True, False),
 }
 Spec = str | Mapping[str, object]
 
@@ -208,6 +210,8 @@ def _module(name: str, o: dict[str, float]) -> nn.Module:
         return K.RandomVerticalFlip(p=o["p"])
     if name == "crop":
         return _ResizedCrop(o["scale"], o["p"])
+    if name == "shift":  # translation only: no rescaling, aspect change or flip
+        return K.RandomAffine(degrees=0.0, translate=(o["fraction"], o["fraction"]), p=o["p"])
     if name == "rotate":
         return K.RandomRotation(degrees=o["degrees"], p=o["p"])
     if name == "randaugment":
