@@ -96,3 +96,12 @@ def test_scores_hubs_and_criteria_are_registries(module, attr, typo, close, kind
     with pytest.raises(ConfigError, match="already registered"):
         reg.register(close.upper(), before)  # names are case-insensitive
     assert reg.get(close) is before
+
+
+def test_name_of_finds_a_registered_object_without_loading_modules():
+    from transferkit.registry import Registry
+
+    reg = Registry("thing", modules=("no.such.module",))
+    obj = object()
+    reg.register("mine", obj)
+    assert reg.name_of(obj) == "mine" and reg.name_of(object()) is None  # no import attempted

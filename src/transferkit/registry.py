@@ -83,6 +83,14 @@ class Registry(Generic[T]):
         self._load()
         return sorted(self._items)
 
+    def name_of(self, obj: object) -> str | None:
+        """The name ``obj`` is registered under, or ``None``. Loads no module: an object that
+        exists was registered when its own module was imported."""
+        for name in sorted(self._items):
+            if self._items[name] is obj:
+                return name
+        return None
+
     def keys(self) -> list[str]:
         """All registered names, sorted (as :meth:`names`)."""
         return self.names()

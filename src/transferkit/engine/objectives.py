@@ -429,10 +429,7 @@ OBJECTIVES.register("cross_entropy", CrossEntropy)
 def _registered_name(cls: type) -> str:
     """The name ``cls`` is registered under (the canonical one, ``"rkd"``), else its class name in
     snake case."""
-    for name, registered in OBJECTIVES.items():
-        if registered is cls:
-            return name
-    return _snake(cls.__name__)
+    return OBJECTIVES.name_of(cls) or _snake(cls.__name__)
 
 
 def validate_method_spec(spec: Mapping[str, object]) -> dict[str, object]:

@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 from torch import Tensor, nn
 
 from transferkit.data.base import TensorDataset
@@ -224,6 +223,8 @@ def classification_metrics(
                 f"labels must lie in [0, {num_classes - 1}] (check num_classes or the model's head)"
             )
     labels = list(range(num_classes))
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score  # ~2 s to import: only here
+
     per_class = f1_score(yt, yp, labels=labels, average=None, zero_division=0)
     macro = f1_score(yt, yp, labels=labels, average="macro", zero_division=0)
     cm = confusion_matrix(yt, yp, labels=labels)
