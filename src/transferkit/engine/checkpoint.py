@@ -276,9 +276,15 @@ def _one_line(exc: BaseException, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def cpu_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """A detached CPU copy of ``module.state_dict()`` (safe to keep while training goes on)."""
-    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+def cpu_state_dict(module: torch.nn.Module, fixed: frozenset[str] = frozenset()) -> dict[str, torch.Tensor]:
+    """A detached CPU copy of ``module.state_dict()`` (safe to keep while training goes on).
+
+    Args:
+        fixed: Keys whose tensors can't change during this fit (a frozen backbone under a cached
+            linear probe): already on the CPU they are referenced, not copied.
+    """
+    return {k: v.detach() if k in fixed and v.device.type == "cpu" else v.detach().to("cpu", copy=True)
+            for k, v in module.state_dict().items()}
 
 
 __all__ = ["RunDir", "TrainingState", "cpu_state_dict", "load_training_state"]

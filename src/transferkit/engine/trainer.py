@@ -257,6 +257,9 @@ class Trainer:
             views=view_maker(cfg, self.objectives, self.device),
         )
         runner.cached_features = train_feats
+        # with cached features only the head trains: the rest of the state can't change in this fit
+        head_keys = {f"head.{k}" for k in model.head.state_dict()}
+        self._fixed = frozenset(k for k in model.state_dict() if cached and k not in head_keys)
         if train_feats is not None and isinstance(batches, TensorBatches):
             batches.inputs = False  # the head reads cached features; no need to gather the images
         start = len(history.epochs)
@@ -332,7 +335,7 @@ class Trainer:
         if new_best:
             history.best_epoch, history.best_val_accuracy = epoch + 1, row["val_accuracy"]
             history.best_value = float(row[cfg.select_metric])
-            best_state = cpu_state_dict(self.model)
+            best_state = cpu_state_dict(self.model, self._fixed)
         if (cfg.patience is not None and history.best_epoch is not None
                 and epoch + 1 - history.best_epoch >= cfg.patience and epoch + 1 < cfg.epochs):
             history.stopped_early = True
