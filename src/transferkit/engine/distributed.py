@@ -1,18 +1,22 @@
 """Data-parallel training across processes, on ``torch.distributed``.
 
-Launch the same command once per process with ``torchrun`` (it sets ``RANK``, ``WORLD_SIZE``,
-``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``)::
+Launch a script that calls :meth:`Trainer.fit <transferkit.engine.Trainer.fit>` once per process
+with ``torchrun`` (it sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and
+``MASTER_PORT``)::
 
-    torchrun --nproc_per_node 2 -m transferkit.cli.main finetune config.yaml --out runs/ddp
+    torchrun --nproc_per_node 2 train.py
+
+(The workflows -- ``finetune``, ``distill``, ``adapt`` -- run in one process and refuse to start as one
+of several.)
 
 Every rank builds the same model from the same seed, walks the same epoch order and trains on its
 share of each global batch (``TrainConfig.batch_size`` is the global batch). After each backward
 pass the gradients of every trainable parameter -- the model's and the objectives' own (adapters,
-discriminators) -- are averaged across ranks with one all-reduce, so every rank takes the same
-optimiser step. This is what ``DistributedDataParallel`` does, done explicitly: objectives call the
-model's parts (``forward_features``, ``head``, hooked layers) separately, which DDP's wrapper does
-not follow. Frozen teachers and source models are never synchronised (they have no gradients).
-Only rank 0 writes checkpoints, metrics and reports; every rank reads the checkpoint on resume.
+discriminators) -- are averaged across ranks, weighted by each rank's example count, so every rank
+takes the same optimiser step. This is what ``DistributedDataParallel`` does, done explicitly:
+objectives call the model's parts (``forward_features``, ``head``, hooked layers) separately, which
+DDP's wrapper does not follow. Frozen teachers and source models are never synchronised (they have
+no gradients). Only rank 0 writes checkpoints and metrics; every rank reads the checkpoint on resume.
 BatchNorm statistics stay per rank (as with DDP without SyncBatchNorm).
 """
 
