@@ -4,9 +4,12 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 OUT    ?= demo-out
-# The CPU build of torch that installs from local disk on these machines; any torch>=2.10 works
-# (2.10 fixes a weights_only loader bypass in 2.9 and older).
+# The demo needs torch only: the CPU build that installs from local disk here in about 30 s. Any
+# torch>=2.10 works (2.10 fixes a weights_only loader bypass in 2.9 and older).
 TORCH  ?= torch==2.13.0
+# The tests exercise timm and torchvision for real, which don't import beside that CPU build: this
+# pair (a CUDA build that also runs on the CPU; about 80 s and 5.5 GB from local disk) replaces it.
+VISION_TORCH ?= torch==2.14.1 torchvision==0.29.1
 
 .PHONY: demo test install install-dev data lint clean
 
@@ -19,10 +22,14 @@ $(VENV)/.installed: $(VENV)/bin/python pyproject.toml
 	$(PIP) install -q -e .
 	touch $@
 
-# What the tests need beyond the demo (pytest, ruff, transformers for the security tests).
-$(VENV)/.dev: $(VENV)/.installed
+# What the tests need beyond the demo: the vision stack (torch + torchvision + timm), transformers,
+# peft, onnx + onnxruntime, pytest and ruff. It installs torch itself (never the demo's CPU build
+# first) and then counts as the demo's install too.
+$(VENV)/.dev: $(VENV)/bin/python pyproject.toml
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(VISION_TORCH)
 	$(PIP) install -q -e ".[dev]"
-	touch $@
+	touch $@ $(VENV)/.installed
 
 install: $(VENV)/.installed
 install-dev: $(VENV)/.dev
@@ -43,7 +50,7 @@ data: $(VENV)/.data
 demo: $(VENV)/.data
 	$(VENV)/bin/transferkit demo --out $(OUT) --overwrite
 
-test: $(VENV)/.data $(VENV)/.dev
+test: $(VENV)/.dev $(VENV)/.data
 	$(PY) -m pytest
 
 lint: $(VENV)/.dev

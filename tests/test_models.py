@@ -437,37 +437,6 @@ def test_wrap_model_named_head_and_new_classes():
 # --- hub builders against stand-in libraries ---------------------------------------------------
 
 
-class _FakeTimmNet(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.body = nn.Sequential(nn.Flatten(), nn.Linear(12, 6))
-        self.fc = nn.Linear(6, 1000)
-        self.num_features = 6
-        self.pretrained_cfg = {"input_size": (3, 2, 2), "mean": (0.1,) * 3, "std": (0.2,) * 3}
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.fc = nn.Identity()
-
-    def forward(self, x):
-        return self.fc(self.body(x))
-
-
-def test_timm_builder_with_stand_in(monkeypatch):
-    import types
-
-    fake = types.ModuleType("timm")
-    fake.create_model = lambda name, pretrained=False, **kw: _FakeTimmNet()
-    monkeypatch.setitem(sys.modules, "timm", fake)
-    model = create_model("timm:fake", num_classes=1000, pretrained=True)
-    assert model.info.arch == "timm:fake" and model.info.input_size == (3, 2, 2)
-    assert model.info.mean == (0.1,) * 3 and model.head.out_features == 1000
-    assert model(torch.rand(2, 3, 2, 2)).shape == (2, 1000)
-    assert create_model("timm:fake", num_classes=4).head.out_features == 4
-
-
 def test_torchvision_builder_with_stand_in(monkeypatch):
     import types
 
@@ -485,6 +454,7 @@ def test_torchvision_builder_with_stand_in(monkeypatch):
         get_model_weights=lambda name: types.SimpleNamespace(DEFAULT=default),
     )
     monkeypatch.setitem(sys.modules, "torchvision", fake)
+    monkeypatch.setattr("transferkit.models.hub.check_downloadable", lambda spec, where: None)
     classifier = net.classifier[1]
     model = create_model("torchvision:fake", num_classes=1000, pretrained=True, image_size=2)
     assert model.head is classifier and isinstance(net.classifier[1], nn.Identity)

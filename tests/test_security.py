@@ -294,6 +294,7 @@ def test_hf_loaders_get_explicit_trust_and_local_files_only(tmp_path, monkeypatc
     fake.AutoConfig = loader("config")
     fake.AutoImageProcessor = loader("processor")
     monkeypatch.setitem(sys.modules, "transformers", fake)
+    monkeypatch.setattr("transferkit.models.hub.check_downloadable", lambda spec, where: None)
     create_model(f"hf:{tmp_path}", num_classes=2, pretrained=True)
     create_model(f"hf:{tmp_path}", num_classes=2)
     with allow_remote_code():

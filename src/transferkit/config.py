@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -17,6 +17,9 @@ from pydantic_core import PydanticCustomError
 
 from transferkit.engine.config import TrainConfig
 from transferkit.errors import ConfigError, DataNotFoundError, TransferkitError
+
+if TYPE_CHECKING:
+    from transferkit.models.storage import SourceSpec
 
 
 class _Strict(BaseModel):
@@ -55,10 +58,18 @@ class ModelConfig(_Strict):
     Attributes:
         source: The source model: a model folder, a weights file (with ``source_arch``), a built-in name
             or a hub spec (``timm:resnet18``, ``torchvision:resnet18``). ``None`` trains from scratch.
-        source_arch: Architecture of a bare weights file given as ``source``.
+        source_arch: Architecture of a bare weights file given as ``source``: a registered name, a
+            hub spec, or the user's own class (``my_cnn.py:MyCNN``, ``package.module:MyCNN``), which
+            is imported only when the command line names it too (``--source-arch``).
         arch: Target architecture; ``None`` reuses the source's architecture with a new head.
         kwargs: Arguments for the target architecture (``image_size``, ``widths`` ...).
         pretrained: Load pretrained weights when ``source`` is a built-in or hub name.
+        head: The source's classifier (dotted module name) when it is the user's own class;
+            default: a module called ``head``, else the last ``nn.Linear``.
+        input_size: The source's input ``[C, H, W]`` where its files can't tell.
+        mean: Per-channel normalisation mean of the source's input (raw values in [0, 1]).
+        std: Per-channel normalisation std of the source's input.
+        init: Constructor arguments of the source's own class.
     """
 
     source: str | None = None
@@ -66,6 +77,22 @@ class ModelConfig(_Strict):
     arch: str | None = None
     kwargs: dict[str, Any] = Field(default_factory=dict)
     pretrained: bool = True
+    head: str | None = None
+    input_size: list[Annotated[int, Field(ge=1)]] | None = Field(None, min_length=1, max_length=3)
+    mean: list[float] | None = None
+    std: list[Annotated[float, Field(gt=0)]] | None = None
+    init: dict[str, Any] = Field(default_factory=dict)
+
+    def source_spec(self) -> SourceSpec | None:
+        """What :func:`~transferkit.models.load_source` needs to load ``source`` (``None``: no source)."""
+        from transferkit.models.storage import SourceSpec
+
+        if self.source is None:
+            return None
+        return SourceSpec(
+            self.source, self.source_arch, self.pretrained, self.head, self.input_size, self.mean,
+            self.std, self.init,
+        )
 
 
 class TransferConfig(_Strict):
@@ -268,7 +295,8 @@ class TeacherConfig(_Strict):
 
     Attributes:
         model: Model folder, weights file (with ``arch``), built-in or hub name.
-        arch: Architecture of a bare weights file.
+        arch: Architecture of a bare weights file (a user class as in :class:`ModelConfig`).
+        pretrained, head, input_size, mean, std, init: As in :class:`ModelConfig`, for the teacher.
         precompute: Compute the teacher's logits once for the training set when only logits are
             needed (saves a teacher forward per step).
     """
@@ -276,6 +304,21 @@ class TeacherConfig(_Strict):
     model: str
     arch: str | None = None
     precompute: bool = True
+    pretrained: bool = True
+    head: str | None = None
+    input_size: list[Annotated[int, Field(ge=1)]] | None = Field(None, min_length=1, max_length=3)
+    mean: list[float] | None = None
+    std: list[Annotated[float, Field(gt=0)]] | None = None
+    init: dict[str, Any] = Field(default_factory=dict)
+
+    def source_spec(self) -> SourceSpec:
+        """What :func:`~transferkit.models.load_source` needs to load the teacher."""
+        from transferkit.models.storage import SourceSpec
+
+        return SourceSpec(
+            self.model, self.arch, self.pretrained, self.head, self.input_size, self.mean, self.std,
+            self.init,
+        )
 
 
 class StudentConfig(_Strict):

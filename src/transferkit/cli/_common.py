@@ -220,3 +220,124 @@ def parse_objective_spec(text: str, flag: str) -> dict[str, Any]:
                 "separated by commas, so a list can't be given here: put it in a YAML config)"
             ) from None
     return spec
+
+
+# ----------------------------------------------------------------------------------------------
+# A source model's options, shared by the commands that take one (finetune, distill, rank, grow,
+# inspect, evaluate). A user's own class named here is the only way its code is imported.
+
+
+def source_arch_option(flag: str = "--source-arch") -> Any:
+    """``--source-arch``: the architecture of a bare weights file, including the user's own class."""
+    return typer.Option(
+        None,
+        flag,
+        help="Architecture of a bare weights file: a built-in or hub name, or your own class as "
+        "path/to/file.py:ClassName or package.module:ClassName (imports and runs that file: naming "
+        "it here is the only way; a config file can't).",
+    )
+
+
+def head_option() -> Any:
+    return typer.Option(
+        None, "--head", help="Your class's classifier, a dotted module name (default: the last nn.Linear)."
+    )
+
+
+def input_size_option() -> Any:
+    return typer.Option(
+        None, "--input-size", help="The source's input C,H,W (e.g. 3,32,32) where its files can't tell."
+    )
+
+
+def mean_option() -> Any:
+    return typer.Option(None, "--mean", help="Per-channel input mean, e.g. 0.485,0.456,0.406.")
+
+
+def std_option() -> Any:
+    return typer.Option(None, "--std", help="Per-channel input std, e.g. 0.229,0.224,0.225.")
+
+
+def pretrained_option() -> Any:
+    return typer.Option(
+        None,
+        "--pretrained/--no-pretrained",
+        help="Load a built-in or hub model's pretrained weights (default: yes; they must be cached or "
+        "downloadable).",
+    )
+
+
+def parse_numbers(text: str | None, flag: str, *, integers: bool = False) -> list[Any] | None:
+    """``"3,32,32"`` -> ``[3, 32, 32]`` (``None`` stays ``None``); one error line for bad text."""
+    from transferkit.errors import ConfigError
+
+    if text is None:
+        return None
+    try:
+        values = [(int if integers else float)(p) for p in text.replace("x", ",").split(",") if p.strip()]
+    except ValueError:
+        values = []
+    if not values or (integers and any(v < 1 for v in values)):
+        kind = "positive integers" if integers else "numbers"
+        example = "3,224,224" if integers else "0.485,0.456,0.406"
+        raise ConfigError(f"{flag} takes comma-separated {kind} like {example}, got {text!r}")
+    return values
+
+
+def source_overrides(
+    prefix: str,
+    arch_key: str,
+    *,
+    arch: str | None,
+    head: str | None,
+    input_size: str | None,
+    mean: str | None,
+    std: str | None,
+    pretrained: bool | None,
+) -> list[str]:
+    """The source flags as ``key=value`` overrides under ``prefix`` (``model.``, ``teacher.``)."""
+    items = []
+    if arch is not None:
+        items.append(f"{prefix}{arch_key}={arch}")
+    if head is not None:
+        items.append(f"{prefix}head={head}")
+    for key, text, ints in (("input_size", input_size, True), ("mean", mean, False), ("std", std, False)):
+        values = parse_numbers(text, f"--{key.replace('_', '-')}", integers=ints)
+        if values is not None:
+            items.append(f"{prefix}{key}=[{','.join(map(str, values))}]")
+    if pretrained is not None:
+        items.append(f"{prefix}pretrained={str(pretrained).lower()}")
+    return items
+
+
+def source_spec_of(
+    source: str,
+    *,
+    arch: str | None,
+    head: str | None,
+    input_size: str | None,
+    mean: str | None,
+    std: str | None,
+    pretrained: bool | None,
+) -> Any:
+    """A :class:`~transferkit.models.SourceSpec` from a command's source flags."""
+    from transferkit.models import SourceSpec
+
+    return SourceSpec(
+        source,
+        arch,
+        True if pretrained is None else pretrained,
+        head,
+        parse_numbers(input_size, "--input-size", integers=True),
+        parse_numbers(mean, "--mean"),
+        parse_numbers(std, "--std"),
+    )
+
+
+def allowed_code(*archs: str | None) -> Any:
+    """The context in which the user classes named on the command line (and only they) may be
+    imported: :func:`~transferkit.models.allow_code` of the flags' values that name code."""
+    from transferkit.models import allow_code
+    from transferkit.models.custom import is_code_spec
+
+    return allow_code(*[a for a in archs if a is not None and is_code_spec(a)])

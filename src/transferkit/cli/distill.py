@@ -8,12 +8,20 @@ from pathlib import Path
 import typer
 
 from transferkit.cli._common import (
+    allowed_code,
     apply_augment,
     augment_option,
     console,
     handle_errors,
+    head_option,
+    input_size_option,
+    mean_option,
     parse_objective_spec,
+    pretrained_option,
     setup_logging,
+    source_arch_option,
+    source_overrides,
+    std_option,
     trust_remote_code_option,
 )
 
@@ -22,7 +30,15 @@ from transferkit.cli._common import (
 def distill(
     overrides: list[str] | None = typer.Argument(None, help="key=value overrides, e.g. train.lr=0.01"),
     config: Path | None = typer.Option(None, "--config", "-c", help="YAML config file."),
-    teacher: str | None = typer.Option(None, "--teacher", help="Teacher: model folder or name."),
+    teacher: str | None = typer.Option(
+        None, "--teacher", "--source", help="Teacher: model folder, weights file, built-in or hub name."
+    ),
+    source_arch: str | None = source_arch_option(),
+    head: str | None = head_option(),
+    input_size: str | None = input_size_option(),
+    mean: str | None = mean_option(),
+    std: str | None = std_option(),
+    pretrained: bool | None = pretrained_option(),
     student: str | None = typer.Option(
         None, "--student", help="narrow:N (teacher N times narrower), a built-in name or a model folder."
     ),
@@ -70,6 +86,8 @@ def distill(
         "overwrite": True if overwrite else None,
     }
     items = [f"{k}={v}" for k, v in pairs.items() if v is not None]
+    items += source_overrides("teacher.", "arch", arch=source_arch, head=head, input_size=input_size,
+                              mean=mean, std=std, pretrained=pretrained)
     if progress if progress is not None else sys.stderr.isatty():
         items.append("train.progress=true")
     if seeds is not None:
@@ -80,7 +98,7 @@ def distill(
     cfg = build_config(merged, DistillConfig)
     from transferkit.models import allow_remote_code
 
-    with allow_remote_code(trust_remote_code):
+    with allow_remote_code(trust_remote_code), allowed_code(source_arch):
         result = run_distill(cfg)
     typer.echo(result.table())
     console.print(f"wrote {result.out_dir / 'metrics.json'} and {result.out_dir / 'report.html'}")

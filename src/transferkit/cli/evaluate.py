@@ -7,7 +7,13 @@ from pathlib import Path
 
 import typer
 
-from transferkit.cli._common import console, handle_errors, setup_logging, trust_remote_code_option
+from transferkit.cli._common import (
+    allowed_code,
+    console,
+    handle_errors,
+    setup_logging,
+    trust_remote_code_option,
+)
 
 
 @handle_errors
@@ -17,6 +23,10 @@ def evaluate(
     split: str = typer.Option("test", "--split", help="train | val | test"),
     root: Path | None = typer.Option(None, "--root", help="Folder with the dataset's files."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
+    arch: str | None = typer.Option(
+        None, "--arch", "--source-arch", help="The class of a model built from your own code "
+        "(path/to/file.py:ClassName; imports and runs that file)."
+    ),
     trust_remote_code: bool = trust_remote_code_option(),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
@@ -29,7 +39,8 @@ def evaluate(
     setup_logging(verbose)
     if split not in ("train", "val", "test"):
         raise ConfigError(f"--split must be train, val or test, got {split!r}")
-    net = load_model(model, trust_remote_code=trust_remote_code)
+    with allowed_code(arch):
+        net = load_model(model, arch=arch, trust_remote_code=trust_remote_code)
     splits = load_dataset(data, root=root)
     metrics = run_evaluate(net, getattr(splits, split))
     if as_json:

@@ -8,12 +8,20 @@ from pathlib import Path
 import typer
 
 from transferkit.cli._common import (
+    allowed_code,
     apply_augment,
     augment_option,
     console,
     handle_errors,
+    head_option,
+    input_size_option,
+    mean_option,
     parse_objective_spec,
+    pretrained_option,
     setup_logging,
+    source_arch_option,
+    source_overrides,
+    std_option,
     trust_remote_code_option,
 )
 
@@ -61,6 +69,12 @@ def finetune(
     source: str | None = typer.Option(
         None, "--source", help="Source model: folder, weights file, built-in or hub name."
     ),
+    source_arch: str | None = source_arch_option(),
+    head: str | None = head_option(),
+    input_size: str | None = input_size_option(),
+    mean: str | None = mean_option(),
+    std: str | None = std_option(),
+    pretrained: bool | None = pretrained_option(),
     data: str | None = typer.Option(None, "--data", help="Target data: built-in name or path."),
     strategy: str | None = typer.Option(None, "--strategy", help="full | linear_probe | gradual"),
     epochs: int | None = typer.Option(None, "--epochs", help="Training budget in epochs."),
@@ -106,6 +120,8 @@ def finetune(
                            overwrite)
     if progress if progress is not None else sys.stderr.isatty():
         items.append("train.progress=true")
+    items += source_overrides("model.", "source_arch", arch=source_arch, head=head, input_size=input_size,
+                              mean=mean, std=std, pretrained=pretrained)
     if source_data is not None:
         items.append(f"data.source_dataset={source_data}")
     merged = apply_overrides(read_yaml(config) if config else {}, items + list(overrides or []))
@@ -120,7 +136,7 @@ def finetune(
     cfg = build_config(merged, FinetuneConfig)
     from transferkit.models import allow_remote_code
 
-    with allow_remote_code(trust_remote_code):
+    with allow_remote_code(trust_remote_code), allowed_code(source_arch, arch):
         result = run_finetune(cfg)
     typer.echo(result.table())
     for name, report in result.transfer_reports.items():

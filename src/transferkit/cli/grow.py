@@ -6,7 +6,18 @@ from pathlib import Path
 
 import typer
 
-from transferkit.cli._common import handle_errors, setup_logging, trust_remote_code_option
+from transferkit.cli._common import (
+    allowed_code,
+    handle_errors,
+    head_option,
+    input_size_option,
+    mean_option,
+    setup_logging,
+    source_arch_option,
+    source_spec_of,
+    std_option,
+    trust_remote_code_option,
+)
 
 
 def parse_widen(text: str) -> tuple[str, int]:
@@ -33,6 +44,11 @@ def parse_widen(text: str) -> tuple[str, int]:
 @handle_errors
 def grow(
     model: str = typer.Argument(..., help="Model folder or weights file (with its config.json)."),
+    source_arch: str | None = source_arch_option(),
+    head: str | None = head_option(),
+    input_size: str | None = input_size_option(),
+    mean: str | None = mean_option(),
+    std: str | None = std_option(),
     widen_specs: list[str] | None = typer.Option(
         None, "--widen", help="LAYER=WIDTH: widen LAYER to WIDTH units; repeatable."
     ),
@@ -54,7 +70,7 @@ def grow(
     Each step prints its report, with the measured max |change| of the outputs on a probe batch.
     """
     from transferkit.errors import ConfigError
-    from transferkit.models import load_model, save_model
+    from transferkit.models import allow_remote_code, load_source, save_model
     from transferkit.transfer.structure import deepen, widen
 
     setup_logging(verbose)
@@ -67,7 +83,10 @@ def grow(
         raise ConfigError(
             f"--out {str(out)!r} {what}; pass --overwrite to replace it or choose another --out"
         )
-    net = load_model(model, pretrained=False, trust_remote_code=trust_remote_code)
+    spec = source_spec_of(model, arch=source_arch, head=head, input_size=input_size, mean=mean, std=std,
+                          pretrained=False)
+    with allow_remote_code(trust_remote_code), allowed_code(source_arch):
+        net = load_source(spec)
     before = sum(p.numel() for p in net.parameters())
     for layer, width in widens:
         net = widen(net, layer, width, noise=noise, seed=seed)

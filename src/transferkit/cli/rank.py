@@ -6,7 +6,20 @@ from pathlib import Path
 
 import typer
 
-from transferkit.cli._common import console, handle_errors, setup_logging, trust_remote_code_option
+from transferkit.cli._common import (
+    allowed_code,
+    console,
+    handle_errors,
+    head_option,
+    input_size_option,
+    mean_option,
+    pretrained_option,
+    setup_logging,
+    source_arch_option,
+    source_spec_of,
+    std_option,
+    trust_remote_code_option,
+)
 
 
 @handle_errors
@@ -15,6 +28,12 @@ def rank(
         ..., "--candidates", help="Candidate model: folder, weights file or name (repeatable)."
     ),
     data: str = typer.Option(..., "--data", help="Target data: built-in name or path."),
+    source_arch: str | None = source_arch_option(),
+    head: str | None = head_option(),
+    input_size: str | None = input_size_option(),
+    mean: str | None = mean_option(),
+    std: str | None = std_option(),
+    pretrained: bool | None = pretrained_option(),
     scores: str = typer.Option(
         "logme,leep,nce,h_score,gbc",
         "--scores",
@@ -47,8 +66,17 @@ def rank(
     train = load_dataset(data).train
     if shots is not None:
         train = few_shot(train, shots, seed)
-    with allow_remote_code(trust_remote_code):
-        result = run_rank({c: c for c in candidates}, train, scores=names, batch_size=batch_size)
+    # --source-arch, --head and the preprocessing flags describe the candidates given as weights files
+    specs = {
+        c: source_spec_of(c, arch=source_arch, head=head, input_size=input_size, mean=mean, std=std,
+                          pretrained=pretrained)
+        if Path(c).is_file()
+        else source_spec_of(c, arch=None, head=None, input_size=None, mean=None, std=None,
+                            pretrained=pretrained)
+        for c in candidates
+    }
+    with allow_remote_code(trust_remote_code), allowed_code(source_arch):
+        result = run_rank(specs, train, scores=names, batch_size=batch_size)
     typer.echo(result.table())
     if out is not None:
         console.print(f"wrote {result.write(out)}")

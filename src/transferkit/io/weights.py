@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import os
 import pickle
@@ -140,7 +141,10 @@ def _load_file(path: Path) -> dict[str, torch.Tensor]:
 
 def _load_torch_file(path: Path) -> dict[str, torch.Tensor]:
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        # Training checkpoints (timm's train.py, many others) keep their argparse arguments beside
+        # the weights: a Namespace only holds attribute values, so it is the one class allowed.
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         text = str(exc)
         cut = text.lower().rfind("weightsunpickler error:")

@@ -6,8 +6,9 @@ transformers model runs only inside :func:`allow_remote_code` (see :mod:`transfe
 """
 
 from transferkit.models.base import InputAdapter, ModelInfo, TransferNet
+from transferkit.models.custom import allow_code
 from transferkit.models.hub import allow_remote_code, remote_code_allowed
-from transferkit.models.storage import load_model, save_model
+from transferkit.models.storage import SourceSpec, load_model, load_source, save_model
 from transferkit.models.surgery import (
     LayerInfo,
     LayerTap,
@@ -22,11 +23,13 @@ from transferkit.models.zoo import MODELS, check_model_args, create_model, narro
 
 __all__ = [
     "MODELS",
+    "SourceSpec",
     "InputAdapter",
     "LayerInfo",
     "LayerTap",
     "ModelInfo",
     "TransferNet",
+    "allow_code",
     "allow_remote_code",
     "backbone_blocks",
     "check_model_args",
@@ -35,6 +38,7 @@ __all__ = [
     "freeze",
     "list_layers",
     "load_model",
+    "load_source",
     "narrow_model",
     "remote_code_allowed",
     "replace_head",

@@ -40,6 +40,12 @@ class ModelInfo:
         std: Per-channel std the backbone's input is normalised with.
         data_shape: Shape of the raw data the adapter accepts (``None`` = same as ``input_size``).
         source: Where the weights came from ("pretrained:imagenet", a path, ...).
+        interpolation: How the input adapter resizes images (``"bilinear"``, ``"bicubic"`` or
+            ``"nearest"``), as the source's library preprocessed them.
+        crop_pct: Centre crop of the library's evaluation preprocessing: images are resized to
+            ``size / crop_pct`` and the central ``size`` kept (1.0: no crop).
+        classifier: Dotted name of the classifier inside the original module (``"fc"``,
+            ``"head.fc"``), so a bare state dict of that module maps its classifier onto ``head``.
         growth: Structure changes applied after building, in order, as JSON dicts
             (``{"op": "widen", "layer": ..., "new_width": ...}``,
             ``{"op": "deepen", "after": ..., "activation": ..., "batchnorm": ...}``);
@@ -55,7 +61,27 @@ class ModelInfo:
     std: tuple[float, ...] | None = None
     data_shape: tuple[int, ...] | None = None
     source: str = ""
+    interpolation: str = "bilinear"
+    crop_pct: float = 1.0
+    classifier: str | None = None
     growth: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def preprocessing(self) -> dict[str, Any]:
+        """What the input adapter does to raw ``[0, 1]`` inputs: size, mean/std, resizing, crop."""
+        return {
+            "input_size": list(self.input_size),
+            "mean": list(self.mean) if self.mean is not None else None,
+            "std": list(self.std) if self.std is not None else None,
+            "interpolation": self.interpolation,
+            "crop_pct": self.crop_pct,
+        }
+
+    def adapter(self) -> InputAdapter:
+        """A fresh :class:`InputAdapter` configured from these fields."""
+        return InputAdapter(
+            self.input_size, self.mean, self.std, self.data_shape, self.interpolation, self.crop_pct
+        )
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -137,6 +163,7 @@ def _number_list_or_none(value: Any) -> bool:
     )
 
 
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 _REQUIRED_FIELDS = ("arch", "num_classes", "input_size")
 _FIELD_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "arch": (lambda v: isinstance(v, str) and bool(v.strip()), "a non-empty string such as 'small_cnn'"),
@@ -151,6 +178,9 @@ _FIELD_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "std": (_number_list_or_none, "null or a list of finite numbers"),
     "data_shape": (lambda v: v is None or _int_list(None)(v), "null or a list of positive integers"),
     "source": (lambda v: isinstance(v, str), "a string"),
+    "interpolation": (lambda v: v in INTERPOLATIONS, "one of 'bilinear', 'bicubic', 'nearest'"),
+    "crop_pct": (lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]"),
+    "classifier": (lambda v: v is None or (isinstance(v, str) and bool(v)), "null or a dotted module name"),
     "growth": (
         lambda v: v is None or (isinstance(v, list) and all(isinstance(s, Mapping) for s in v)),
         "a list of objects (structure changes such as {\"op\": \"widen\", ...})",
@@ -172,14 +202,18 @@ class InputAdapter(nn.Module):
     """Turns raw ``[0, 1]`` inputs into what a backbone expects. Holds no parameters or buffers.
 
     Steps, each only when needed: reshape flat vectors to images, gray->RGB (repeat) or RGB->gray
-    (luma weights), resize (bilinear) to the backbone's ``(H, W)``, normalise ``(x - mean) / std``, and
-    flatten for vector backbones.
+    (luma weights), resize to the backbone's ``(H, W)`` (with ``crop_pct < 1``: to ``(H, W) / crop_pct``,
+    then the centre ``(H, W)``, as the library's evaluation transform does), normalise
+    ``(x - mean) / std``, and flatten for vector backbones.
 
     Args:
         input_size: The backbone's input: ``(C, H, W)`` for images or ``(D,)`` for vectors.
         mean: Per-channel mean (length C, or 1 to broadcast); ``None`` skips normalisation.
         std: Per-channel std; ``None`` skips normalisation.
         data_shape: Raw data's per-example shape, used to reshape flat input to an image; optional.
+        interpolation: ``"bilinear"`` (default), ``"bicubic"`` or ``"nearest"``; antialiased when
+            shrinking (except nearest).
+        crop_pct: Share of the resized image kept by the centre crop (1.0: no crop).
     """
 
     def __init__(
@@ -188,15 +222,27 @@ class InputAdapter(nn.Module):
         mean: tuple[float, ...] | None = None,
         std: tuple[float, ...] | None = None,
         data_shape: tuple[int, ...] | None = None,
+        interpolation: str = "bilinear",
+        crop_pct: float = 1.0,
     ) -> None:
         super().__init__()
+        if interpolation not in INTERPOLATIONS:
+            raise ShapeError(
+                f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {interpolation!r}"
+            )
+        if not 0 < float(crop_pct) <= 1:
+            raise ShapeError(f"crop_pct must be in (0, 1], got {crop_pct!r}")
         self.input_size = tuple(int(s) for s in input_size)
         self.mean = tuple(float(m) for m in mean) if mean is not None else None
         self.std = tuple(float(s) for s in std) if std is not None else None
         self.data_shape = tuple(int(s) for s in data_shape) if data_shape is not None else None
+        self.interpolation = interpolation
+        self.crop_pct = float(crop_pct)
 
     def extra_repr(self) -> str:
-        return f"input_size={self.input_size}, mean={self.mean}, std={self.std}"
+        extra = f", interpolation={self.interpolation}" if self.interpolation != "bilinear" else ""
+        extra += f", crop_pct={self.crop_pct}" if self.crop_pct != 1.0 else ""
+        return f"input_size={self.input_size}, mean={self.mean}, std={self.std}{extra}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if len(self.input_size) == 1:  # vector backbone
@@ -236,11 +282,25 @@ class InputAdapter(nn.Module):
                     f"input has {x.shape[1]} channels, the model takes {c}; only gray<->RGB "
                     "conversion is automatic: convert the data or change the model's in_channels"
                 )
-        if tuple(x.shape[2:]) != (h, w):
-            # antialias when shrinking: plain bilinear sampling skips pixels (28 -> 8 would alias)
-            shrink = h < x.shape[2] or w < x.shape[3]
-            x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=shrink)
+        if self.crop_pct < 1.0:
+            rh, rw = (math.floor(side / self.crop_pct) for side in (h, w))
+            x = self._resize(x, rh, rw)
+            top, left = (rh - h) // 2, (rw - w) // 2
+            x = x[:, :, top : top + h, left : left + w]
+        else:
+            x = self._resize(x, h, w)
         return self._normalise(x, vector=False)
+
+    def _resize(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        if tuple(x.shape[2:]) == (h, w):
+            return x
+        if self.interpolation == "nearest":
+            return F.interpolate(x, size=(h, w), mode="nearest")
+        # antialias when shrinking: plain bilinear sampling skips pixels (28 -> 8 would alias)
+        shrink = h < x.shape[2] or w < x.shape[3]
+        return F.interpolate(
+            x, size=(h, w), mode=self.interpolation, align_corners=False, antialias=shrink
+        )
 
     def _normalise(self, x: torch.Tensor, vector: bool) -> torch.Tensor:
         if self.mean is None or self.std is None:
@@ -278,9 +338,7 @@ class TransferNet(nn.Module):
         input_adapter: InputAdapter | None = None,
     ) -> None:
         super().__init__()
-        self.input_adapter = input_adapter or InputAdapter(
-            info.input_size, info.mean, info.std, info.data_shape
-        )
+        self.input_adapter = input_adapter or info.adapter()
         self.backbone = backbone
         self.head = head
         self.info = info

@@ -19,13 +19,16 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import pickle
+import socket
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
@@ -123,6 +126,7 @@ HUB_OPTIONS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
         "proj_drop_rate": _RATE,
         "in_chans": _INT,
         "img_size": _SIZE,
+        "image_size": _INT,
         "global_pool": _TEXT,
     },
     "torchvision": {
@@ -225,28 +229,177 @@ def _linear_head(feature_dim: int, num_classes: int, old: nn.Module | None) -> n
     return nn.Linear(feature_dim, num_classes)
 
 
-def build_timm(name: str, num_classes: int, pretrained: bool, **kwargs: Any) -> TransferNet:
+def _timm_source(name: str) -> str:
+    """timm's name for ``name``: an existing local folder (``save_for_hf`` / hub layout, a
+    ``config.json`` + ``model.safetensors``) becomes ``local-dir:<folder>``."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return f"local-dir:{path.resolve()}"
+    return name
+
+
+def _create_timm(timm: Any, name: str, pretrained: bool, image_size: int | None, kwargs: dict) -> nn.Module:
+    """``timm.create_model`` at ``image_size``: passed as ``img_size`` to architectures that take
+    one (ViTs resize their position embeddings when loading weights); others (CNNs) run at any size,
+    so only the input adapter changes."""
+    if image_size is not None and "img_size" not in kwargs:
+        try:
+            return timm.create_model(name, pretrained=pretrained, img_size=image_size, **kwargs)
+        except TypeError as exc:
+            if "img_size" not in str(exc):
+                raise
+    return timm.create_model(name, pretrained=pretrained, **kwargs)
+
+
+def build_timm(
+    name: str, num_classes: int, pretrained: bool, *, image_size: int | None = None, **kwargs: Any
+) -> TransferNet:
     """``timm.create_model(name, pretrained=...)`` with its classifier reset; features
-    ``(N, num_features)``; mean, std and input size from its ``pretrained_cfg``. ``kwargs`` are
-    checked against ``HUB_OPTIONS["timm"]`` before timm is imported."""
-    check_hub_options("timm", name, kwargs)
+    ``(N, num_features)``. ``name`` may be a local folder in timm's hub layout (``config.json`` +
+    ``model.safetensors``, as ``timm.models.save_for_hf`` writes), loaded through timm's own
+    ``local-dir:`` path. Preprocessing (input size, mean, std, interpolation, centre crop) comes from
+    timm's ``resolve_data_config`` of the model; ``image_size`` overrides the size. ``kwargs`` are
+    checked against ``HUB_OPTIONS["timm"]`` before timm is imported; without network, pretrained
+    weights that are not cached fail at once (:func:`check_downloadable`)."""
+    sized = {"image_size": image_size} if image_size is not None else {}
+    check_hub_options("timm", name, {**kwargs, **sized})
     timm = _require("timm")
-    net = timm.create_model(name, pretrained=pretrained, **kwargs)
+    source = _timm_source(name)
+    try:
+        if pretrained and not source.startswith("local-dir:"):
+            probe = _create_timm(timm, source, False, image_size, kwargs)
+            check_downloadable(f"timm:{name}", _timm_weights(probe))
+        net = _create_timm(timm, source, pretrained, image_size, kwargs)
+    except RuntimeError as exc:
+        if "Unknown model" in str(exc) or "not a directory" in str(exc):
+            raise ConfigError(f"timm cannot build {name!r}: {_first_line(exc)}") from exc
+        raise
+    pretrained_cfg = dict(getattr(net, "pretrained_cfg", None) or {})
+    classifier = pretrained_cfg.get("classifier")
+    if source.startswith("local-dir:") and not kwargs and pretrained_cfg.get("architecture"):
+        name = str(pretrained_cfg["architecture"])  # rebuilds without the folder; it is the source
     old = net.get_classifier() if pretrained else None
     net.reset_classifier(0)
-    cfg = dict(getattr(net, "pretrained_cfg", None) or {})
+    data_cfg = timm.data.resolve_data_config({}, model=net)
+    input_size = tuple(data_cfg.get("input_size", (3, 224, 224)))
+    if image_size is not None:
+        input_size = (input_size[0], int(image_size), int(image_size))
     feature_dim = int(net.num_features)
     info = ModelInfo(
         arch=f"timm:{name}",
-        kwargs=dict(kwargs),
+        kwargs={**kwargs, **sized},
         num_classes=num_classes,
         feature_dim=feature_dim,
-        input_size=tuple(cfg.get("input_size", (3, 224, 224))),
-        mean=tuple(cfg.get("mean", IMAGENET_MEAN)),
-        std=tuple(cfg.get("std", IMAGENET_STD)),
-        source=f"pretrained:timm:{name}" if pretrained else "random init",
+        input_size=input_size,
+        mean=tuple(data_cfg.get("mean", IMAGENET_MEAN)),
+        std=tuple(data_cfg.get("std", IMAGENET_STD)),
+        interpolation=_interpolation(data_cfg.get("interpolation")),
+        crop_pct=float(data_cfg.get("crop_pct") or 1.0),
+        classifier=classifier if isinstance(classifier, str) else None,
+        source=(source if source.startswith("local-dir:") else f"pretrained:timm:{name}")
+        if pretrained
+        else "random init",
     )
     return TransferNet(net, _linear_head(feature_dim, num_classes, old), info)
+
+
+def _interpolation(value: Any) -> str:
+    """A library's interpolation setting (timm's string, torchvision's ``InterpolationMode``, a
+    PIL resample number) as the input adapter's mode; unknown ones fall back to bilinear."""
+    text = str(getattr(value, "value", value)).lower()
+    pil = {"0": "nearest", "2": "bilinear", "3": "bicubic"}
+    text = pil.get(text, text)
+    return text if text in ("bilinear", "bicubic", "nearest") else "bilinear"
+
+
+# ----------------------------------------------------------------------------------------------
+# Pretrained weights without network: fail at once with what to do, never retry for a minute.
+
+_OFFLINE_FIX = (
+    "use weights on disk instead (--source FILE --source-arch {spec}, or put the file in the "
+    "cache), or train without them: --no-pretrained (model.pretrained=false)"
+)
+
+
+@dataclass(frozen=True)
+class WeightsLocation:
+    """Where a hub's pretrained weights come from: an URL (cached under ``torch.hub``'s folder) or
+    a Hugging Face hub repository (cached by ``huggingface_hub``)."""
+
+    url: str | None = None
+    hf_repo: str | None = None
+    hf_files: tuple[str, ...] = ("model.safetensors", "pytorch_model.bin")
+
+
+def _timm_weights(net: nn.Module) -> WeightsLocation:
+    cfg = dict(getattr(net, "pretrained_cfg", None) or {})
+    extra = (cfg["hf_hub_filename"],) if cfg.get("hf_hub_filename") else ()
+    return WeightsLocation(
+        url=cfg.get("url") or None,
+        hf_repo=cfg.get("hf_hub_id") or None,
+        hf_files=(*WeightsLocation.hf_files, *extra),
+    )
+
+
+def _cached(where: WeightsLocation) -> bool:
+    if where.url:
+        file = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(where.url).path).name
+        if file.is_file():
+            return True
+    if where.hf_repo:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+        except ImportError:
+            return False
+        for name in where.hf_files:
+            found = try_to_load_from_cache(where.hf_repo, name)
+            if isinstance(found, str) and Path(found).is_file():
+                return True
+    return False
+
+
+def _reachable(url: str, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to ``url``'s host opens within ``timeout`` seconds."""
+    parsed = urlparse(url)
+    if not parsed.hostname:
+        return False
+    try:
+        with socket.create_connection((parsed.hostname, parsed.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _hf_endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+
+
+def _offline_env() -> bool:
+    switches = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    return any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in switches)
+
+
+def check_downloadable(spec: str, where: WeightsLocation) -> None:
+    """Refuse at once, in one line, pretrained weights that are not cached and can't be downloaded.
+
+    Cached weights (``torch.hub`` checkpoints folder, Hugging Face cache) always pass; otherwise the
+    download host must answer within 3 s (and Hugging Face's offline switches must be off). Without
+    this, timm retries for about a minute and torchvision prints a long traceback.
+
+    Raises:
+        CheckpointError: naming the model, the host that can't be reached and what to do instead.
+    """
+    if not (where.url or where.hf_repo) or _cached(where):
+        return
+    hosts = [u for u in (_hf_endpoint() if where.hf_repo else None, where.url) if u]
+    if not _offline_env() and any(_reachable(u) for u in hosts):
+        return
+    host = urlparse(hosts[0]).hostname
+    why = "Hugging Face offline mode is on" if _offline_env() else f"{host} can't be reached"
+    raise CheckpointError(
+        f"the pretrained weights of {spec!r} are not on this machine and can't be downloaded "
+        f"({why}); {_OFFLINE_FIX.format(spec=spec)}"
+    )
 
 
 _TV_CLASSIFIERS = ("fc", "classifier", "heads.head", "heads", "head")
@@ -277,30 +430,67 @@ def _check_torchvision_weights(tv: Any, name: str) -> None:
         ) from exc
 
 
+def _torchvision_weights(tv: Any, name: str) -> Any:
+    """The default weights enum of ``name`` (their transforms and URL; nothing is downloaded), or
+    ``None`` for an architecture without any."""
+    try:
+        return tv.models.get_model_weights(name).DEFAULT
+    except (ValueError, KeyError, AttributeError):
+        return None
+
+
+def _create_torchvision(tv: Any, name: str, weights: Any, image_size: int | None, kwargs: dict) -> nn.Module:
+    """``get_model`` at ``image_size``: passed on to architectures that take one (ViT, Swin); the
+    others run at any size, so only the input adapter changes."""
+    try:
+        if image_size is not None:
+            try:
+                return tv.models.get_model(name, weights=weights, image_size=image_size, **kwargs)
+            except TypeError as exc:
+                if "image_size" not in str(exc):
+                    raise
+        return tv.models.get_model(name, weights=weights, **kwargs)
+    except ValueError as exc:
+        raise ConfigError(f"torchvision cannot build {name!r}: {_first_line(exc)}") from exc
+
+
 def build_torchvision(
-    name: str, num_classes: int, pretrained: bool, *, image_size: int = 224, **kwargs: Any
+    name: str, num_classes: int, pretrained: bool, *, image_size: int | None = None, **kwargs: Any
 ) -> TransferNet:
     """``torchvision.models.get_model(name, weights="DEFAULT" or None)``; its classifier (``fc``,
     ``classifier[-1]`` or ``heads.head``) becomes ``nn.Identity`` and, when ``num_classes`` matches,
-    our head. ImageNet mean and std. Options are checked against ``HUB_OPTIONS["torchvision"]``
-    before torchvision is imported; pretrained weights are first loaded with ``weights_only=True``."""
-    check_hub_options("torchvision", name, {"image_size": image_size, **kwargs})
+    our head. Preprocessing (crop size, resize size, mean, std, interpolation) comes from the default
+    weights' ``transforms()``; ``image_size`` overrides the size. Options are checked against
+    ``HUB_OPTIONS["torchvision"]`` before torchvision is imported; pretrained weights that are not
+    cached fail at once without network, and are first loaded with ``weights_only=True``."""
+    sized = {"image_size": image_size} if image_size is not None else {}
+    check_hub_options("torchvision", name, {**sized, **kwargs})
     tv = _require("torchvision")
+    weights = _torchvision_weights(tv, name)
     if pretrained:
+        if weights is None:
+            raise ConfigError(
+                f"torchvision has no pretrained weights for {name!r}; use --no-pretrained "
+                "(model.pretrained=false)"
+            )
+        check_downloadable(f"torchvision:{name}", WeightsLocation(url=weights.url))
         _check_torchvision_weights(tv, name)
-    net = tv.models.get_model(name, weights="DEFAULT" if pretrained else None, **kwargs)
+    net = _create_torchvision(tv, name, weights if pretrained else None, image_size, kwargs)
     linear: nn.Linear | None = None
+    classifier: str | None = None
     for path in _TV_CLASSIFIERS:
         holder = _get_path(net, path)
         if isinstance(holder, nn.Sequential) and len(holder) and isinstance(holder[-1], nn.Linear):
             linear = holder[-1]
             holder[-1] = nn.Identity()
+            classifier = f"{path}.{len(holder) - 1}"
             break
         if isinstance(holder, nn.Linear):
             linear = holder
             parent_path, _, attr = path.rpartition(".")
             parent = _get_path(net, parent_path) if parent_path else net
             setattr(parent, attr, nn.Identity())
+            classifier = path
             break
     if linear is None:
         raise ConfigError(
@@ -309,18 +499,49 @@ def build_torchvision(
             "transferkit.models.wrap_model"
         )
     feature_dim = linear.in_features
+    pre = _torchvision_preprocessing(weights)
+    side = int(image_size) if image_size is not None else pre["size"]
     info = ModelInfo(
         arch=f"torchvision:{name}",
-        kwargs={"image_size": image_size, **kwargs},
+        kwargs={**sized, **kwargs},
         num_classes=num_classes,
         feature_dim=feature_dim,
-        input_size=(3, image_size, image_size),
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
+        input_size=(3, side, side),
+        mean=pre["mean"],
+        std=pre["std"],
+        interpolation=pre["interpolation"],
+        crop_pct=pre["crop_pct"],
+        classifier=classifier,
         source=f"pretrained:torchvision:{name}" if pretrained else "random init",
     )
     head = _linear_head(feature_dim, num_classes, linear if pretrained else None)
     return TransferNet(net, head, info)
+
+
+def _torchvision_preprocessing(weights: Any) -> dict[str, Any]:
+    """Size, mean, std, interpolation and crop of a weights enum's ``transforms()`` (ImageNet's
+    224 px bilinear, no crop, for an architecture without weights)."""
+    out: dict[str, Any] = {
+        "size": 224, "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "interpolation": "bilinear", "crop_pct": 1.0
+    }
+    if weights is None:
+        return out
+    try:
+        t = weights.transforms()
+    except Exception:  # noqa: BLE001 - a transform we can't read: keep the ImageNet defaults
+        return out
+    crop = getattr(t, "crop_size", None)
+    resize = getattr(t, "resize_size", None)
+    side = int(crop[0]) if crop else 224
+    out["size"] = side
+    if getattr(t, "mean", None):
+        out["mean"] = tuple(float(v) for v in t.mean)
+    if getattr(t, "std", None):
+        out["std"] = tuple(float(v) for v in t.std)
+    out["interpolation"] = _interpolation(getattr(t, "interpolation", None))
+    if resize and int(resize[0]) > side:
+        out["crop_pct"] = side / int(resize[0])
+    return out
 
 
 class HFVisionBackbone(nn.Module):
@@ -395,6 +616,8 @@ def build_hf(
     if Path(model_id).expanduser().is_dir():
         common["local_files_only"] = True
         quiet = _no_progress_bars(tr)
+    else:  # a hub id: cached, or the hub must answer (no minute of retries without network)
+        check_downloadable(f"hf:{model_id}", WeightsLocation(hf_repo=model_id, hf_files=("config.json",)))
     try:
         with quiet:
             if pretrained:
@@ -410,15 +633,8 @@ def build_hf(
         feature_dim = cfg.hidden_sizes[-1]
     if feature_dim is None:
         raise ConfigError(f"cannot tell the feature size of {model_id!r} from its config")
-    mean, std, size = IMAGENET_MEAN, IMAGENET_STD, getattr(cfg, "image_size", 224)
-    try:
-        proc = tr.AutoImageProcessor.from_pretrained(model_id, **common)
-        mean = tuple(getattr(proc, "image_mean", mean))
-        std = tuple(getattr(proc, "image_std", std))
-        psize = getattr(proc, "size", None) or {}
-        size = psize.get("height") or psize.get("shortest_edge") or size
-    except (OSError, ValueError, KeyError) as exc:
-        logger.info("no image processor for %s (%s); using ImageNet mean/std", model_id, exc)
+    pre = _hf_preprocessing(tr, model_id, common, getattr(cfg, "image_size", 224))
+    size = pre["size"]
     side = int(image_size or (size if isinstance(size, int) else size[0]))
     channels = int(getattr(cfg, "num_channels", 3))
     info = ModelInfo(
@@ -427,11 +643,39 @@ def build_hf(
         num_classes=num_classes,
         feature_dim=int(feature_dim),
         input_size=(channels, side, side),
-        mean=mean,
-        std=std,
+        mean=pre["mean"],
+        std=pre["std"],
+        interpolation=pre["interpolation"],
+        crop_pct=pre["crop_pct"],
         source=f"pretrained:hf:{model_id}" if pretrained else "random init",
     )
     return TransferNet(HFVisionBackbone(net), nn.Linear(int(feature_dim), num_classes), info)
+
+
+def _hf_preprocessing(tr: Any, model_id: str, common: dict[str, Any], size: Any) -> dict[str, Any]:
+    """Mean, std, size, resampling and centre crop from the model's image processor (ImageNet's
+    mean and std, no crop, when it has none)."""
+    out: dict[str, Any] = {
+        "size": size, "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "interpolation": "bilinear", "crop_pct": 1.0
+    }
+    try:
+        proc = tr.AutoImageProcessor.from_pretrained(model_id, **common)
+    except (OSError, ValueError, KeyError) as exc:
+        logger.info("no image processor for %s (%s); using ImageNet mean/std", model_id, exc)
+        return out
+    out["mean"] = tuple(getattr(proc, "image_mean", None) or IMAGENET_MEAN)
+    out["std"] = tuple(getattr(proc, "image_std", None) or IMAGENET_STD)
+    out["interpolation"] = _interpolation(getattr(proc, "resample", None))
+    psize = dict(getattr(proc, "size", None) or {})
+    resize = psize.get("height") or psize.get("shortest_edge")
+    crop = dict(getattr(proc, "crop_size", None) or {}).get("height")
+    if getattr(proc, "do_center_crop", False) and crop:
+        out["size"] = int(crop)
+        if resize and int(resize) > int(crop):
+            out["crop_pct"] = int(crop) / int(resize)
+    elif resize:
+        out["size"] = int(resize)
+    return out
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,9 @@ from __future__ import annotations
 import difflib
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,8 @@ import transferkit
 from transferkit.errors import CheckpointError, ConfigError, UnknownNameError
 from transferkit.io import atomic_write_json, load_state_dict, read_json, save_state_dict
 from transferkit.io.weights import SAFETENSORS_SUFFIXES, TORCH_SUFFIXES
-from transferkit.models.base import InputAdapter, ModelInfo, TransferNet
+from transferkit.models.base import ModelInfo, TransferNet
+from transferkit.models.custom import is_code_spec, normalise_spec, spec_of_class
 from transferkit.models.efficientnet import package_key_map
 from transferkit.models.hub import allow_remote_code, check_hub_options
 from transferkit.models.surgery import replace_head
@@ -30,6 +32,56 @@ WEIGHTS_NAME = "model.safetensors"
 FORMAT = "transferkit"
 # Architectures whose pretrained weights can be loaded by name, with their head size.
 _PRETRAINED_CLASSES = {"efficientnet_lite0": 1000}
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """A source model as a user names it: where (``source``), its architecture (for a bare weights
+    file; a user class allowed by :func:`~transferkit.models.allow_code`), whether to load a named
+    model's pretrained weights, and, for a user class or where the files can't tell, its head and
+    preprocessing (``input_size``, ``mean``, ``std``) and constructor arguments (``init``)."""
+
+    source: str
+    arch: str | None = None
+    pretrained: bool = True
+    head: str | None = None
+    input_size: Sequence[int] | None = None
+    mean: Sequence[float] | None = None
+    std: Sequence[float] | None = None
+    init: Mapping[str, Any] = field(default_factory=dict)
+
+
+def load_source(spec: SourceSpec, *, num_classes: int | None = None) -> TransferNet:
+    """Load ``spec`` with :func:`load_model`: a user class gets its head, preprocessing and ``init``
+    as builder arguments; any other model gets ``input_size`` / ``mean`` / ``std`` as overrides of
+    the preprocessing its files recorded.
+
+    Raises:
+        As :func:`load_model`.
+    """
+    code = is_code_spec(spec.arch) or (spec.arch is None and is_code_spec(spec.source))
+    kwargs: dict[str, Any] = {}
+    if code:
+        kwargs = {"init": dict(spec.init), "head": spec.head}
+        kwargs.update({k: list(v) for k, v in _given_preprocessing(spec).items()})
+    elif spec.head is not None or spec.init:
+        raise ConfigError(
+            "head and init are for a source built from your own class (--source-arch file.py:Class); "
+            f"{spec.source!r} names its architecture itself"
+        )
+    model = load_model(spec.source, arch=spec.arch, num_classes=num_classes, pretrained=spec.pretrained,
+                       **kwargs)
+    if not code and _given_preprocessing(spec):
+        info = model.info
+        for key, value in _given_preprocessing(spec).items():
+            setattr(info, key, tuple(value))
+        model.input_adapter = info.adapter()
+    return model
+
+
+def _given_preprocessing(spec: SourceSpec) -> dict[str, Sequence[Any]]:
+    return {k: v for k, v in (("input_size", spec.input_size), ("mean", spec.mean), ("std", spec.std))
+            if v is not None}
 
 
 def save_model(model: TransferNet, folder: str | os.PathLike) -> Path:
@@ -63,7 +115,7 @@ def save_model(model: TransferNet, folder: str | os.PathLike) -> Path:
 def load_model(
     source: str | os.PathLike,
     *,
-    arch: str | None = None,
+    arch: str | type | None = None,
     num_classes: int | None = None,
     pretrained: bool = True,
     trust_remote_code: bool = False,
@@ -80,7 +132,12 @@ def load_model(
             ``.pth`` file of weights (with ``arch=`` or a ``config.json`` beside it), keyed like a
             TransferNet (``backbone.*``, ``head.*``) or like the bare architecture; (c) a registered
             name or hub spec (``"efficientnet_lite0"``, ``"timm:resnet18"``).
-        arch: Architecture of a weights file (overrides a ``config.json`` beside it).
+        arch: Architecture of a weights file (overrides a ``config.json`` beside it): a registered
+            name, a hub spec, or the user's own class (the class itself, or ``"file.py:Class"`` /
+            ``"package.module:Class"`` inside :func:`~transferkit.models.allow_code`); with a user
+            class, ``kwargs`` may hold ``init`` (constructor arguments), ``head`` (the classifier's
+            dotted name), ``input_size``, ``mean`` and ``std``. Also rebuilds a saved folder of a
+            wrapped module (``arch "custom"``) or of a user class.
         num_classes: Wanted head size; a loaded head of another size is replaced by a new one.
             For names, defaults to the pretrained head's size (1000) or 10.
         pretrained: For names only: load the architecture's pretrained weights where it has some.
@@ -105,7 +162,7 @@ def load_model(
 
 def _load(
     source: str | os.PathLike,
-    arch: str | None,
+    arch: str | type | None,
     num_classes: int | None,
     pretrained: bool,
     kwargs: dict[str, Any],
@@ -113,7 +170,7 @@ def _load(
     path = Path(source)
     if path.is_dir():
         if (path / CONFIG_NAME).is_file():
-            model = _load_folder(path, kwargs)
+            model = _load_folder(path, arch, kwargs)
         elif (path / WEIGHTS_NAME).is_file():
             model = _load_weights(path / WEIGHTS_NAME, arch, kwargs)
         else:
@@ -143,6 +200,8 @@ def _is_hub_spec(name: str) -> bool:
 def _load_by_name(
     name: str, num_classes: int | None, pretrained: bool, kwargs: dict[str, Any]
 ) -> TransferNet:
+    if _names_code(name):  # a user class without weights: fresh, like a registered name
+        return create_model(name, num_classes=num_classes or 10, **kwargs)
     if _is_hub_spec(name) or name in MODELS:
         native = _PRETRAINED_CLASSES.get(name.lower(), 1000 if _is_hub_spec(name) else None)
         use_pretrained = pretrained and native is not None
@@ -187,7 +246,7 @@ def _check_saved_options(info: ModelInfo, origin: str) -> None:
         )
 
 
-def _load_folder(folder: Path, kwargs: dict[str, Any]) -> TransferNet:
+def _load_folder(folder: Path, arch: str | type | None, kwargs: dict[str, Any]) -> TransferNet:
     config = read_json(folder / CONFIG_NAME)
     if not isinstance(config, Mapping) or config.get("format") != FORMAT or "arch" not in config:
         raise CheckpointError(
@@ -203,6 +262,13 @@ def _load_folder(folder: Path, kwargs: dict[str, Any]) -> TransferNet:
     origin = f"model config {str(folder / CONFIG_NAME)!r}"
     info = ModelInfo.from_dict(config, origin=origin)
     _check_saved_options(info, origin)
+    build_arch: str | type = info.arch
+    if _names_code(arch) and (info.arch == "custom" or is_code_spec(info.arch)):
+        # a wrapped module or a user class: the class named now (perhaps moved since) builds it
+        if info.arch == "custom":
+            info.kwargs = _code_kwargs(info)
+        build_arch = normalise_spec(arch) if isinstance(arch, str) else arch
+        info.arch = build_arch if isinstance(build_arch, str) else spec_of_class(build_arch)
     overridden = bool(kwargs)
     info.kwargs = {**info.kwargs, **kwargs}
     weights = folder / WEIGHTS_NAME
@@ -212,26 +278,29 @@ def _load_folder(folder: Path, kwargs: dict[str, Any]) -> TransferNet:
             "save the model again"
         )
     state = load_state_dict(weights)
-    model = _build(info.arch, info.num_classes, info.kwargs, info.growth)
+    model = _build(build_arch, info.num_classes, info.kwargs, info.growth)
     info.source = str(folder)
     if not overridden:  # keep the saved metadata (it may have been edited after building)
         model.info = info
-        model.input_adapter = InputAdapter(info.input_size, info.mean, info.std, info.data_shape)
+        model.input_adapter = info.adapter()
     else:
         model.info.source = info.source
     _load_strict(model, state, weights)
     return model
 
 
+def _names_code(arch: Any) -> bool:
+    return isinstance(arch, type) or is_code_spec(arch)
+
+
 def _build(
-    arch: str, num_classes: int, kwargs: dict[str, Any], growth: list[dict[str, Any]] | None = None
+    arch: str | type, num_classes: int, kwargs: dict[str, Any], growth: list[dict[str, Any]] | None = None
 ) -> TransferNet:
     if arch == "custom":
         raise CheckpointError(
-            "this checkpoint is of a wrapped custom module (arch 'custom'), which cannot be "
-            "rebuilt by name; build the module, wrap it with transferkit.models.wrap_model, then "
-            "call "
-            "model.load_state_dict(transferkit.io.load_state_dict(path))"
+            "this checkpoint is of a wrapped module (arch 'custom'), whose class transferkit can't "
+            "know: name it: load_model(path, arch=TheClass) in Python, --source-arch "
+            "file.py:TheClass on the command line (or wrap_model(..., init={...}) before saving)"
         )
     model = create_model(arch, num_classes=num_classes, pretrained=False, **kwargs)
     if growth:
@@ -245,7 +314,7 @@ def _build(
     return model
 
 
-def _load_weights(path: Path, arch: str | None, kwargs: dict[str, Any]) -> TransferNet:
+def _load_weights(path: Path, arch: str | type | None, kwargs: dict[str, Any]) -> TransferNet:
     saved: ModelInfo | None = None
     beside = path.parent / CONFIG_NAME
     if beside.is_file():
@@ -265,6 +334,9 @@ def _load_weights(path: Path, arch: str | None, kwargs: dict[str, Any]) -> Trans
     kwargs = {**(saved.kwargs if same else {}), **kwargs}
     growth = saved.growth if same else []
     state = load_state_dict(path)
+    if _names_code(arch):
+        code = normalise_spec(arch) if isinstance(arch, str) else arch
+        return _load_code_weights(path, code, state, kwargs)
     prefixed = any(k.startswith(("backbone.", "head.")) for k in state)
     if prefixed:
         head_w = state.get("head.weight")
@@ -284,17 +356,51 @@ def _load_weights(path: Path, arch: str | None, kwargs: dict[str, Any]) -> Trans
     return model
 
 
+def _code_kwargs(info: ModelInfo) -> dict[str, Any]:
+    """Builder arguments of a user class from a saved wrapped model's fields."""
+    return {
+        "init": dict(info.kwargs.get("init") or {}),
+        "head": info.classifier,
+        "input_size": list(info.input_size),
+        "mean": list(info.mean) if info.mean is not None else None,
+        "std": list(info.std) if info.std is not None else None,
+    }
+
+
+def _load_code_weights(
+    path: Path, arch: str | type, state: dict[str, torch.Tensor], kwargs: dict[str, Any]
+) -> TransferNet:
+    """A user class's state dict (bare, as the class saves it, or ``backbone.*``/``head.*``): the
+    head size is read from the classifier's weight, then the class is built and the weights load."""
+    model = create_model(arch, num_classes=1, pretrained=False, **kwargs)
+    head = model.info.classifier
+    weight = state.get(f"{head}.weight") if head else None
+    weight = state.get("head.weight") if weight is None else weight
+    if weight is not None and weight.ndim == 2 and weight.shape[0] != 1:
+        model = create_model(arch, num_classes=int(weight.shape[0]), pretrained=False, **kwargs)
+    if not any(k.startswith(("backbone.", "head.")) for k in state):
+        state = _map_bare_keys(model, state)
+    model.info.source = str(path)
+    _load_strict(model, state, path)
+    return model
+
+
 def _map_bare_keys(model: TransferNet, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Map a bare architecture's keys onto ``backbone.*`` / ``head.*``: by the architecture's key
-    table, by prefixing, or (same count and shapes, in order) by position. Unmappable states are
-    returned as they are, for :func:`_load_strict` to report."""
+    table, by its classifier's name (``fc.weight`` -> ``head.weight``) and prefixing, or (same count
+    and shapes, in order) by position. Unmappable states are returned as they are, for
+    :func:`_load_strict` to report."""
     ours = model.state_dict()
     if model.info.arch == "efficientnet_lite0":
         table = package_key_map(model)
         if all(k in table for k in state):
             return {table[k]: v for k, v in state.items()}
+    classifier = f"{model.info.classifier}." if model.info.classifier else None
     prefixed: dict[str, torch.Tensor] = {}
     for key, value in state.items():
+        if classifier and key.startswith(classifier) and "head." + key[len(classifier) :] in ours:
+            prefixed["head." + key[len(classifier) :]] = value
+            continue
         for prefix in ("backbone.", "head."):
             if prefix + key in ours:
                 prefixed[prefix + key] = value

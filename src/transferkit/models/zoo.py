@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from transferkit.errors import ConfigError, ShapeError
-from transferkit.models import hub
+from transferkit.models import custom, hub
 from transferkit.models.base import ModelInfo, TransferNet
 from transferkit.models.efficientnet import build_efficientnet_lite0
 from transferkit.registry import Registry
@@ -65,6 +65,9 @@ def create_model(
     """
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ConfigError(f"num_classes must be an integer >= 1, got {num_classes!r}")
+    if isinstance(name, type) or custom.is_code_spec(name):
+        _check_code_kwargs(name, kwargs)
+        return custom.build_code_model(name, num_classes, pretrained, **kwargs)
     spec = _hub_spec(name)
     if spec is not None:
         return hub.build_hub_model(
@@ -92,11 +95,28 @@ def check_model_args(name: str, kwargs: Mapping[str, Any] | None = None) -> None
         ConfigError: an argument the builder does not take, or a hub option that is not allowed.
     """
     kwargs = dict(kwargs or {})
+    if custom.is_code_spec(name):
+        _check_code_kwargs(name, kwargs)
+        return
     spec = _hub_spec(name)
     if spec is not None:
         hub.check_hub_options(*spec, kwargs)
         return
     _check_kwargs(name, MODELS.get(name), kwargs)
+
+
+_CODE_KWARGS = ("init", "head", "input_size", "mean", "std")
+
+
+def _check_code_kwargs(name: Any, kwargs: Mapping[str, Any]) -> None:
+    unknown = sorted(set(kwargs) - set(_CODE_KWARGS))
+    if unknown:
+        raise ConfigError(
+            f"a user architecture ({name!r}) takes {', '.join(_CODE_KWARGS)}, not "
+            f"{', '.join(map(repr, unknown))}; put its constructor's arguments under 'init'"
+        )
+    if not isinstance(kwargs.get("init") or {}, Mapping):
+        raise ConfigError(f"'init' of {name!r} must be a mapping of constructor arguments")
 
 
 def _hub_spec(name: str) -> tuple[str, str] | None:
@@ -293,6 +313,7 @@ def wrap_model(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     head: str | None = None,
+    init: Mapping[str, Any] | None = None,
 ) -> TransferNet:
     """Turn any classifier ``nn.Module`` into a :class:`TransferNet`.
 
@@ -308,10 +329,15 @@ def wrap_model(
         mean: Per-channel normalisation mean (inputs in [0, 1]); ``None`` for none.
         std: Per-channel normalisation std.
         head: Dotted name of the head submodule.
+        init: The arguments ``module``'s class was constructed with (JSON values). With them the
+            model records its class (``info.arch == "package.module:Class"``) and a saved folder
+            rebuilds like any architecture (loading allowed by passing the class or
+            :func:`~transferkit.models.allow_code`).
 
     Returns:
-        The wrapped model, ``info.arch == "custom"`` (it cannot be rebuilt by name; reload its
-        weights with ``wrap_model(...).load_state_dict(...)``).
+        The wrapped model. Without ``init``, ``info.arch == "custom"``: a saved folder loads back
+        with ``load_model(folder, arch=TheClass)`` (or ``--source-arch file.py:Class``), the class
+        built without arguments, or with ``init=`` given there.
 
     Raises:
         ConfigError: no head can be found, or ``input_size`` / ``num_classes`` is invalid.
@@ -352,8 +378,18 @@ def wrap_model(
         input_size=input_size,
         mean=tuple(mean) if mean is not None else None,
         std=tuple(std) if std is not None else None,
+        classifier=head_name,
         source=f"wrapped {type(module).__name__}",
     )
+    if init is not None:
+        info.arch = custom.spec_of_class(type(module))
+        info.kwargs = {
+            "init": dict(init),
+            "head": head_name,
+            "input_size": list(input_size),
+            "mean": list(info.mean) if info.mean is not None else None,
+            "std": list(info.std) if info.std is not None else None,
+        }
     return TransferNet(module, head_module, info)
 
 

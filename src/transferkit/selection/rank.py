@@ -149,13 +149,16 @@ class RankResult:
         return atomic_write_text(path, text)
 
 
-def _resolve(candidate: nn.Module | str | os.PathLike, name: str) -> nn.Module:
-    """A model from a module or a :func:`~transferkit.models.load_model` spec."""
+def _resolve(candidate: Any, name: str) -> nn.Module:
+    """A model from a module, a :class:`~transferkit.models.SourceSpec` or a
+    :func:`~transferkit.models.load_model` spec."""
+    from transferkit.models import SourceSpec, load_model, load_source
+
     if isinstance(candidate, nn.Module):
         model = candidate
+    elif isinstance(candidate, SourceSpec):
+        model = load_source(candidate)
     elif isinstance(candidate, (str, os.PathLike)):
-        from transferkit.models import load_model
-
         model = load_model(candidate)
     else:
         raise ConfigError(

@@ -21,7 +21,7 @@ from transferkit.data import DataSplits, TensorDataset, load_dataset, match_shap
 from transferkit.engine import OBJECTIVES, CrossEntropy, Objective, build_objectives, check_coefficient
 from transferkit.errors import ConfigError, LabelError, ShapeError
 from transferkit.evaluation import RunResult
-from transferkit.models import load_model
+from transferkit.models import load_source
 from transferkit.transfer.adapt.monitor import CRITERIA
 from transferkit.workflows.arms import Arm, WorkflowResult, run_arms
 from transferkit.workflows.output import data_fingerprint, model_fingerprint
@@ -216,7 +216,8 @@ def adapt(cfg: AdaptConfig | dict[str, Any]) -> WorkflowResult:
     )
     unlabelled = _unlabelled(target.train)
     shape = source.train.input_shape
-    start = load_model(cfg.model.source, arch=cfg.model.source_arch) if cfg.model.source else None
+    spec = cfg.model.source_spec()
+    start = load_source(spec) if spec is not None else None
     arch = cfg.model.arch or (start.info.arch if start is not None else "small_cnn")
     kwargs = _model_kwargs(arch, cfg.model.kwargs if start is None else start.info.kwargs, shape)
     # the criterion's epoch-row key and its declared direction, never guessed from the name

@@ -14,7 +14,7 @@ from transferkit.errors import ConfigError
 from transferkit.evaluation import (
     evaluate,
 )
-from transferkit.models import TransferNet, create_model, load_model, narrow_model
+from transferkit.models import TransferNet, create_model, load_model, load_source, narrow_model
 from transferkit.workflows.arms import Arm, WorkflowResult, run_arms
 from transferkit.workflows.finetune import load_target_data
 from transferkit.workflows.output import data_fingerprint, model_fingerprint
@@ -61,7 +61,7 @@ def distill(cfg: DistillConfig | dict[str, Any]) -> WorkflowResult:
     if not isinstance(cfg, DistillConfig):
         cfg = build_config(cfg, DistillConfig)
     data = load_target_data(cfg.data, seed=cfg.seeds[0])
-    teacher_model = load_model(cfg.teacher.model, arch=cfg.teacher.arch)
+    teacher_model = load_source(cfg.teacher.source_spec())
     arch, kwargs, start = _build_student(cfg, teacher_model, data.num_classes)
     teacher = Teacher(teacher_model, precompute=cfg.teacher.precompute)
     build_objectives(cfg.methods, teacher=teacher)  # validate every method now, before training

@@ -13,7 +13,8 @@ from transferkit.engine import (
     build_objectives,
 )
 from transferkit.errors import ConfigError
-from transferkit.models import TransferNet, load_model
+from transferkit.models import TransferNet
+from transferkit.models import load_source as load_source_model
 from transferkit.workflows.arms import STRATEGY_NAMES, Arm, WorkflowResult, run_arms
 from transferkit.workflows.output import data_fingerprint, model_fingerprint
 
@@ -22,10 +23,8 @@ logger = logging.getLogger(__name__)
 
 def load_source(cfg: FinetuneConfig) -> TransferNet | None:
     """The source model named by ``cfg.model`` (``None`` when training from scratch)."""
-    m = cfg.model
-    if m.source is None:
-        return None
-    return load_model(m.source, arch=m.source_arch, pretrained=m.pretrained)
+    spec = cfg.model.source_spec()
+    return load_source_model(spec) if spec is not None else None
 
 
 def load_target_data(cfg: DataConfig, seed: int = 0) -> DataSplits:
