@@ -417,7 +417,8 @@ case("inspect-num-classes-0", ["inspect", "mlp", "--num-classes", "0"], "num_cla
 case("inspect-arch-unknown", ["inspect", "{w_bare_safetensors}", "--arch", "nosuch"], "nosuch")
 case("inspect-target-bad", ["inspect", "{good}", "--target", "{m_badjson}"], "not valid JSON")
 case("inspect-hub-empty", ["inspect", "timm:"], "timm")
-case("rank-hub-no-arch", ["rank", "--candidates", "timm:nosuchnet", "--no-pretrained", "--data", "digits"], "nosuchnet")
+case("rank-hub-no-arch", ["rank", "--candidates", "timm:nosuchnet", "--no-pretrained", "--data", "digits"],
+     "nosuchnet")
 
 # ---- rank
 for name in ("m_badjson", "m_nan_weights", "w_pickled_pt", "m_trust"):

@@ -60,3 +60,7 @@ __all__ = [
     "TransferkitError",
     "UnknownNameError",
 ]
+
+
+class ExportError(TransferkitError, RuntimeError):
+    """The exporter failed, or the exported file does not reproduce the model's outputs."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from transferkit import __version__
-from transferkit.cli import adapt, demo, distill, evaluate, finetune, grow, inspect, rank, validate
+from transferkit.cli import adapt, demo, distill, evaluate, export, finetune, grow, inspect, rank, validate
 from transferkit.cli._common import OneLineGroup
 
 app = typer.Typer(
@@ -23,6 +23,7 @@ app.command("finetune", context_settings={"allow_extra_args": True, "ignore_unkn
 )
 app.command("distill")(distill.distill)
 app.command("evaluate")(evaluate.evaluate)
+app.command("export")(export.export)
 app.command("grow")(grow.grow)
 app.command("inspect")(inspect.inspect)
 app.command("rank")(rank.rank)
