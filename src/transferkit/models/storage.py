@@ -20,7 +20,6 @@ from transferkit.io import atomic_write_json, load_state_dict, read_json, save_s
 from transferkit.io.weights import SAFETENSORS_SUFFIXES, TORCH_SUFFIXES
 from transferkit.models.base import ModelInfo, TransferNet
 from transferkit.models.custom import is_code_spec, normalise_spec, spec_of_class
-from transferkit.models.efficientnet import package_key_map
 from transferkit.models.hub import allow_remote_code, check_hub_options
 from transferkit.models.surgery import replace_head
 from transferkit.models.zoo import HUB_PREFIXES, MODELS, create_model
@@ -30,8 +29,6 @@ logger = logging.getLogger(__name__)
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 FORMAT = "transferkit"
-# Architectures whose pretrained weights can be loaded by name, with their head size.
-_PRETRAINED_CLASSES = {"efficientnet_lite0": 1000}
 
 
 @dataclass(frozen=True)
@@ -203,7 +200,7 @@ def _load_by_name(
     if _names_code(name):  # a user class without weights: fresh, like a registered name
         return create_model(name, num_classes=num_classes or 10, **kwargs)
     if _is_hub_spec(name) or name in MODELS:
-        native = _PRETRAINED_CLASSES.get(name.lower(), 1000 if _is_hub_spec(name) else None)
+        native = 1000 if _is_hub_spec(name) else MODELS.get(name).pretrained_classes
         use_pretrained = pretrained and native is not None
         n = num_classes if num_classes is not None else (native if use_pretrained else 10)
         return create_model(name, num_classes=n, pretrained=use_pretrained, **kwargs)
@@ -391,8 +388,9 @@ def _map_bare_keys(model: TransferNet, state: dict[str, torch.Tensor]) -> dict[s
     and shapes, in order) by position. Unmappable states are returned as they are, for
     :func:`_load_strict` to report."""
     ours = model.state_dict()
-    if model.info.arch == "efficientnet_lite0":
-        table = package_key_map(model)
+    bare_keys = MODELS.get(model.info.arch).bare_keys if model.info.arch in MODELS else None
+    if bare_keys is not None:
+        table = bare_keys(model)
         if all(k in table for k in state):
             return {table[k]: v for k, v in state.items()}
     classifier = f"{model.info.classifier}." if model.info.classifier else None

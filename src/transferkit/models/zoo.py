@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -23,14 +24,17 @@ from torch import nn
 from transferkit.errors import ConfigError, ShapeError
 from transferkit.models import custom, hub
 from transferkit.models.base import ModelInfo, TransferNet
-from transferkit.models.efficientnet import build_efficientnet_lite0
+from transferkit.models.efficientnet import EFFICIENTNET_LITE0
+from transferkit.models.specs import ArchSpec, Preprocessing
 from transferkit.registry import Registry
 
 logger = logging.getLogger(__name__)
 
 Builder = Callable[..., TransferNet]
 
-MODELS: Registry[Builder] = Registry("model")
+MODELS: Registry[ArchSpec] = Registry("model")
+"""Registered architectures: name -> :class:`~transferkit.models.specs.ArchSpec` (the builder and
+what is known about it, timm's ``default_cfgs`` pattern)."""
 
 HUB_PREFIXES: Registry[hub.Hub] = hub.HUBS
 """The hub prefixes of a model spec (``"timm:..."``): the hub registry itself, so ``prefix in
@@ -77,7 +81,7 @@ def create_model(
             kwargs,
             trust_remote_code=hub.remote_code_allowed(),
         )
-    builder = MODELS.get(name)
+    builder = MODELS.get(name).build
     _check_kwargs(name, builder, kwargs)
     model = builder(num_classes, pretrained, **kwargs)
     logger.debug("built %s (%d classes, pretrained=%s)", name, num_classes, pretrained)
@@ -102,7 +106,7 @@ def check_model_args(name: str, kwargs: Mapping[str, Any] | None = None) -> None
     if spec is not None:
         hub.check_hub_options(*spec, kwargs)
         return
-    _check_kwargs(name, MODELS.get(name), kwargs)
+    _check_kwargs(name, MODELS.get(name).build, kwargs)
 
 
 _CODE_KWARGS = ("init", "head", "input_size", "mean", "std")
@@ -261,13 +265,33 @@ def _no_pretrained(name: str, pretrained: bool) -> None:
         )
 
 
-MODELS.register("mlp", build_mlp)
-MODELS.register("small_cnn", build_small_cnn)
-MODELS.register("efficientnet_lite0", build_efficientnet_lite0)
+def _mlp_data_kwargs(shape: tuple[int, ...]) -> dict[str, Any]:
+    return {"in_features": math.prod(shape)}
 
 
-# Width arguments of the built-in architectures, for building narrower (or wider) copies.
-WIDTH_KWARGS: dict[str, tuple[str, ...]] = {"mlp": ("hidden",), "small_cnn": ("widths", "feature_dim")}
+def _small_cnn_data_kwargs(shape: tuple[int, ...]) -> dict[str, Any]:
+    return {"in_channels": shape[0], "image_size": shape[1]} if len(shape) == 3 else {}
+
+
+MODELS.register(
+    "mlp",
+    ArchSpec(
+        build_mlp,
+        Preprocessing((784,)),
+        width_kwargs=("hidden",),
+        data_kwargs=_mlp_data_kwargs,
+    ),
+)
+MODELS.register(
+    "small_cnn",
+    ArchSpec(
+        build_small_cnn,
+        Preprocessing((1, 28, 28)),
+        width_kwargs=("widths", "feature_dim"),
+        data_kwargs=_small_cnn_data_kwargs,
+    ),
+)
+MODELS.register("efficientnet_lite0", EFFICIENTNET_LITE0)
 
 
 def narrow_model(model: TransferNet, factor: float, *, num_classes: int | None = None) -> TransferNet:
@@ -287,13 +311,15 @@ def narrow_model(model: TransferNet, factor: float, *, num_classes: int | None =
     if not factor > 0:
         raise ConfigError(f"factor must be > 0, got {factor!r}; e.g. 4 for a 4x narrower model")
     arch = model.info.arch
-    if arch not in WIDTH_KWARGS:
+    widths = MODELS.get(arch).width_kwargs if arch in MODELS else ()
+    if not widths:
+        narrowable = sorted(n for n, spec in MODELS.items() if spec.width_kwargs)
         raise ConfigError(
             f"don't know the width arguments of {arch!r}; narrowing works for "
-            f"{', '.join(sorted(WIDTH_KWARGS))}: build the student with create_model instead"
+            f"{', '.join(narrowable)}: build the student with create_model instead"
         )
     kwargs = dict(model.info.kwargs)
-    for key in WIDTH_KWARGS[arch]:
+    for key in widths:
         value = kwargs.get(key)
         if value is None:
             continue

@@ -21,7 +21,7 @@ from transferkit.data import DataSplits, TensorDataset, load_dataset, match_shap
 from transferkit.engine import OBJECTIVES, CrossEntropy, Objective, build_objectives, check_coefficient
 from transferkit.errors import ConfigError, LabelError, ShapeError
 from transferkit.evaluation import RunResult
-from transferkit.models import load_source
+from transferkit.models import MODELS, load_source
 from transferkit.transfer.adapt.monitor import CRITERIA
 from transferkit.workflows.arms import Arm, WorkflowResult, run_arms
 from transferkit.workflows.output import data_fingerprint, model_fingerprint
@@ -76,13 +76,10 @@ def _unlabelled(data: TensorDataset) -> TensorDataset:
 
 
 def _model_kwargs(arch: str, given: dict[str, Any], shape: tuple[int, ...]) -> dict[str, Any]:
-    kwargs = dict(given)
-    if arch == "small_cnn" and len(shape) == 3:
-        kwargs.setdefault("in_channels", shape[0])
-        kwargs.setdefault("image_size", shape[1])
-    elif arch == "mlp":
-        kwargs.setdefault("in_features", math.prod(shape))
-    return kwargs
+    """``given`` completed with what makes ``arch`` take ``shape`` natively (its spec's
+    ``data_kwargs``; nothing for hub models and user classes, whose input adapter resizes)."""
+    fitted = MODELS.get(arch).data_kwargs(shape) if arch in MODELS else {}
+    return {**fitted, **given}
 
 
 def _method_grid(methods: list[dict[str, Any]], weights: list[float]) -> list[tuple[str, float, dict]]:
