@@ -176,3 +176,21 @@ def test_hub_models_take_the_image_size_asked_for():
     tv = create_model("torchvision:vit_b_16", num_classes=4, image_size=32)
     assert tv.backbone.image_size == 32 and tv.info.input_size == (3, 32, 32)
     assert create_model("torchvision:resnet18", num_classes=4, image_size=96).info.input_size == (3, 96, 96)
+
+
+def test_evaluation_batches_shrink_with_the_input_size():
+    """At 224 px one evaluation pass holds at most 64 images (EVAL_BUDGET), whatever the configured
+    batch size; at 64 px the configured size stands. Same predictions either way."""
+    from transferkit.data.base import TensorDataset
+    from transferkit.evaluation import evaluate
+
+    torch.manual_seed(5)
+    data = TensorDataset(torch.rand(70, 1, 16, 16), torch.randint(0, 3, (70,)), ["a", "b", "c"], "toy")
+    seen: list[int] = []
+    for size, largest in ((224, 64), (64, 70)):
+        model = create_model("timm:resnet18", num_classes=3, image_size=size).eval()
+        hook = model.backbone.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[0]))
+        evaluate(model, data, batch_size=512)
+        hook.remove()
+        assert max(seen) == largest, (size, seen)
+        seen.clear()

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from transferkit.data.base import TensorDataset
 from transferkit.engine.batches import labelled_batches, move
+from transferkit.engine.predict import memory_batch_size
 from transferkit.errors import ConfigError, DataError, LabelError
 
 logger = logging.getLogger(__name__)
@@ -140,6 +141,7 @@ def _predict(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
     dev = torch.device(device) if device is not None else _model_device(model)
+    batch_size = memory_batch_size(model, batch_size)
     was_training = model.training
     model.eval()
     preds: list[Tensor] = []
@@ -254,7 +256,8 @@ def evaluate(
     Args:
         model: Any module mapping inputs ``(B, *input_shape)`` to logits ``(B, num_classes)``.
         data: The dataset; its ``classes`` give the number of classes and their names.
-        batch_size: Examples per forward pass.
+        batch_size: Examples per forward pass (at most: lowered for large inputs, see
+            :func:`transferkit.engine.predict.memory_batch_size`).
         device: Where to run; ``None`` = the model's parameters' device.
 
     Raises:
