@@ -76,7 +76,13 @@ def finetune(
     std: str | None = std_option(),
     pretrained: bool | None = pretrained_option(),
     data: str | None = typer.Option(None, "--data", help="Target data: built-in name or path."),
-    strategy: str | None = typer.Option(None, "--strategy", help="full | linear_probe | gradual"),
+    strategy: str | None = typer.Option(
+        None, "--strategy", help="full | linear_probe | gradual | lora (peft adapters; see --lora)"
+    ),
+    lora: str | None = typer.Option(
+        None, "--lora", help="Adapter options for --strategy lora: method=lora|dora|loha|lokr|ia3, rank=8, "
+        "alpha=16, dropout=0, save=merged|adapters (target modules: train.lora.target_modules=[...])."
+    ),
     epochs: int | None = typer.Option(None, "--epochs", help="Training budget in epochs."),
     shots: int | None = typer.Option(None, "--shots", help="Labelled examples per class."),
     seeds: str | None = typer.Option(None, "--seeds", help="Comma-separated seeds, e.g. 0,1,2."),
@@ -122,6 +128,9 @@ def finetune(
         items.append("train.progress=true")
     items += source_overrides("model.", "source_arch", arch=source_arch, head=head, input_size=input_size,
                               mean=mean, std=std, pretrained=pretrained)
+    if lora is not None:
+        items += [f"train.lora.{k}={v}" for k, v in parse_objective_spec(f"lora:{lora}", "--lora").items()
+                  if k != "name"]
     if source_data is not None:
         items.append(f"data.source_dataset={source_data}")
     merged = apply_overrides(read_yaml(config) if config else {}, items + list(overrides or []))

@@ -7,7 +7,7 @@ precision.
 
 from transferkit.engine.batches import UNLABELLED, Examples
 from transferkit.engine.checkpoint import RunDir
-from transferkit.engine.config import TrainConfig
+from transferkit.engine.config import LoraOptions, TrainConfig
 from transferkit.engine.context import FitContext
 from transferkit.engine.objectives import (
     OBJECTIVES,
@@ -19,13 +19,21 @@ from transferkit.engine.objectives import (
     check_coefficient,
     validate_method_spec,
 )
+from transferkit.engine.parameter_efficient import (
+    add_adapters,
+    load_adapted_model,
+    merge_adapters,
+    save_adapters,
+)
 from transferkit.engine.step import StepOutput, StepRunner
 from transferkit.engine.strategies import (
+    ParameterCount,
     apply_strategy,
     backbone_blocks,
     build_optimizer,
     build_param_groups,
     build_scheduler,
+    count_parameters,
     lr_factor,
 )
 from transferkit.engine.trainer import History, Trainer, predict_features
@@ -38,13 +46,16 @@ __all__ = [
     "Examples",
     "FitContext",
     "History",
+    "LoraOptions",
     "Objective",
     "ObjectiveOptions",
+    "ParameterCount",
     "RunDir",
     "StepOutput",
     "StepRunner",
     "TrainConfig",
     "Trainer",
+    "add_adapters",
     "apply_strategy",
     "backbone_blocks",
     "build_objectives",
@@ -52,7 +63,11 @@ __all__ = [
     "build_param_groups",
     "build_scheduler",
     "check_coefficient",
+    "count_parameters",
+    "load_adapted_model",
     "lr_factor",
+    "merge_adapters",
     "predict_features",
+    "save_adapters",
     "validate_method_spec",
 ]

@@ -18,6 +18,70 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from transferkit.errors import ConfigError
 
 
+class LoraOptions(BaseModel):
+    """Options of ``strategy: lora`` (the ``lora`` key of :class:`TrainConfig`): which adapter the
+    `peft <https://github.com/huggingface/peft>`_ library puts on which backbone layers, and what
+    the end of :meth:`Trainer.fit <transferkit.engine.Trainer.fit>` does with it. See
+    :mod:`transferkit.engine.parameter_efficient`. Ignored by the other strategies.
+
+    Attributes:
+        method: ``"lora"`` (low-rank update ``W + alpha/rank * B A``, Hu et al., 2022), ``"dora"``
+            (LoRA with a learned per-output magnitude, Liu et al., 2024), ``"loha"`` (Hadamard
+            product of two low-rank updates), ``"lokr"`` (Kronecker product) or ``"ia3"`` (a learned
+            scale per output channel; no rank, alpha or dropout). All of them adapt ``nn.Linear``
+            and ``nn.Conv2d`` layers (and, except ``ia3``, ``nn.Conv1d``) and merge exactly.
+        rank: Rank of the update (>= 1).
+        alpha: Scale of the update: it is multiplied by ``alpha / rank`` (> 0).
+        dropout: Dropout on the adapter's input (``lora``, ``dora``); for ``loha`` / ``lokr`` peft's
+            ``rank_dropout`` (drops rows of the update). In [0, 1).
+        target_modules: Backbone layers that get an adapter: exact names (``"fc.2"``; the
+            ``"backbone."`` prefix is optional), any module (all its Linear/Conv layers, e.g. a block
+            ``"conv2"``) or glob patterns (``"*.fc*"``). ``None``: every ``nn.Linear`` and
+            ``nn.Conv2d`` (and ``nn.Conv1d``) of the backbone, leaving out grouped (depthwise)
+            convolutions, which peft cannot merge. The head is never adapted: it trains fully.
+        save: ``"merged"``: at the end of the fit the adapters are merged into the base weights,
+            and the model is a plain TransferNet again (same architecture and state-dict keys).
+            ``"adapters"``: the model keeps its adapters; write them beside the base with
+            :func:`~transferkit.engine.parameter_efficient.save_adapters`.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    method: Literal["lora", "dora", "loha", "lokr", "ia3"] = "lora"
+    rank: int = Field(8, ge=1)
+    alpha: float = Field(16.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] | None = None
+    save: Literal["merged", "adapters"] = "merged"
+
+    @field_validator("target_modules", mode="before")
+    @classmethod
+    def _one_pattern(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [value]
+        if isinstance(value, (list, tuple)) and not value:
+            raise ValueError(
+                "target_modules is empty; leave it out (null) to adapt every Linear and Conv layer "
+                "of the backbone, or name some, e.g. ['fc.2']"
+            )
+        if isinstance(value, (list, tuple)) and any(isinstance(v, str) and not v.strip() for v in value):
+            raise ValueError("target_modules holds an empty name; name backbone layers, e.g. ['fc.2']")
+        return value
+
+    @model_validator(mode="after")
+    def _check_method(self) -> LoraOptions:
+        if self.method == "ia3":
+            fields = type(self).model_fields
+            set_ = [k for k in ("rank", "alpha", "dropout") if getattr(self, k) != fields[k].default]
+            if set_:
+                raise ValueError(
+                    f"method 'ia3' learns one scale per output channel and has no rank, alpha or "
+                    f"dropout, but {', '.join(f'{k}={getattr(self, k)!r}' for k in set_)} is set; "
+                    "remove it or pick method 'lora'"
+                )
+        return self
+
+
 class TrainConfig(BaseModel):
     """How to train: optimiser, schedule, strategy, stopping and runtime settings.
 
@@ -36,8 +100,14 @@ class TrainConfig(BaseModel):
             ``max(1, epochs // 3)`` epochs); stepped once per epoch.
         warmup_epochs: Linear warm-up epochs before the schedule (>= 0, < ``epochs``).
         strategy: ``"full"`` (everything trains), ``"linear_probe"`` (frozen backbone, only the head
-            trains) or ``"gradual"`` (head first, then one more backbone block from the top every
-            ``unfreeze_every`` epochs).
+            trains), ``"gradual"`` (head first, then one more backbone block from the top every
+            ``unfreeze_every`` epochs) or ``"lora"`` (the backbone's weights are frozen and peft
+            adapters on its Linear/Conv layers train, with the head; options in ``lora``). Under
+            ``lora`` the adapters train at ``lr`` (``backbone_lr_scale`` scales the backbone's own
+            weights, which stay frozen; ``layer_decay`` still applies per block) and the
+            backbone's BatchNorm statistics stay as they are.
+        lora: :class:`LoraOptions` of ``strategy: lora`` (method, rank, alpha, dropout, target
+            modules, how the result is saved).
         unfreeze_every: Epochs between unfreezing steps of the gradual strategy (>= 1).
         patience: Stop when validation accuracy has not improved for this many epochs; needs a
             validation set. ``None`` disables early stopping.
@@ -90,8 +160,9 @@ class TrainConfig(BaseModel):
     momentum: float = Field(0.9, ge=0, lt=1)
     scheduler: Literal["none", "cosine", "step"] = "cosine"
     warmup_epochs: int = Field(0, ge=0)
-    strategy: Literal["full", "linear_probe", "gradual"] = "full"
+    strategy: Literal["full", "linear_probe", "gradual", "lora"] = "full"
     unfreeze_every: int = Field(1, ge=1)
+    lora: LoraOptions = Field(default_factory=LoraOptions)
     patience: int | None = Field(None, ge=1)
     grad_clip: float | None = Field(None, gt=0)
     amp: bool = True
@@ -220,13 +291,17 @@ def format_validation_error(exc: ValidationError) -> str:
     """One message listing every field pydantic rejected, with its bad value."""
     parts = []
     for err in exc.errors():
-        field = ".".join(str(p) for p in err.get("loc", ())) or "config"
+        loc = tuple(err.get("loc", ()))
+        field = ".".join(str(p) for p in loc) or "config"
         msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
-        if "input" in err and field != "config":
+        if err.get("type") == "extra_forbidden" and len(loc) == 2 and loc[0] == "lora":
+            parts.append(f"unknown LoRA option {field!r}; known options: "
+                         f"{', '.join(LoraOptions.model_fields)}")
+        elif "input" in err and field != "config":
             parts.append(f"{field}={err['input']!r}: {msg}")
         else:
             parts.append(msg if field == "config" else f"{field}: {msg}")
     return "invalid training config: " + "; ".join(parts)
 
 
-__all__ = ["TrainConfig", "format_validation_error"]
+__all__ = ["LoraOptions", "TrainConfig", "format_validation_error"]

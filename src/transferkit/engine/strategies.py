@@ -11,6 +11,13 @@ children, in order, are its blocks. So the strategies are generic:
   no dropout); only the head trains.
 * ``gradual``: only the head trains at first; every ``unfreeze_every`` epochs one more backbone
   block, from the top, is unfrozen (ULMFiT, Howard & Ruder, 2018). Frozen blocks stay in eval mode.
+* ``lora``: every backbone weight is frozen and only the adapters that
+  :mod:`~transferkit.engine.parameter_efficient` puts on its Linear/Conv layers train (at ``lr``;
+  ``layer_decay`` applies per block), with the head. The backbone stays in train mode (dropout,
+  the adapters' dropout) except its BatchNorm layers, which keep their statistics: the base model
+  does not change at all, so the adapters alone carry what was learnt.
+
+:func:`count_parameters` counts what trains (after :func:`apply_strategy`).
 
 Optimiser groups hold every parameter from the start (frozen ones simply get no gradient, and the
 optimisers skip parameters without one), so unfreezing never needs a new optimiser.
@@ -20,11 +27,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from transferkit.engine.config import TrainConfig
+from transferkit.errors import ConfigError
 from transferkit.models.surgery import backbone_blocks
 
 
@@ -34,6 +43,48 @@ def _loose_backbone_params(model: nn.Module) -> list[nn.Parameter]:
         return []
     in_blocks = {id(p) for _, blk in backbone_blocks(model) for p in blk.parameters()}
     return [p for p in model.backbone.parameters() if id(p) not in in_blocks]
+
+
+@dataclass(frozen=True)
+class ParameterCount:
+    """How many of a model's parameter values train.
+
+    Attributes:
+        trainable: Values of parameters with ``requires_grad``.
+        total: Values of all parameters (under ``lora`` the frozen base and the adapters).
+    """
+
+    trainable: int
+    total: int
+
+    @property
+    def fraction(self) -> float:
+        """``trainable / total`` (0 for a model without parameters)."""
+        return self.trainable / self.total if self.total else 0.0
+
+    def __str__(self) -> str:
+        return f"trainable {self.trainable:,} of {self.total:,} ({100 * self.fraction:.1f}%)"
+
+    def to_dict(self) -> dict[str, int]:
+        """``{"trainable_params": ..., "total_params": ...}``, as in the fit's history rows."""
+        return {"trainable_params": self.trainable, "total_params": self.total}
+
+
+def count_parameters(model: nn.Module) -> ParameterCount:
+    """Trainable (``requires_grad``) and total parameter values of ``model``, each tensor once.
+
+    After :func:`apply_strategy` this is what the strategy trains in that epoch (objectives' own
+    parameters, such as a distillation regressor, are not the model's and not counted).
+    """
+    seen: set[int] = set()
+    trainable = total = 0
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        total += p.numel()
+        trainable += p.numel() if p.requires_grad else 0
+    return ParameterCount(trainable, total)
 
 
 def backbone_frozen_throughout(config: TrainConfig) -> bool:
@@ -48,11 +99,12 @@ def num_unfrozen_blocks(config: TrainConfig, epoch: int, num_blocks: int) -> int
 
     ``full`` trains all (none when ``backbone_lr_scale == 0``), ``linear_probe`` none, and
     ``gradual`` ``epoch // unfreeze_every`` (capped at ``num_blocks``): head only in the first
-    ``unfreeze_every`` epochs, then one more block from the top at each step.
+    ``unfreeze_every`` epochs, then one more block from the top at each step. ``lora`` counts every
+    block (their adapters train; their base weights never do).
     """
     if backbone_frozen_throughout(config):
         return 0
-    if config.strategy == "full":
+    if config.strategy in ("full", "lora"):
         return num_blocks
     return min(num_blocks, epoch // config.unfreeze_every)
 
@@ -65,9 +117,18 @@ def apply_strategy(model: nn.Module, config: TrainConfig, epoch: int) -> list[st
     layer of the backbone). Parameters registered directly on the
     backbone (outside its blocks) train only once every block trains.
 
+    Under ``lora`` (the model has adapters, see :mod:`~transferkit.engine.parameter_efficient`)
+    only the adapters and the parameters outside the backbone train, and the backbone's BatchNorm
+    layers are in eval mode.
+
     Returns:
         Names of the backbone blocks that train this epoch, top first.
+
+    Raises:
+        ConfigError: ``lora`` on a model without adapters.
     """
+    if config.strategy == "lora":
+        return _apply_lora(model)
     blocks = backbone_blocks(model)
     n = num_unfrozen_blocks(config, epoch, len(blocks))
     model.train()
@@ -88,6 +149,28 @@ def apply_strategy(model: nn.Module, config: TrainConfig, epoch: int) -> list[st
     return [name for name, _ in reversed(trainable)]
 
 
+def _apply_lora(model: nn.Module) -> list[str]:
+    from transferkit.engine.parameter_efficient import adapter_parameters
+
+    adapters = {id(p) for _, p in adapter_parameters(model)}
+    if not adapters:
+        raise ConfigError(
+            "strategy 'lora' but the model has no adapters; Trainer.fit adds them, or call "
+            "transferkit.engine.parameter_efficient.add_adapters(model, config.lora) first"
+        )
+    in_backbone = {id(p) for p in model.backbone.parameters()}
+    model.train()
+    for p in model.parameters():
+        train = id(p) in adapters or id(p) not in in_backbone
+        if p.requires_grad != train:
+            p.requires_grad_(train)
+    for module in model.backbone.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+    return [name for name, block in reversed(backbone_blocks(model))
+            if any(id(p) in adapters for p in block.parameters())]
+
+
 def build_param_groups(
     model: nn.Module, config: TrainConfig, extra: Iterable[nn.Parameter] = ()
 ) -> list[dict]:
@@ -96,6 +179,8 @@ def build_param_groups(
     Groups, in order: ``"head"`` (``lr``; also any parameter outside the backbone), then the
     backbone (one ``"backbone"`` group at ``lr * backbone_lr_scale``, or with ``layer_decay`` one group per
     block named ``"backbone.<block>"``, top block first at ``lr * backbone_lr_scale * decay**i``;
+    under ``lora``, where only the adapters in the backbone train, ``lr`` replaces
+    ``lr * backbone_lr_scale``;
     loose backbone parameters join the bottom block's group), then ``"objectives"`` (``extra``, at
     ``lr``). Each group has keys ``params``, ``lr`` and ``name``; empty groups are left out and a
     parameter shared by several places appears once.
@@ -118,7 +203,7 @@ def build_param_groups(
     backbone_ids = {id(p) for p in model.backbone.parameters()}
     head = take(p for p in model.parameters() if id(p) not in backbone_ids)
     groups: list[dict] = [{"name": "head", "params": head, "lr": config.lr}]
-    base = config.lr * config.backbone_lr_scale
+    base = config.lr if config.strategy == "lora" else config.lr * config.backbone_lr_scale
     blocks = backbone_blocks(model)
     if config.layer_decay is None:
         groups.append({"name": "backbone", "params": take(model.backbone.parameters()), "lr": base})
@@ -170,12 +255,14 @@ def build_scheduler(
 
 
 __all__ = [
+    "ParameterCount",
     "apply_strategy",
     "backbone_blocks",
     "backbone_frozen_throughout",
     "build_optimizer",
     "build_param_groups",
     "build_scheduler",
+    "count_parameters",
     "lr_factor",
     "num_unfrozen_blocks",
 ]

@@ -47,6 +47,12 @@ from transferkit.engine.context import FitContext
 from transferkit.engine.guard import DivergenceGuard, divergence_message
 from transferkit.engine.history import History, Progress, is_best
 from transferkit.engine.objectives import CrossEntropy, Objective
+from transferkit.engine.parameter_efficient import (
+    add_adapters,
+    check_objectives,
+    check_targets,
+    merge_adapters,
+)
 from transferkit.engine.predict import evaluate, predict_features
 from transferkit.engine.step import StepRunner
 from transferkit.engine.strategies import (
@@ -55,6 +61,7 @@ from transferkit.engine.strategies import (
     build_optimizer,
     build_param_groups,
     build_scheduler,
+    count_parameters,
 )
 from transferkit.errors import ConfigError, TrainingError
 
@@ -165,6 +172,8 @@ class Trainer:
             The errors of :meth:`fit` that come before training (``DataError``, ``LabelError``,
             ``ShapeError``, ``ConfigError``, ``UnknownNameError``).
         """
+        if self.config.strategy == "lora":
+            check_targets(self.model, self.config.lora)
         check_fit(self.model, self.objectives, self.config, self.device, train, val, target)
 
     # ------------------------------------------------------------------ fit
@@ -185,7 +194,11 @@ class Trainer:
 
         Returns:
             The :class:`History`. The model ends with the weights of the epoch ``select_metric``
-            chose (the best validation accuracy by default), else the last epoch's.
+            chose (the best validation accuracy by default), else the last epoch's. Under
+            ``strategy: lora`` peft adapters are added to the backbone first (seeded by
+            ``config.seed``) and, with ``lora.save: merged``, merged into its weights at the end;
+            with ``lora.save: adapters`` the model keeps them (see
+            :mod:`~transferkit.engine.parameter_efficient`).
 
         Raises:
             DataError: ``train``, ``val`` or ``target`` is empty, or ``train`` holds one class
@@ -219,9 +232,13 @@ class Trainer:
         )
 
         torch.manual_seed(cfg.seed)
+        if cfg.strategy == "lora":
+            add_adapters(model, cfg.lora)
         for obj in self.objectives:
             obj.to(self.device)
             obj.setup(ctx)
+        if cfg.strategy == "lora":
+            check_objectives(model, self.objectives)
         model_ids = {id(p) for p in model.parameters()}
         extra = [p for o in self.objectives for p in o.parameters()
                  if p.requires_grad and id(p) not in model_ids]
@@ -277,6 +294,8 @@ class Trainer:
             history.seconds += time.perf_counter() - t0
         if best_state is not None:
             model.load_state_dict(best_state)
+        if cfg.strategy == "lora" and cfg.lora.save == "merged":
+            merge_adapters(model)
         model.eval()
         return history
 
@@ -370,6 +389,7 @@ class Trainer:
             runner.strategy_applied = True
         else:  # only the head runs on cached features: the backbone's flags and modes stay as set
             model.head.train()
+        trained = count_parameters(model)
         for obj in self.objectives:
             obj.on_epoch_start(ctx, epoch)
         progress.start_epoch(epoch, len(batches))
@@ -396,6 +416,7 @@ class Trainer:
         seen, labelled, correct = (float(v) for v in totals[-3:])
         out = {k: float(v) / seen for k, v in zip(names, totals[: len(names)], strict=True)}
         out["train_accuracy"] = correct / labelled if labelled else None
+        out.update(trained.to_dict())
         return out
 
     def _autocast(self) -> contextlib.AbstractContextManager:

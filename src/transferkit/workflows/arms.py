@@ -26,6 +26,8 @@ from transferkit.engine import (
     Trainer,
     predict_features,
 )
+from transferkit.engine.parameter_efficient import adapted_layers, save_adapters
+from transferkit.engine.strategies import ParameterCount
 from transferkit.errors import ConfigError
 from transferkit.evaluation import (
     Metrics,
@@ -50,6 +52,7 @@ STRATEGY_NAMES = {
     "full": "full fine-tune",
     "linear_probe": "linear probe",
     "gradual": "gradual unfreezing",
+    "lora": "LoRA / peft adapters",
 }
 
 
@@ -291,6 +294,7 @@ def run_arms(
                     "best_epoch": history.best_epoch,
                     "select_metric": cfg.select_metric,
                     "best_value": history.best_value,
+                    **_parameter_counts(history.epochs),
                     **retention,
                 },
             )
@@ -300,10 +304,15 @@ def run_arms(
                 on_run(result)
     summary = summarize(runs, baseline)
     best, export_rule = choose_export(runs, arms)
-    save_model(first_models[best], out / "model")
+    best_model = first_models[best]
+    if adapted_layers(best_model):  # lora with save: adapters: the base folder + the adapter files
+        save_adapters(best_model, out / "model")
+    else:
+        save_model(best_model, out / "model")
     for name, report in reports.items():
         atomic_write_text(out / "transfer" / f"{name.replace('/', '-')}.txt", report.table() + "\n")
     tables, finalize_info = finalize(runs) if finalize is not None else ([], {})
+    tables = [*tables, *_trainable_table(runs)]
     info = {
         "best": best,
         "best_chosen_by": export_rule,
@@ -351,6 +360,28 @@ def choose_export(runs: Sequence[RunResult], arms: Sequence[Arm]) -> tuple[str, 
         return eligible[0].name, "no validation values: the first arm"
     pick = max(rated, key=rated.get) if mode == "max" else min(rated, key=rated.get)
     return pick, rule
+
+
+def _parameter_counts(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The trainable and total parameter counts of a run's last epoch (from its history rows)."""
+    last = rows[-1] if rows else {}
+    trainable, total = last.get("trainable_params"), last.get("total_params")
+    if trainable is None or not total:
+        return {}
+    return {"trainable_params": trainable, "total_params": total, "trainable_fraction": trainable / total}
+
+
+def _trainable_table(runs: Sequence[RunResult]) -> list[tuple[str, str]]:
+    """A report section with every arm's trainable parameters (first seed), when the runs have them."""
+    lines, seen = [], set()
+    for run in runs:
+        if run.name in seen or "trainable_params" not in run.extra:
+            continue
+        seen.add(run.name)
+        count = ParameterCount(run.extra["trainable_params"], run.extra["total_params"])
+        lines.append((run.name, f"{run.method}: {count}"))
+    width = max((len(name) for name, _ in lines), default=0)
+    return [("Trainable parameters", "\n".join(f"{n.ljust(width)}  {t}" for n, t in lines))] if lines else []
 
 
 def _source_head(source: TransferNet, objectives: Sequence[Objective] | None) -> nn.Module:

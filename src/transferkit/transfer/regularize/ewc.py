@@ -42,6 +42,7 @@ from transferkit.engine.objectives import (
     PositiveInt,
     check_coefficient,
 )
+from transferkit.engine.parameter_efficient import effective_parameters
 from transferkit.errors import CheckpointError, ConfigError, LabelError, ShapeError
 from transferkit.io import load_state_dict, save_state_dict
 from transferkit.io.weights import tensor_digest
@@ -453,7 +454,7 @@ class EWC(Objective):
         """
         self.computed = False
         source: nn.Module | None = self.__dict__["_source"]
-        student = dict(ctx.model.named_parameters())
+        student = effective_parameters(ctx.model)  # under lora: merged weights, plain names
         fisher = self._get_fisher(ctx)
         ref_all = ({n: p.detach() for n, p in source.named_parameters()} if source is not None
                    else {n: p.detach() for n, p in student.items()})
@@ -480,7 +481,7 @@ class EWC(Objective):
         """``λ/2 Σ F (w − w*)²`` of the student's current parameters, a float32 scalar."""
         if batch.model is None:
             raise ConfigError("EWC needs batch.model (the student); the trainer sets it")
-        return ewc_penalty(dict(batch.model.named_parameters()), self.reference, self.fisher,
+        return ewc_penalty(effective_parameters(batch.model), self.reference, self.fisher,
                            self.lam)
 
 

@@ -30,6 +30,7 @@ from transferkit.engine.objectives import (
     ObjectiveOptions,
     check_coefficient,
 )
+from transferkit.engine.parameter_efficient import effective_parameters
 from transferkit.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -196,8 +197,8 @@ class L2SP(Objective):
     def setup(self, ctx: FitContext) -> None:
         """Record ``w0`` for the student's parameters (from ``source`` or the starting weights)."""
         model = ctx.model
-        params = {
-            n: p for n, p in model.named_parameters()
+        params = {  # under strategy lora: each adapted layer's merged weight, under its plain name
+            n: p for n, p in effective_parameters(model).items()
             if not any(fnmatch.fnmatchcase(n, pat) for pat in self.exclude)
         }
         ref = self._source if self._source is not None else params
@@ -224,8 +225,7 @@ class L2SP(Objective):
         """``Ω(w)`` of the student's current parameters, a float32 scalar."""
         if batch.model is None:
             raise ConfigError("L2SP needs batch.model (the student); the trainer sets it")
-        return l2sp_penalty(dict(batch.model.named_parameters()), self.reference,
-                            self.alpha, self.beta)
+        return l2sp_penalty(effective_parameters(batch.model), self.reference, self.alpha, self.beta)
 
 
 OBJECTIVES.register("l2sp", L2SP)
