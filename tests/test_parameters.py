@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from transferkit.errors import CheckpointError, ConfigError
+from transferkit.models import create_model
 from transferkit.transfer import TransferEntry, TransferReport, transfer_parameters
 
 
@@ -317,13 +318,23 @@ def test_unused_source_tensors_listed_in_table():
     assert "y.kernel" in report.table()
 
 
-def test_different_ndim_is_never_copied():
+def test_reshape_only_differences_are_copied_other_ndims_never():
     target = nn.Linear(4, 2)
+    w = torch.arange(8.0).reshape(2, 4, 1, 1)  # a 1x1 conv's weight
+    report = transfer_parameters({"weight": w}, target)
+    e = report.entries[0]
+    assert e.status == "copied" and e.numel_transferred == 8
+    assert e.reason == "source (2, 4, 1, 1) -> target (2, 4): reshaped (only size-1 dims differ)"
+    assert torch.equal(target.weight, w.reshape(2, 4))
     old = target.weight.detach().clone()
-    report = transfer_parameters({"weight": torch.ones(2, 4, 1, 1)}, target)
+    report = transfer_parameters({"weight": torch.ones(2, 4, 3, 3)}, target)
     assert torch.equal(target.weight, old)
     assert report.entries[0].status == "new"
     assert "different number of dims" in report.entries[0].reason
+    # a row is not a column: (4, 1) -> (1, 4) is no reshape (it is sliced like any other size)
+    row = nn.Linear(4, 1, bias=False)
+    report = transfer_parameters({"weight": torch.ones(4, 1)}, row)
+    assert report.entries[0].status == "partial" and "reshaped" not in report.entries[0].reason
 
 
 def test_errors():
@@ -408,3 +419,99 @@ def test_structure_ties_go_to_the_earliest_blocks():
     ]
     assert torch.equal(target.z.weight, z_old)
     assert report.summary()["fraction_params_transferred"] == pytest.approx(2 / 3)
+
+
+# ----------------------------------------------------------------------------------------------
+# Dataflow: registration order vs forward order, and slices into layers fed by another layer
+
+
+class Backwards(nn.Module):
+    """Three 8 -> 8 linear layers registered in reverse: the state dict lists the last one first."""
+
+    def __init__(self):
+        super().__init__()
+        self.c, self.b, self.a = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c(torch.relu(self.b(torch.relu(self.a(x)))))
+
+
+def test_structure_follows_the_traced_forward_order_not_registration_order():
+    def mlp():
+        return nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8))
+
+    source = _randomise(mlp(), 0)
+    target = _randomise(Backwards(), 1)
+    report = transfer_parameters(source, target)  # input (2, 8) guessed from the first weight
+    x = torch.rand(4, 8)
+    torch.testing.assert_close(target(x), source(x), atol=1e-6, rtol=0)
+    assert {e.status for e in report.entries} == {"copied"} and report.unused == []
+    pairs = {e.target_name: e.source_name for e in report.entries}
+    assert (pairs["a.weight"], pairs["b.bias"], pairs["c.weight"]) == ("0.weight", "2.bias", "4.weight")
+    # the same with an explicit input, and without tracing (state-dict order: a <- 4, c <- 0)
+    target = _randomise(Backwards(), 1)
+    transfer_parameters(source, target, example_inputs=(torch.zeros(2, 8), torch.zeros(2, 8)))
+    torch.testing.assert_close(target(x), source(x), atol=1e-6, rtol=0)
+    target = _randomise(Backwards(), 1)
+    report = transfer_parameters(source, target, trace=False)
+    assert {e.target_name: e.source_name for e in report.entries}["a.weight"] == "4.weight"
+
+
+def _cnn(widths, seed):
+    torch.manual_seed(seed)
+    return _randomise(create_model("small_cnn", widths=list(widths)), seed)
+
+
+@pytest.mark.parametrize("as_state_dict", [False, True])
+def test_deeper_small_cnn_gets_no_slice_into_the_layer_after_the_new_block(as_state_dict):
+    source, target = _cnn((32, 64, 128), 0), _cnn((32, 64, 128, 256), 1)
+    fresh = {k: v.clone() for k, v in target.state_dict().items()}
+    report = transfer_parameters(dict(source.state_dict()) if as_state_dict else source, target)
+    by_name = {e.target_name: e for e in report.entries}
+    fed_by = "the source layer" if as_state_dict else "source layer backbone.conv3.1"
+    for key in ("weight", "bias"):
+        e = by_name[f"backbone.fc.2.{key}"]
+        assert e.status == "new" and e.source_name == f"backbone.fc.2.{key}" and e.numel_transferred == 0
+        assert e.reason.endswith(
+            f"left new: its input comes from target layer backbone.conv4.1, which is not the copy of "
+            f"{fed_by} that fed it (it has no source counterpart)"
+        )
+        assert torch.equal(target.state_dict()[e.target_name], fresh[e.target_name])
+    assert sorted(u.source_name for u in report.unused) == ["backbone.fc.2.bias", "backbone.fc.2.weight"]
+    assert any(u.reason.startswith("paired with target 'backbone.fc.2.weight' but") for u in report.unused)
+    assert all(by_name[f"backbone.conv{i}.0.weight"].status == "copied" for i in (1, 2, 3))
+    assert by_name["backbone.conv4.0.weight"].status == "new" and by_name["head.weight"].status == "copied"
+    # trace=False: the old behaviour, the slice is copied unchecked
+    report = transfer_parameters(source, _cnn((32, 64, 128, 256), 1), trace=False)
+    assert {e.target_name: e for e in report.entries}["backbone.fc.2.weight"].status == "partial"
+
+
+@pytest.mark.parametrize("as_state_dict", [False, True])
+def test_shallower_small_cnn_gets_no_slice_of_a_layer_that_read_a_deeper_one(as_state_dict):
+    source, target = _cnn((32, 64, 128), 0), _cnn((32, 64), 1)
+    report = transfer_parameters(dict(source.state_dict()) if as_state_dict else source, target)
+    e = next(e for e in report.entries if e.target_name == "backbone.fc.2.weight")
+    assert e.status == "new"
+    assert "its input comes from target layer backbone.conv2.1, which is not the copy of" in e.reason
+    assert "it holds the copy of source layer backbone.conv2.1" in e.reason
+    if as_state_dict:  # no source graph: told apart by widths (64 channels fed 512 inputs, now 256)
+        assert "widths 64 -> 64 there, but 512 -> 256 at the input of 'backbone.fc.2.weight'" in e.reason
+    else:
+        assert "source layer backbone.conv3.1 that fed it" in e.reason
+
+
+@pytest.mark.parametrize("as_state_dict", [False, True])
+def test_wider_small_cnn_of_the_same_depth_is_still_sliced(as_state_dict):
+    source, target = _cnn((32, 64, 128), 0), _cnn((64, 128, 256), 1)
+    report = transfer_parameters(dict(source.state_dict()) if as_state_dict else source, target)
+    assert report.new == [] and report.unused == []
+    e = next(e for e in report.entries if e.target_name == "backbone.fc.2.weight")
+    assert e.status == "partial" and e.reason.endswith("copied [:, :512]")
+    fc_s, fc_t = source.backbone.fc[2].weight, target.backbone.fc[2].weight
+    torch.testing.assert_close(fc_t[:, :512], fc_s, atol=0, rtol=0)
+    assert len(report.partial) == 16  # conv1-3 (weight + 4 BatchNorm tensors each) and fc.2.weight
+
+
+def test_example_inputs_must_be_a_pair():
+    with pytest.raises(ConfigError, match="example_inputs must be a pair"):
+        transfer_parameters(nn.Linear(2, 2), nn.Linear(2, 2), example_inputs=torch.ones(1, 2))

@@ -82,7 +82,14 @@ def test_deeper_target_takes_first_blocks_from_same_positions(source):
         assert torch.equal(tgt[f"backbone.conv3.{key}"], fresh[f"backbone.conv3.{key}"])
     assert by_target["head.weight"].status == "copied"
     assert torch.equal(tgt["head.weight"], src["head.weight"])
-    assert report.unused == []
+    # fc reads the new conv3 here, conv2 in the source: no slice of the source's fc goes into it
+    for key in ("weight", "bias"):
+        entry = by_target[f"backbone.fc.2.{key}"]
+        assert entry.status == "new" and entry.source_name == f"backbone.fc.2.{key}"
+        assert "its input comes from target layer backbone.conv3.1, which is not the copy of source " \
+            "layer backbone.conv2.1 that fed it" in entry.reason
+        assert torch.equal(tgt[f"backbone.fc.2.{key}"], fresh[f"backbone.fc.2.{key}"])
+    assert sorted(u.source_name for u in report.unused) == ["backbone.fc.2.bias", "backbone.fc.2.weight"]
 
 
 def test_wider_target_gets_source_values_in_the_overlap(source):

@@ -8,12 +8,19 @@ from pathlib import Path
 import typer
 
 from transferkit.cli._common import (
+    allowed_code,
     apply_augment,
     augment_option,
     console,
     handle_errors,
+    head_option,
+    input_size_option,
+    mean_option,
     parse_objective_spec,
     setup_logging,
+    source_arch_option,
+    source_overrides,
+    std_option,
     trust_remote_code_option,
 )
 
@@ -41,7 +48,14 @@ def adapt(
     ),
     image_size: int | None = typer.Option(None, "--image-size", help="Bring both domains to this size."),
     arch: str | None = typer.Option(None, "--arch", help="Network (default small_cnn)."),
-    source: str | None = typer.Option(None, "--source", help="Start from this model folder."),
+    source: str | None = typer.Option(
+        None, "--source", help="Start from this model: folder, weights file, built-in or hub name."
+    ),
+    source_arch: str | None = source_arch_option(),
+    head: str | None = head_option(),
+    input_size: str | None = input_size_option(),
+    mean: str | None = mean_option(),
+    std: str | None = std_option(),
     epochs: int | None = typer.Option(None, "--epochs", help="Epochs (passes over the source)."),
     seeds: str | None = typer.Option(None, "--seeds", help="Comma-separated seeds, e.g. 0,1,2."),
     out: Path | None = typer.Option(None, "--out", help="Output folder."),
@@ -81,6 +95,8 @@ def adapt(
         "overwrite": True if overwrite else None,
     }
     items = [f"{k}={v}" for k, v in pairs.items() if v is not None]
+    items += source_overrides("model.", "source_arch", arch=source_arch, head=head, input_size=input_size,
+                              mean=mean, std=std, pretrained=None)
     if progress if progress is not None else sys.stderr.isatty():
         items.append("train.progress=true")
     if seeds is not None:
@@ -93,7 +109,7 @@ def adapt(
     cfg = build_config(merged, AdaptConfig)
     from transferkit.models import allow_remote_code
 
-    with allow_remote_code(trust_remote_code):
+    with allow_remote_code(trust_remote_code), allowed_code(source_arch, arch):
         result = run_adapt(cfg)
     typer.echo(result.table())
     console.print(f"wrote {result.out_dir / 'metrics.json'} and {result.out_dir / 'report.html'}")

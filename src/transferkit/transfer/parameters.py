@@ -1,9 +1,12 @@
 """Copy weights from a source model (or state dict) into a target model, and report what moved.
 
 :func:`transfer_parameters` matches source tensors to target tensors in three stages (by name, by
-name suffix, by structure), copies every matched tensor in place and returns a
-:class:`TransferReport` with one entry per target tensor, so a partial load is never silent (the
-timm convention: report the reason for every tensor that was not loaded).
+name suffix, by structure: layer order from a traced dataflow, :mod:`transferkit.transfer.dataflow`),
+converts layouts where two implementations differ (reshapes, fused <-> separate query/key/value,
+resized position embeddings, stems for another channel count: :mod:`transferkit.transfer.layouts`),
+copies every matched tensor in place and returns a :class:`TransferReport` with one entry per
+target tensor, so a partial load is never silent (the timm convention: report the reason for every
+tensor that was not loaded).
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ import fnmatch
 import logging
 import math
 import warnings
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -20,6 +24,8 @@ import torch
 from torch import nn
 
 from transferkit.errors import CheckpointError, ConfigError
+from transferkit.transfer.dataflow import INPUT, Dataflow, trace_dataflow
+from transferkit.transfer.layouts import adapt_input_channels, reshape_compatible, resize_position_embedding
 
 logger = logging.getLogger(__name__)
 
@@ -49,9 +55,12 @@ class TransferEntry:
 
     Attributes:
         target_name: State-dict name in the target (``None`` for an unused source tensor).
-        source_name: State-dict name in the source the values came from, or ``None``.
-        status: ``"copied"`` (whole tensor), ``"partial"`` (overlapping slice), ``"new"`` (target
-            keeps its own values) or ``"unused"`` (source tensor not copied anywhere).
+        source_name: State-dict name in the source the values came from, or ``None`` (the names of
+            fused source tensors joined with ``" + "``).
+        status: ``"copied"`` (whole tensor, possibly reshaped, fused or split), ``"partial"``
+            (overlapping slice, or an adapted copy: resized position embedding, stem for another
+            channel count), ``"new"`` (target keeps its own values) or ``"unused"`` (source tensor
+            not copied anywhere).
         stage: Matching stage that paired the tensors (``"name"``, ``"suffix"``, ``"structure"``)
             or ``None``.
         target_shape: Shape of the target tensor (``None`` for an unused source tensor).
@@ -99,7 +108,8 @@ class TransferReport:
 
     @property
     def partial(self) -> list[TransferEntry]:
-        """Target tensors that received an overlapping slice of a differently-shaped source."""
+        """Target tensors that received an overlapping slice of a differently-shaped source, or an
+        adapted copy of it (resized position embedding, stem for another channel count)."""
         return [e for e in self.entries if e.status == "partial"]
 
     @property
@@ -211,12 +221,25 @@ class _Tensor:
 
     @property
     def kind(self) -> str:
-        last = self.name.rsplit(".", 1)[-1]
-        return last if last in KNOWN_KINDS else "other"
+        return _kind(self.name)
 
     @property
     def module(self) -> str:
         return self.name.rsplit(".", 1)[0] if "." in self.name else ""
+
+
+def _kind(name: str) -> str:
+    """The last name component if it is a known kind; ``"in_proj_weight"``-style names count as
+    ``"weight"``/``"bias"``; anything else is ``"other"``."""
+    last = name.rsplit(".", 1)[-1]
+    if last in KNOWN_KINDS:
+        return last
+    return next((k for k in ("weight", "bias") if last.endswith("_" + k)), "other")
+
+
+def _group_key(name: str) -> str | None:
+    """Tensors of one module with known kinds (weight, bias, running stats) form one layer."""
+    return name.rsplit(".", 1)[0] if "." in name and _kind(name) != "other" else None
 
 
 def _collect_target(target: nn.Module) -> list[_Tensor]:
@@ -311,26 +334,120 @@ def _index_str(idx: tuple[slice, ...], own: tuple[int, ...], other: tuple[int, .
     return "[" + ", ".join(parts) + "]"
 
 
-def _copy(src: _Tensor, tgt: _Tensor, policy: str) -> tuple[Status, str, int]:
-    """Copy ``src`` into ``tgt`` in place if shapes allow; return (status, reason, numel)."""
-    ss, ts = src.shape, tgt.shape
+#: Report status of each way of moving values (see :class:`_Plan`).
+_STATUS: dict[str, Status] = {
+    "same": "copied",
+    "reshape": "copied",
+    "fuse": "copied",
+    "split": "copied",
+    "resize": "partial",
+    "stem": "partial",
+    "slice": "partial",
+    "none": "new",
+}
+
+
+@dataclass
+class _Plan:
+    """How source tensor(s) ``src`` go into target tensor(s) ``tgt`` (indices; more than one on
+    one side for a fused <-> split pair). ``how`` is a key of :data:`_STATUS`; ``value`` is the
+    converted tensor for ``"resize"`` and ``"stem"``."""
+
+    src: tuple[int, ...]
+    tgt: tuple[int, ...]
+    stage: Stage
+    how: str
+    reason: str
+    value: torch.Tensor | None = None
+
+
+def _cat_shape(shapes: Sequence[tuple[int, ...]]) -> tuple[int, ...]:
+    """Shape of ``torch.cat`` along dim 0 of tensors of these shapes."""
+    if len(shapes) == 1:
+        return tuple(shapes[0])
+    return (sum(s[0] for s in shapes), *shapes[0][1:])
+
+
+def _plan(
+    srcs: list[_Tensor], tgts: list[_Tensor], policy: str, is_stem: Callable[[], bool]
+) -> tuple[str, str, torch.Tensor | None]:
+    """(how, reason, converted value) for copying ``srcs`` into ``tgts``; see transfer_parameters."""
+    if len(srcs) > 1 or len(tgts) > 1:
+        ss, ts = _cat_shape([s.shape for s in srcs]), _cat_shape([t.shape for t in tgts])
+        if ss != ts:
+            return "none", f"source {ss} -> target {ts}: fused shapes differ, not copied", None
+        if len(srcs) > 1:
+            return "fuse", (
+                f"fused: the {len(srcs)} source tensors concatenated along dim 0 (parallel layers of one "
+                "shape reading the same input, e.g. query/key/value)"
+            ), None
+        return "split", "split: the fused source's rows go to the separate target tensors", None
+    s, t = srcs[0], tgts[0]
+    ss, ts = s.shape, t.shape
+    head = f"source {ss} -> target {ts}: "
     if ss == ts:
-        tgt.value.copy_(src.value.to(device=tgt.value.device, dtype=tgt.value.dtype))
-        return "copied", "same shape", tgt.value.numel()
+        return "same", "same shape", None
+    if reshape_compatible(ss, ts):
+        return "reshape", head + "reshaped (only size-1 dims differ)", None
     if len(ss) != len(ts):
-        return "new", f"source {ss} -> target {ts}: different number of dims, not copied", 0
+        return "none", head + "different number of dims, not copied", None
     if policy == "skip":
-        return (
-            "new",
-            f"source {ss} -> target {ts}: shape differs, skipped (shape_mismatch='skip')",
-            0,
-        )
-    src_idx, tgt_idx = _overlap(ss, ts, tgt.kind)
-    part = src.value[src_idx].to(device=tgt.value.device, dtype=tgt.value.dtype)
-    tgt.value[tgt_idx].copy_(part)
+        return "none", head + "shape differs, skipped (shape_mismatch='skip')", None
+    if s.kind == t.kind == "other" and (resized := resize_position_embedding(s.value, ts)):
+        return "resize", head + resized[1], resized[0]
+    if s.kind == t.kind == "weight" and (adapted := adapt_input_channels(s.value, ts)) and is_stem():
+        return "stem", head + adapted[1] + " (a stem: the layer reads the model's input)", adapted[0]
+    src_idx, tgt_idx = _overlap(ss, ts, t.kind)
     s_str, t_str = _index_str(src_idx, ss, ts), _index_str(tgt_idx, ts, ss)
     where = f"copied {t_str}" if s_str == t_str else f"copied source{s_str} into {t_str}"
-    return "partial", f"source {ss} -> target {ts}: {where}", part.numel()
+    return "slice", head + where, None
+
+
+def _execute(
+    plan: _Plan, sources: list[_Tensor], targets: list[_Tensor]
+) -> tuple[list[TransferEntry], list[TransferEntry]]:
+    """Write ``plan`` into the target tensors; return their entries and the unused-source entries."""
+    srcs, tgts = [sources[i] for i in plan.src], [targets[j] for j in plan.tgt]
+    src_name = " + ".join(s.name for s in srcs)
+    src_shape = _cat_shape([s.shape for s in srcs])
+    status = _STATUS[plan.how]
+    entries: list[TransferEntry] = []
+    if status == "new":
+        for t in tgts:
+            entries.append(
+                TransferEntry(
+                    t.name, src_name, "new", plan.stage, t.shape, src_shape, plan.reason, t.is_parameter
+                )
+            )
+        why = f"paired with target {tgts[0].name!r} but {plan.reason}"
+        return entries, [_unused_entry(s, why, plan.stage, tgts[0]) for s in srcs]
+    if plan.value is not None:
+        value = plan.value
+    else:
+        value = torch.cat([s.value for s in srcs]) if len(srcs) > 1 else srcs[0].value
+    row = 0
+    for k, t in enumerate(tgts):
+        reason, out = plan.reason, t.value
+        if plan.how == "slice":
+            src_idx, tgt_idx = _overlap(src_shape, t.shape, t.kind)
+            part = value[src_idx]
+            out = t.value[tgt_idx]
+        elif len(tgts) > 1:
+            part = value[row : row + t.shape[0]]
+            reason = (
+                f"split: rows {row}:{row + t.shape[0]} of the source (part {k + 1} of {len(tgts)}; the "
+                "target has parallel layers of one shape reading the same input, e.g. query/key/value)"
+            )
+            row += t.shape[0]
+        else:
+            part = value.reshape(t.shape)
+        out.copy_(part.to(device=t.value.device, dtype=t.value.dtype))
+        entries.append(
+            TransferEntry(
+                t.name, src_name, status, plan.stage, t.shape, src_shape, reason, t.is_parameter, out.numel()
+            )
+        )
+    return entries, []
 
 
 # ----------------------------------------------------------------------------------------------
@@ -374,7 +491,7 @@ def _suffix_pairs(sources: list[_Tensor], targets: list[_Tensor]) -> list[tuple[
     """Pairs (source index, target index) whose names agree after stripping wrappers / as suffixes.
 
     A pair is taken only when each side is the other's only candidate (an equal stripped name wins
-    over suffix relations) and both tensors have the same number of dims.
+    over suffix relations) and both tensors have the same number of dims (or differ by a reshape).
     """
     s_norm = [_strip_wrappers(t.name) for t in sources]
     t_norm = [_strip_wrappers(t.name) for t in targets]
@@ -383,16 +500,19 @@ def _suffix_pairs(sources: list[_Tensor], targets: list[_Tensor]) -> list[tuple[
     for i, cands in enumerate(s_cands):
         if len(cands) == 1:
             (j,) = cands
-            if t_cands[j] == {i} and sources[i].value.dim() == targets[j].value.dim():
+            s, t = sources[i], targets[j]
+            if t_cands[j] == {i} and (s.value.dim() == t.value.dim() or reshape_compatible(s.shape, t.shape)):
                 pairs.append((i, j))
     return pairs
 
 
 def _groups(tensors: list[_Tensor]) -> list[list[int]]:
-    """Indices of consecutive tensors that belong to one module (same name prefix)."""
+    """Indices of consecutive tensors that belong to one module (same name prefix); a tensor of kind
+    ``"other"`` (class token, position embedding, layer scale) is a group of its own."""
     groups: list[list[int]] = []
     for i, t in enumerate(tensors):
-        if groups and tensors[groups[-1][-1]].module == t.module:
+        last = tensors[groups[-1][-1]] if groups else None
+        if last is not None and last.module == t.module and "other" not in (last.kind, t.kind):
             groups[-1].append(i)
         else:
             groups.append([i])
@@ -431,42 +551,260 @@ def _align(n: int, m: int, score: Any) -> list[tuple[int, int]]:
     return pairs
 
 
-def _structure_pairs(sources: list[_Tensor], targets: list[_Tensor], policy: str) -> list[tuple[int, int]]:
+def _units(tensors: list[_Tensor], flow: Dataflow | None) -> list[list[int]]:
+    """Indices of the tensors of each layer, in forward order when ``flow`` is given.
+
+    Without a flow: consecutive tensors with one module prefix, in state-dict order. With one:
+    tensors sorted by :meth:`Dataflow.sort_keys` (the dataflow's canonical order), then grouped by
+    (node, module), so a parameter registered on a parent module (a class token, a layer scale)
+    is its own unit at the place it is used.
+    """
+    if flow is None:
+        return _groups(tensors)
+    keys = flow.sort_keys([t.name for t in tensors])
+    units: list[list[int]] = []
+    last: tuple[str | None, str] | None = None
+    for k in sorted(range(len(tensors)), key=keys.__getitem__):
+        gid = (flow.node.get(tensors[k].name), tensors[k].module)
+        if units and gid == last:
+            units[-1].append(k)
+        else:
+            units.append([k])
+        last = gid
+    return units
+
+
+def _parallel(trio: list[list[int]], tensors: list[_Tensor], flow: Dataflow | None) -> bool:
+    """Whether three units are parallel layers of one shape (weight, optional bias) reading one input."""
+    sigs = {tuple((tensors[k].kind, tensors[k].shape) for k in u) for u in trio}
+    if len(sigs) != 1:
+        return False
+    (sig,) = sigs
+    if not {kind for kind, _ in sig} <= {"weight", "bias"} or not any(
+        kind == "weight" and len(shape) >= 2 for kind, shape in sig
+    ):
+        return False
+    if flow is None:
+        return True
+    inputs = [flow.producers(tensors[u[0]].name) for u in trio]
+    return inputs[0] is not None and inputs.count(inputs[0]) == 3
+
+
+def _fuse(
+    units: list[list[int]],
+    tensors: list[_Tensor],
+    flow: Dataflow | None,
+    other: set[tuple[str, tuple[int, ...]]],
+) -> list[list[tuple[int, ...]]]:
+    """Units as lists of items (tuples of tensor indices). Three consecutive parallel units (see
+    :func:`_parallel`, e.g. query/key/value) become one unit of fused items when the other model
+    has a weight of the fused shape (a ``qkv`` or ``in_proj_weight``); every other item is one
+    tensor."""
+    out: list[list[tuple[int, ...]]] = []
+    a = 0
+    while a < len(units):
+        trio = units[a : a + 3]
+        if len(trio) == 3 and _parallel(trio, tensors, flow):
+            fused = [tuple(u[c] for u in trio) for c in range(len(trio[0]))]
+            if any(_item_sig(item, tensors) in other for item in fused if tensors[item[0]].kind == "weight"):
+                out.append(fused)
+                a += 3
+                continue
+        out.append([(k,) for k in units[a]])
+        a += 1
+    return out
+
+
+def _item_sig(item: tuple[int, ...], tensors: list[_Tensor]) -> tuple[str, tuple[int, ...]]:
+    return tensors[item[0]].kind, _cat_shape([tensors[k].shape for k in item])
+
+
+def _structure_pairs(
+    sources: list[_Tensor],
+    targets: list[_Tensor],
+    policy: str,
+    flow_s: Dataflow | None = None,
+    flow_t: Dataflow | None = None,
+) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
     """Pair remaining tensors by order and shape (see :func:`transfer_parameters`)."""
     if not sources or not targets:
         return []
-    s_groups, t_groups = _groups(sources), _groups(targets)
-
-    def sig(tensors: list[_Tensor], group: list[int]) -> tuple[tuple[str, tuple[int, ...]], ...]:
-        return tuple((tensors[k].kind, tensors[k].shape) for k in group)
-
-    s_sigs = [sig(sources, g) for g in s_groups]
-    t_sigs = [sig(targets, g) for g in t_groups]
+    ordered = flow_s is not None and flow_t is not None
+    s_items = _fuse(
+        _units(sources, flow_s if ordered else None), sources, flow_s, {(t.kind, t.shape) for t in targets}
+    )
+    t_items = _fuse(
+        _units(targets, flow_t if ordered else None), targets, flow_t, {(t.kind, t.shape) for t in sources}
+    )
+    s_sigs = [tuple(_item_sig(it, sources) for it in unit) for unit in s_items]
+    t_sigs = [tuple(_item_sig(it, targets) for it in unit) for unit in t_items]
 
     def module_score(a: int, b: int) -> float:
         sa, tb = s_sigs[a], t_sigs[b]
         if sa == tb:
             return 1.0
-        if policy != "slice" or len(sa) != len(tb):
+        if len(sa) != len(tb):
             return 0.0
         fracs = []
         for (ka, shape_a), (kb, shape_b) in zip(sa, tb, strict=True):
-            if ka != kb or len(shape_a) != len(shape_b):
+            if ka != kb:
+                return 0.0
+            if reshape_compatible(shape_a, shape_b):
+                fracs.append(1.0)
+                continue
+            if policy != "slice" or len(shape_a) != len(shape_b):
                 return 0.0
             big = math.prod(max(x, y) for x, y in zip(shape_a, shape_b, strict=True))
             small = math.prod(min(x, y) for x, y in zip(shape_a, shape_b, strict=True))
             fracs.append(small / big if big else 1.0)
+        if all(f == 1.0 for f in fracs):
+            return 1.0
         return 0.25 * (0.5 + 0.5 * sum(fracs) / len(fracs))
 
     if s_sigs == t_sigs:  # same architecture, different names: pair everything in order
         module_pairs = [(k, k) for k in range(len(s_sigs))]
     else:
-        module_pairs = _align(len(s_groups), len(t_groups), module_score)
-    return [(si, ti) for a, b in module_pairs for si, ti in zip(s_groups[a], t_groups[b], strict=True)]
+        module_pairs = _align(len(s_items), len(t_items), module_score)
+    # layers left out whose signature is unique among the leftovers of both sides go together (a
+    # class token registered before the patch projection in one library and after it in another)
+    paired_a, paired_b = {a for a, _ in module_pairs}, {b for _, b in module_pairs}
+    left_s = Counter(s_sigs[a] for a in range(len(s_sigs)) if a not in paired_a)
+    left_t = {t_sigs[b]: b for b in range(len(t_sigs)) if b not in paired_b}
+    left_t_count = Counter(t_sigs[b] for b in range(len(t_sigs)) if b not in paired_b)
+    for a in range(len(s_sigs)):
+        if a not in paired_a and left_s[s_sigs[a]] == 1 and left_t_count[s_sigs[a]] == 1:
+            module_pairs.append((a, left_t[s_sigs[a]]))
+    return [(si, ti) for a, b in module_pairs for si, ti in zip(s_items[a], t_items[b], strict=True)]
 
 
 # ----------------------------------------------------------------------------------------------
 # Public entry point
+
+
+class _Flows:
+    """The source's and the target's dataflow, traced on first use (``None``: not traceable)."""
+
+    def __init__(
+        self,
+        source: nn.Module | Mapping[str, torch.Tensor],
+        target: nn.Module,
+        trace: bool,
+        examples: Sequence[torch.Tensor | None],
+    ) -> None:
+        src = source if isinstance(source, nn.Module) and trace else None
+        self._todo = {"source": (src, examples[0]), "target": (target if trace else None, examples[1])}
+        self._done: dict[str, Dataflow | None] = {}
+
+    def get(self, side: str) -> Dataflow | None:
+        if side not in self._done:
+            module, example = self._todo[side]
+            self._done[side] = None if module is None else trace_dataflow(module, _group_key, example)
+        return self._done[side]
+
+
+def _layer(node: str) -> str:
+    """The module name of a dataflow node (node ids are tensor names)."""
+    return node.rsplit(".", 1)[0] if "." in node else node
+
+
+def _is_stem(s: _Tensor, t: _Tensor, sources: list[_Tensor], targets: list[_Tensor], flows: _Flows) -> bool:
+    """Whether both tensors belong to a layer that reads the model's input.
+
+    From the dataflow when traced; otherwise: each is the first 4-dim tensor of its model.
+    """
+    for tensor, tensors, side in ((s, sources, "source"), (t, targets, "target")):
+        flow = flows.get(side)
+        if flow is not None and flow.used(tensor.name):
+            if not flow.reads_input(tensor.name):
+                return False
+        elif next((x for x in tensors if x.value.dim() == 4), None) is not tensor:
+            return False
+    return True
+
+
+def _misfed(
+    plan: _Plan,
+    sources: list[_Tensor],
+    targets: list[_Tensor],
+    fed: dict[str, list[_Plan]],
+    flow_t: Dataflow,
+    flow_s: Dataflow | None,
+) -> str | None:
+    """Why the layer of sliced ``plan`` must stay new (its input is not what the source layer
+    read), or ``None`` when its input comes from the copy of the source layer that fed it.
+
+    With the source's dataflow, each target layer feeding it must hold a copy of a source layer
+    that fed the source tensor, at least one must, and unpaired feeders (new layers) are allowed
+    only beside such a copy (a new block adding into a residual stream). Without it (a state-dict
+    source), a paired feeder must have the same width ratio on both sides (the target tensor's
+    input width over the feeder's output width).
+    """
+    s, t = sources[plan.src[0]], targets[plan.tgt[0]]
+    feeders = flow_t.producers(t.name)
+    if not feeders or INPUT in feeders:
+        return None
+    s_feeders = flow_s.producers(s.name) if flow_s is not None else None
+    consistent, problems = False, []
+    for node in sorted(feeders):
+        plans = fed.get(node)
+        if not plans:
+            problems.append((node, "it has no source counterpart", False))
+            continue
+        held = sorted({sources[i].module or sources[i].name for q in plans for i in q.src})
+        holds = f"it holds the copy of source layer {' + '.join(held)}"
+        if s_feeders:
+            ok = any(flow_s.node.get(sources[i].name) in s_feeders for q in plans for i in q.src)
+        else:  # widths: the sliced tensor's input (dim 1, or 0 for a vector) and the feeder's output
+            q = next((q for q in plans if targets[q.tgt[0]].shape and len(q.src) == 1), None)
+            ok = q is None
+            if q is not None:
+                t_out, s_out = targets[q.tgt[0]].shape[0], sources[q.src[0]].shape[0]
+                t_in, s_in = (t.shape[1], s.shape[1]) if len(t.shape) > 1 else (t.shape[0], s.shape[0])
+                ok = t_in * s_out == s_in * t_out
+                holds += f"; widths {s_out} -> {t_out} there, but {s_in} -> {t_in} at the input of {t.name!r}"
+        consistent |= ok
+        if not ok:
+            problems.append((node, holds, True))
+    bad = [p for p in problems if p[2]] or ([] if consistent else problems)
+    if not bad:
+        return None
+    node, what, _ = bad[0]
+    fed_by = "source layer " + " + ".join(sorted(map(_layer, s_feeders))) if s_feeders else "the source layer"
+    return (
+        f"its input comes from target layer {_layer(node)}, which is not the copy of {fed_by} "
+        f"that fed it ({what})"
+    )
+
+
+def _refuse_misfed(plans: list[_Plan], sources: list[_Tensor], targets: list[_Tensor], flows: _Flows) -> None:
+    """Turn every layer holding a slice whose input comes from another layer than in the source into
+    ``"none"`` (all of that layer's tensors), in forward order, so a refused layer counts as new for
+    the layers it feeds."""
+    if not any(p.how == "slice" for p in plans):
+        return
+    flow_t = flows.get("target")
+    if flow_t is None:
+        return
+    flow_s = flows.get("source")
+    fed: dict[str, list[_Plan]] = {}
+    for p in plans:
+        if p.how != "none":
+            for j in p.tgt:
+                fed.setdefault(flow_t.node[targets[j].name], []).append(p)
+    key = dict(zip((t.name for t in targets), flow_t.sort_keys(t.name for t in targets), strict=True))
+    for node in sorted(fed, key=key.__getitem__):  # node ids are target tensor names
+        slices = [p for p in fed[node] if p.how == "slice"]
+        if not slices:
+            continue
+        # judge the layer by its sliced tensor of most dims (a weight's dim 1 is its input)
+        judged = max(slices, key=lambda p: len(targets[p.tgt[0]].shape))
+        why = _misfed(judged, sources, targets, fed, flow_t, flow_s)
+        if why is None:
+            continue
+        for q in fed.pop(node):
+            ss = _cat_shape([sources[i].shape for i in q.src])
+            ts = _cat_shape([targets[j].shape for j in q.tgt])
+            q.how, q.reason, q.value = "none", f"source {ss} -> target {ts}: left new: {why}", None
 
 
 def transfer_parameters(
@@ -477,6 +815,8 @@ def transfer_parameters(
     exclude: Sequence[str] = (),
     match: Sequence[Literal["name", "suffix", "structure"]] = ("name", "suffix", "structure"),
     include_buffers: bool = True,
+    trace: bool = True,
+    example_inputs: tuple[torch.Tensor | None, torch.Tensor | None] | None = None,
 ) -> TransferReport:
     """Copy every source tensor that has a place in ``target``, in place, and report what moved.
 
@@ -488,31 +828,67 @@ def transfer_parameters(
     2. ``"suffix"``: names equal after stripping wrapper prefixes (:data:`WRAPPER_PREFIXES`, e.g.
        ``"module."``, ``"_orig_mod."``, ``"model."``, ``"backbone."``), or one stripped name is a
        dotted suffix of the other (``"conv1.weight"`` <-> ``"features.conv1.weight"``). Only pairs
-       that are unambiguous on both sides and have the same number of dims are taken.
-    3. ``"structure"``: for two implementations of one architecture under different names. The
-       remaining tensors of each side, in state-dict order, are grouped into modules (consecutive
-       tensors with the same name prefix) and each module gets a signature: the list of
-       ``(kind, shape)`` of its tensors, where kind is the last name component for
-       ``weight``/``bias``/``running_mean``/``running_var``/``num_batches_tracked`` and ``"other"``
-       otherwise. The two module sequences are aligned by a weighted longest common subsequence
-       (dynamic programming): equal signatures score 1; with ``shape_mismatch="slice"``, modules
-       with the same kinds and ndims but other sizes score 0.125-0.25 (more for more overlap), so
-       they only fill gaps between exact matches. Pairs keep the order of both models, so a deeper
-       or shallower target still pairs the layers that correspond; ties go to the earliest pairs
-       (extra repeated blocks of a deeper target are left at its end). Tensors of a paired module
-       move together; a module is never split.
+       that are unambiguous on both sides and have the same number of dims (or differ only by a
+       reshape, below) are taken.
+    3. ``"structure"``: for two implementations of one architecture under different names (timm,
+       torchvision and Hugging Face ResNet, ConvNeXt, ViT, EfficientNet). The remaining tensors of
+       each side are grouped into layers and put in order. When both models are modules that can
+       be traced (see ``trace``), a layer is the set of tensors one op uses together (plus the
+       weight/bias/running stats of one module), and the order is the dataflow's: by depth from the
+       input, then the longer remaining path first, then first use, so it does not depend on the
+       order a library registers modules or runs parallel branches in (Hugging Face's ViT registers
+       its LayerNorms after attention and MLP, its ResNet registers and runs the shortcut first;
+       a class token, position embedding or layer scale lands where it is used). Otherwise a layer
+       is a run of consecutive tensors with one name prefix, in state-dict order. Each layer gets
+       a signature: the ``(kind, shape)`` of its tensors, kind being the last name component for
+       ``weight``/``bias``/``running_mean``/``running_var``/``num_batches_tracked`` (``*_weight``
+       and ``*_bias`` count as weight and bias) and ``"other"`` otherwise. Three consecutive
+       layers of one signature (weight of >= 2 dims, optional bias) that read the same input
+       (query/key/value) are fused into one layer of concatenated tensors when the other model has
+       a weight of the fused shape (timm's ``qkv``, torchvision's ``in_proj_weight``). The two
+       layer sequences are aligned by a weighted longest common subsequence (dynamic
+       programming): signatures equal up to reshapes (below) score 1; with
+       ``shape_mismatch="slice"``, layers with the same kinds and ndims but other sizes score
+       0.125-0.25 (more for more overlap), so they only fill gaps between exact matches. Pairs
+       keep the order of both models, so a deeper or shallower target still pairs the layers that
+       correspond; ties go to the earliest pairs (extra repeated blocks of a deeper target are left
+       at its end). Layers left out on both sides whose signature is unique among those leftovers
+       are then paired with each other (a class token registered before the patch projection in
+       one library and after it in another). Tensors of a paired layer move together; a layer is
+       never split.
 
-       Limits: it cannot tell apart modules whose signatures coincide (two 64-wide BatchNorm
-       layers swapped in order get swapped weights; a LayerNorm and an affine-only norm of the
-       same width look alike); it assumes both state dicts list layers in forward order and both
-       implementations group the same tensors into a module (a conv whose bias lives in another
-       module is not matched); it does not reshape (a Linear never matches a 1x1 conv); the
-       dynamic program costs O(n*m) in the number of modules.
+       Limits: it cannot tell apart layers whose signatures coincide and whose order is the same
+       in the dataflow (two 64-wide BatchNorm layers on parallel branches of equal length); a
+       state-dict source is never traced, so then both sides use state-dict order (load it into a
+       module of its architecture first when that order differs from the target's: Hugging Face
+       ViT); the dynamic program costs O(n*m) in the number of layers.
 
-    Shapes: equal -> ``"copied"``. Same ndim but different sizes -> with ``shape_mismatch="slice"``
-    the overlapping region is copied (leading slice in each dim; centred crop/pad for the spatial
-    dims of ``weight`` tensors with >= 3 dims, i.e. conv kernels) -> ``"partial"``; with
-    ``"skip"`` -> ``"new"`` with the reason. Different ndim -> never copied.
+    Shapes and conversions, per pair (the reason in the report names the conversion):
+
+    * equal -> ``"copied"``;
+    * equal up to size-1 dims at the start or at the end (``(C, 1, 1)`` <-> ``(C,)`` layer scale,
+      ``(O, I, 1, 1)`` <-> ``(O, I)``, ``(1, 1, D)`` <-> ``(1, D)``) -> reshaped, ``"copied"``;
+    * fused <-> split (query/key/value above): concatenated along dim 0 into the fused target, or
+      the fused source's row blocks copied into the separate targets -> ``"copied"``;
+    * different ndim otherwise -> never copied; with ``shape_mismatch="skip"`` nothing below is
+      done either (``"new"``, with the reason);
+    * a ViT position embedding (``(1, N, D)`` or ``(N, D)``, not a ``weight``/``bias``) for another
+      square grid (``N - p`` square on both sides for the fewest prefix tokens ``p``): prefix
+      tokens kept, the grid resized by bicubic interpolation (as timm's
+      ``resample_abs_pos_embed``) -> ``"partial"``;
+    * a stem conv weight (its layer reads the model's input; without a trace: the first 4-dim
+      tensor of both models) from C to 1 input channels gets the sum over the C channels, from 1
+      to C the weight repeated C times divided by C, so a gray image replicated to C channels
+      gives the same output -> ``"partial"``;
+    * same ndim, other sizes -> with ``shape_mismatch="slice"`` the overlapping region is copied
+      (leading slice in each dim; centred crop/pad for the spatial dims of ``weight`` tensors with
+      >= 3 dims, i.e. conv kernels) -> ``"partial"``. A slice is only copied into a layer whose
+      input comes from the copy of the source layer that fed the source tensor (checked from the
+      traced dataflow of the target, and of the source when it is a module): a 3-block model's
+      classifier is not sliced into a 4-block model's, whose classifier reads the new 4th block,
+      while a wider model of the same depth is sliced layer by layer. Otherwise every tensor of
+      that target layer stays ``"new"`` with the reason ("its input comes from target layer X,
+      which is not the copy of source layer Y that fed it (...)").
 
     Target tensors keep their dtype and device (values are converted with ``.to``); integer
     buffers such as ``num_batches_tracked`` are copied as they are. The source is never modified.
@@ -520,8 +896,9 @@ def transfer_parameters(
     Args:
         source: Model or state dict (name -> tensor) to copy from.
         target: Model to fill, in place (under ``torch.no_grad``).
-        shape_mismatch: ``"slice"`` copies the overlap of differently-sized tensors, ``"skip"``
-            leaves them.
+        shape_mismatch: ``"slice"`` copies the overlap of differently-sized tensors and adapts
+            position embeddings and stems; ``"skip"`` leaves them (exact reshapes and fused/split
+            copies still happen).
         exclude: ``fnmatch`` patterns on TARGET names (e.g. ``"head.*"``); matching tensors stay
             ``"new"`` and are never a match target (a source tensor that would go there by name is
             reported unused). A pattern that matches nothing raises a warning.
@@ -529,9 +906,18 @@ def transfer_parameters(
         include_buffers: If ``False``, only parameters are matched (target buffers stay ``"new"``;
             for a state-dict source, entries ending in ``running_mean``/``running_var``/
             ``num_batches_tracked`` are treated as buffers).
+        trace: Trace the models' dataflow when needed (structure stage, stems, slices): one forward
+            pass each, on the ``meta`` device (no compute, the models are not touched; a CPU pass
+            on copies of the buffers if an op has no meta kernel). ``False``: state-dict order, and
+            slices are not checked. A model that cannot be traced is handled as with ``False``.
+        example_inputs: ``(source input, target input)`` for the trace (either may be ``None``); by
+            default the input size is read from the model (transferkit ``info.input_size``, a
+            Hugging Face ``config.image_size``, timm's ``pretrained_cfg``, ``img_size`` attributes)
+            or guessed (224, 64, 32 pixels).
 
     Returns:
         A :class:`TransferReport` with one entry per target tensor and the unused source tensors.
+        An entry's ``source_name`` joins the names of fused sources with ``" + "``.
 
     Raises:
         ConfigError: an option is invalid, the target has no tensors, or the source is empty.
@@ -543,9 +929,21 @@ def transfer_parameters(
     bad = [m for m in match_list if m not in STAGES]
     if bad or not match_list:
         raise ConfigError(f"match must be a non-empty list of stages from {list(STAGES)}, got {match!r}")
+    if example_inputs is None:
+        example_inputs = (None, None)
+    if (
+        not isinstance(example_inputs, (tuple, list))
+        or len(example_inputs) != 2
+        or not all(x is None or isinstance(x, torch.Tensor) for x in example_inputs)
+    ):
+        raise ConfigError(
+            "example_inputs must be a pair (source input, target input), either may be None; "
+            f"got {type(example_inputs).__name__}"
+        )
     patterns = [exclude] if isinstance(exclude, str) else list(exclude)
     targets = _collect_target(target)
     sources = _collect_source(source)
+    flows = _Flows(source, target, trace, example_inputs)
 
     t_entries: dict[int, TransferEntry] = {}
     s_unused: dict[int, TransferEntry] = {}
@@ -572,21 +970,22 @@ def transfer_parameters(
                 s_unused[i] = _unused_entry(s, why)
     paired_s: set[int] = set()
     paired_t: set[int] = set()
+    plans: list[_Plan] = []
 
-    def pair(i: int, j: int, stage: Stage) -> None:
-        s, t = sources[i], targets[j]
-        paired_s.add(i)
-        paired_t.add(j)
-        if j in excluded:
-            why = f"target {t.name!r} excluded by pattern {excluded[j]!r}"
-            s_unused[i] = _unused_entry(s, why, stage, t)
+    def pair(src: tuple[int, ...], tgt: tuple[int, ...], stage: Stage) -> None:
+        paired_s.update(src)
+        paired_t.update(tgt)
+        if tgt[0] in excluded:
+            t = targets[tgt[0]]
+            why = f"target {t.name!r} excluded by pattern {excluded[tgt[0]]!r}"
+            for i in src:
+                s_unused[i] = _unused_entry(sources[i], why, stage, t)
             return
-        status, reason, numel = _copy(s, t, shape_mismatch)
-        t_entries[j] = TransferEntry(
-            t.name, s.name, status, stage, t.shape, s.shape, reason, t.is_parameter, numel
+        srcs, tgts = [sources[i] for i in src], [targets[j] for j in tgt]
+        how, reason, value = _plan(
+            srcs, tgts, shape_mismatch, lambda: _is_stem(srcs[0], tgts[0], sources, targets, flows)
         )
-        if status == "new":
-            s_unused[i] = _unused_entry(s, f"paired with target {t.name!r} but {reason}", stage, t)
+        plans.append(_Plan(src, tgt, stage, how, reason, value))
 
     def open_sources() -> list[int]:
         return [i for i in range(len(sources)) if i not in s_unused and i not in paired_s]
@@ -603,16 +1002,25 @@ def transfer_parameters(
             t_by_name = {targets[j].name: j for j in open_targets(with_excluded=True)}
             for i in open_sources():
                 if sources[i].name in t_by_name:
-                    pair(i, t_by_name[sources[i].name], "name")
+                    pair((i,), (t_by_name[sources[i].name],), "name")
         if "suffix" in match_list:
             os_, ot = open_sources(), open_targets(with_excluded=True)
             for a, b in _suffix_pairs([sources[i] for i in os_], [targets[j] for j in ot]):
-                pair(os_[a], ot[b], "suffix")
+                pair((os_[a],), (ot[b],), "suffix")
         if "structure" in match_list:
             os_, ot = open_sources(), open_targets(with_excluded=False)
-            s_list, t_list = [sources[i] for i in os_], [targets[j] for j in ot]
-            for a, b in _structure_pairs(s_list, t_list, shape_mismatch):
-                pair(os_[a], ot[b], "structure")
+            if os_ and ot:
+                s_list, t_list = [sources[i] for i in os_], [targets[j] for j in ot]
+                flow_s, flow_t = flows.get("source"), flows.get("target")
+                for a, b in _structure_pairs(s_list, t_list, shape_mismatch, flow_s, flow_t):
+                    pair(tuple(os_[x] for x in a), tuple(ot[y] for y in b), "structure")
+        _refuse_misfed(plans, sources, targets, flows)
+        for plan in plans:
+            entries, unused_here = _execute(plan, sources, targets)
+            for j, e in zip(plan.tgt, entries, strict=True):
+                t_entries[j] = e
+            for i, u in zip(plan.src, unused_here, strict=False):
+                s_unused[i] = u
 
     stages_run = ", ".join(m for m in STAGES if m in match_list)
     no_source = f"no matching source tensor (stages: {stages_run})"
