@@ -52,7 +52,25 @@ class DataConfig(_Strict):
     source_root: str | None = None
 
 
-class ModelConfig(_Strict):
+class _SourceOptions(_Strict):
+    """How to load a source model beyond its name (shared by :class:`ModelConfig` and
+    :class:`TeacherConfig`); see :class:`~transferkit.models.SourceSpec`."""
+
+    pretrained: bool = True
+    head: str | None = None
+    input_size: list[Annotated[int, Field(ge=1)]] | None = Field(None, min_length=1, max_length=3)
+    mean: list[float] | None = None
+    std: list[Annotated[float, Field(gt=0)]] | None = None
+    init: dict[str, Any] = Field(default_factory=dict)
+
+    def _spec(self, source: str, arch: str | None) -> SourceSpec:
+        from transferkit.models.storage import SourceSpec
+
+        return SourceSpec(source, arch, self.pretrained, self.head, self.input_size, self.mean, self.std,
+                          self.init)
+
+
+class ModelConfig(_SourceOptions):
     """Source and target models.
 
     Attributes:
@@ -76,23 +94,10 @@ class ModelConfig(_Strict):
     source_arch: str | None = None
     arch: str | None = None
     kwargs: dict[str, Any] = Field(default_factory=dict)
-    pretrained: bool = True
-    head: str | None = None
-    input_size: list[Annotated[int, Field(ge=1)]] | None = Field(None, min_length=1, max_length=3)
-    mean: list[float] | None = None
-    std: list[Annotated[float, Field(gt=0)]] | None = None
-    init: dict[str, Any] = Field(default_factory=dict)
 
     def source_spec(self) -> SourceSpec | None:
         """What :func:`~transferkit.models.load_source` needs to load ``source`` (``None``: no source)."""
-        from transferkit.models.storage import SourceSpec
-
-        if self.source is None:
-            return None
-        return SourceSpec(
-            self.source, self.source_arch, self.pretrained, self.head, self.input_size, self.mean,
-            self.std, self.init,
-        )
+        return self._spec(self.source, self.source_arch) if self.source is not None else None
 
 
 class TransferConfig(_Strict):
@@ -290,7 +295,7 @@ def _default_methods() -> list[dict[str, Any]]:
     return [{"name": "cross_entropy", "weight": 1.0}, {"name": "kd", "weight": 1.0, "temperature": 4.0}]
 
 
-class TeacherConfig(_Strict):
+class TeacherConfig(_SourceOptions):
     """The teacher of a distillation run.
 
     Attributes:
@@ -304,21 +309,10 @@ class TeacherConfig(_Strict):
     model: str
     arch: str | None = None
     precompute: bool = True
-    pretrained: bool = True
-    head: str | None = None
-    input_size: list[Annotated[int, Field(ge=1)]] | None = Field(None, min_length=1, max_length=3)
-    mean: list[float] | None = None
-    std: list[Annotated[float, Field(gt=0)]] | None = None
-    init: dict[str, Any] = Field(default_factory=dict)
 
     def source_spec(self) -> SourceSpec:
         """What :func:`~transferkit.models.load_source` needs to load the teacher."""
-        from transferkit.models.storage import SourceSpec
-
-        return SourceSpec(
-            self.model, self.arch, self.pretrained, self.head, self.input_size, self.mean, self.std,
-            self.init,
-        )
+        return self._spec(self.model, self.arch)
 
 
 class StudentConfig(_Strict):

@@ -69,13 +69,10 @@ class ModelInfo:
     @property
     def preprocessing(self) -> dict[str, Any]:
         """What the input adapter does to raw ``[0, 1]`` inputs: size, mean/std, resizing, crop."""
-        return {
-            "input_size": list(self.input_size),
-            "mean": list(self.mean) if self.mean is not None else None,
-            "std": list(self.std) if self.std is not None else None,
-            "interpolation": self.interpolation,
-            "crop_pct": self.crop_pct,
-        }
+        from transferkit.models.specs import Preprocessing  # specs imports this module
+
+        pre = Preprocessing(self.input_size, self.mean, self.std, self.interpolation, self.crop_pct)
+        return pre.to_dict()
 
     def adapter(self) -> InputAdapter:
         """A fresh :class:`InputAdapter` configured from these fields."""
