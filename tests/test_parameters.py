@@ -515,3 +515,17 @@ def test_wider_small_cnn_of_the_same_depth_is_still_sliced(as_state_dict):
 def test_example_inputs_must_be_a_pair():
     with pytest.raises(ConfigError, match="example_inputs must be a pair"):
         transfer_parameters(nn.Linear(2, 2), nn.Linear(2, 2), example_inputs=torch.ones(1, 2))
+
+
+def test_tracing_leaves_layer_taps_alone():
+    """The structure stage traces the models' forward pass; a tap attached to either records
+    nothing from it (its forward hooks are off while tracing, and back on after)."""
+    from transferkit.models import LayerTap, create_model
+
+    source = create_model("small_cnn", widths=(8, 16))
+    target = create_model("small_cnn", widths=(8, 16, 32))
+    with LayerTap(target, ["backbone.conv1"]) as tap:
+        transfer_parameters(source, target)
+        assert tap.features == {}
+        target(torch.rand(2, 1, 28, 28))
+        assert tap.features["backbone.conv1"].device.type == "cpu"

@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import logging
 import weakref
-from collections.abc import Callable, Hashable, Iterable
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -240,6 +242,20 @@ def example_inputs(module: nn.Module) -> list[torch.Tensor]:
     return [torch.zeros(2, *s, device="meta") for s in unique]
 
 
+@contextmanager
+def _observers_off(module: nn.Module) -> Iterator[None]:
+    """The module's forward (post-)hooks off for the block: observers such as layer taps must not
+    record the trace's meta tensors. Pre-hooks stay (some compute weights, e.g. weight norm)."""
+    saved = [(m, m._forward_hooks) for m in module.modules() if m._forward_hooks]
+    for m, _ in saved:
+        m._forward_hooks = OrderedDict()
+    try:
+        yield
+    finally:
+        for m, hooks in saved:
+            m._forward_hooks = hooks
+
+
 def trace_dataflow(
     module: nn.Module,
     group_key: Callable[[str], Hashable] = lambda name: None,
@@ -277,7 +293,7 @@ def trace_dataflow(
             tracer = _Tracer(ids)
             tracer.mark_input(x)
             try:
-                with torch.no_grad(), tracer:
+                with torch.no_grad(), _observers_off(module), tracer:
                     torch.func.functional_call(module, swap, (x,), strict=False, tie_weights=False)
             except Exception as exc:  # noqa: BLE001 - any failure means: try the next input
                 where = "meta" if on_meta else real
