@@ -194,3 +194,15 @@ def test_evaluation_batches_shrink_with_the_input_size():
         hook.remove()
         assert max(seen) == largest, (size, seen)
         seen.clear()
+
+
+def test_finetune_target_takes_the_preprocessing_given_for_its_source(tmp_path):
+    """--mean/--std given for a hub source reach the fine-tuned model (and its saved folder)."""
+    result = run("finetune", "--source", "timm:resnet18", "--no-pretrained", "--mean", "0.1,0.2,0.3",
+                 "--std", "0.4,0.5,0.6", "--data", "digits", "--shots", "2", "--epochs", "1",
+                 "--no-baseline", "model.kwargs.image_size=32", "--out", tmp_path / "ft")
+    assert result.exit_code == 0, result.output
+    saved = load_model(tmp_path / "ft" / "model")
+    assert saved.info.mean == pytest.approx((0.1, 0.2, 0.3))
+    assert saved.info.std == pytest.approx((0.4, 0.5, 0.6))
+    assert saved.info.input_size == (3, 32, 32)

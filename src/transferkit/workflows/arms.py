@@ -135,10 +135,18 @@ def target_splits(data: DataSplits, shots: int | None, val_shots: int | None, se
 
 
 def build_target(arm: Arm, num_classes: int) -> tuple[TransferNet, TransferReport | None]:
-    """Create the arm's target model and copy the source's parameters into it."""
+    """Create the arm's target model and copy the source's parameters into it.
+
+    A target of the source's architecture also takes the source's normalisation, resizing and crop
+    (which the user may have set: ``--mean``, ``--std``), at its own input size."""
     model = create_model(arm.arch, num_classes=num_classes, pretrained=False, **arm.kwargs)
     if arm.source is None:
         return model, None
+    src_info = getattr(arm.source, "info", None)
+    if src_info is not None and src_info.arch == model.info.arch:
+        for key in ("mean", "std", "interpolation", "crop_pct"):
+            setattr(model.info, key, getattr(src_info, key))
+        model.input_adapter = model.info.adapter()
     report = transfer_parameters(
         arm.source,
         model,
