@@ -9,14 +9,13 @@ with one block per stage, ConvNeXt and ViT from small configs at 32 px, Efficien
 from __future__ import annotations
 
 import pytest
+import timm
 import torch
+import torchvision
+import transformers as tr
 from torch import nn
 
 from transferkit.transfer import transfer_parameters
-
-timm = pytest.importorskip("timm")
-torchvision = pytest.importorskip("torchvision")
-tr = pytest.importorskip("transformers")
 
 TOL = 1e-5
 CLASSES = 10
