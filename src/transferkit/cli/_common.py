@@ -122,6 +122,9 @@ class OneLineGroup(TyperGroup):
         windows_expand_args: bool = True,
         **extra: Any,
     ) -> Any:
+        from transferkit.workflows.output import set_command_line
+
+        set_command_line(list(args) if args is not None else sys.argv[1:])  # reports show it
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, False, windows_expand_args, **extra)
         try:

@@ -94,7 +94,7 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     return float(arr.mean()), std
 
 
-def summarize(runs: Sequence[RunResult], baseline: str) -> list[dict[str, Any]]:
+def summarize(runs: Sequence[RunResult], baseline: str | None) -> list[dict[str, Any]]:
     """Average runs over seeds and compare every configuration with the baseline.
 
     Runs are grouped by ``name`` in first-seen order. Each row holds ``name``, ``method`` (of the
@@ -112,7 +112,8 @@ def summarize(runs: Sequence[RunResult], baseline: str) -> list[dict[str, Any]]:
 
     Args:
         runs: The runs, any number of seeds per name.
-        baseline: The ``name`` of the baseline (usually from-scratch) configuration.
+        baseline: The ``name`` of the baseline (usually from-scratch) configuration; ``None`` when
+            the run has none (every gain is ``None``).
 
     Returns:
         One dict per configuration.
@@ -125,7 +126,7 @@ def summarize(runs: Sequence[RunResult], baseline: str) -> list[dict[str, Any]]:
     groups: dict[str, list[RunResult]] = {}
     for run in runs:
         groups.setdefault(run.name, []).append(run)
-    if baseline not in groups:
+    if baseline is not None and baseline not in groups:
         raise ConfigError(f"baseline {baseline!r} is not a run name; choose one of {list(groups)}")
     rows: list[dict[str, Any]] = []
     for name, group in groups.items():
@@ -145,8 +146,11 @@ def summarize(runs: Sequence[RunResult], baseline: str) -> list[dict[str, Any]]:
                 **_retention(group),
             }
         )
-    base = next(r for r in rows if r["is_baseline"])
+    base = next((r for r in rows if r["is_baseline"]), None)
     for row in rows:
+        if base is None:  # no baseline: nothing to compare with
+            row.update(gain=None, gain_macro_f1=None, negative_transfer=False, significant=None)
+            continue
         if row["is_baseline"]:
             row.update(gain=None, gain_macro_f1=None, negative_transfer=False, significant=None)
             continue
@@ -188,7 +192,7 @@ def format_gain(row: dict[str, Any]) -> str:
         return "(baseline)"
     gain = row.get("gain")
     if gain is None:
-        return ""
+        return "(no baseline)"
     text = f"{100 * gain:+.1f} pp"
     if row.get("negative_transfer"):
         text += "  NEGATIVE TRANSFER"

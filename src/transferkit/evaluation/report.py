@@ -31,7 +31,7 @@ _JSON_KEYS = ("runs", "baseline", "summary")
 def write_metrics_json(
     path: str | os.PathLike,
     runs: Sequence[RunResult],
-    baseline: str,
+    baseline: str | None,
     extra: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``{"runs": [...], "baseline": ..., "summary": [...], **extra}`` atomically.
@@ -148,21 +148,23 @@ def _plot_accuracy(summary: list[dict[str, Any]]) -> bytes:
     for bar, r in zip(bars, summary, strict=True):
         if r["is_baseline"]:
             bar.set_hatch("//")
-    base = next(r for r in summary if r["is_baseline"])
-    ax.axhline(
-        100 * base["accuracy_mean"],
-        color="#555555",
-        linestyle="--",
-        linewidth=1,
-        label=f"baseline: {base['method']}",
-    )
+    base = next((r for r in summary if r["is_baseline"]), None)
+    if base is not None:
+        ax.axhline(
+            100 * base["accuracy_mean"],
+            color="#555555",
+            linestyle="--",
+            linewidth=1,
+            label=f"baseline: {base['method']}",
+        )
     ax.set_xticks(x)
     ax.set_xticklabels([f"{r['method']}\n{r['name']}" for r in summary], rotation=20, ha="right")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("accuracy per method (error bars: std over seeds)")
     low = min(m - s for m, s in zip(means, stds, strict=True))
     ax.set_ylim(max(0.0, low - 5), min(100.0, max(means) + max(stds) + 5) + 1)
-    ax.legend(fontsize=8)
+    if base is not None:
+        ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return _png_bytes(fig)
@@ -283,7 +285,7 @@ def _img(png: bytes, alt: str) -> str:
 def write_report(
     out_dir: str | os.PathLike,
     runs: Sequence[RunResult],
-    baseline: str,
+    baseline: str | None,
     *,
     title: str = "transferkit report",
     notes: Sequence[str] = (),
@@ -330,8 +332,13 @@ def write_report(
     for fname, data in pngs.items():
         atomic_write_bytes(out / fname, data)
 
-    base_row = next(r for r in summary if r["is_baseline"])
+    base_row = next((r for r in summary if r["is_baseline"]), None)
     esc = html.escape
+    compared = (
+        f"baseline: <b>{esc(str(base_row['method']))}</b> ({esc(str(baseline))}); "
+        if base_row is not None
+        else "<b>no baseline</b> (nothing trained from scratch: no gain is measured); "
+    )
     notes_html = (
         "<ul>\n" + "\n".join(f"<li>{esc(str(n))}</li>" for n in notes) + "\n</ul>"
         if notes
@@ -343,8 +350,7 @@ def write_report(
         '<html lang="en"><head><meta charset="utf-8">',
         f"<title>{esc(title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{esc(title)}</h1>",
-        f"<p>{len(runs)} run(s) in {len(summary)} configuration(s); baseline: "
-        f"<b>{esc(str(base_row['method']))}</b> ({esc(baseline)}); "
+        f"<p>{len(runs)} run(s) in {len(summary)} configuration(s); {compared}"
         f"{n_negative} configuration(s) with negative transfer.</p>",
         '<p class="howto">How to read this: accuracy and macro-F1 are on the test set, mean '
         "&plusmn; std over seeds; <i>gain</i> is the difference in mean accuracy from the baseline "

@@ -111,7 +111,7 @@ class WorkflowResult:
 
     runs: list[RunResult]
     summary: list[dict[str, Any]]
-    baseline: str
+    baseline: str | None
     out_dir: Path
     best_name: str
     transfer_reports: dict[str, TransferReport] = field(default_factory=dict)
@@ -190,7 +190,7 @@ def run_arms(
     shots: int | None = None,
     val_shots: int | None = None,
     out_dir: str | os.PathLike,
-    baseline: str,
+    baseline: str | None,
     title: str = "transferkit report",
     notes: Sequence[str] = (),
     on_run: Callable[[RunResult], None] | None = None,
@@ -214,7 +214,7 @@ def run_arms(
         shots: Training examples per class (``None`` = all).
         val_shots: Validation examples per class.
         out_dir: Output folder.
-        baseline: Name of the arm every other arm is compared with.
+        baseline: Name of the arm every other arm is compared with (``None``: no comparison).
         on_run: Called after each run (e.g. to print progress).
         resume: Continue each run from its checkpoint in ``out_dir/runs`` (see ``Trainer.fit``).
         extra: More top-level entries for ``metrics.json``.

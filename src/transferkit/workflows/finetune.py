@@ -16,7 +16,12 @@ from transferkit.errors import ConfigError
 from transferkit.models import TransferNet
 from transferkit.models import load_source as load_source_model
 from transferkit.workflows.arms import STRATEGY_NAMES, Arm, WorkflowResult, run_arms
-from transferkit.workflows.output import data_fingerprint, model_fingerprint
+from transferkit.workflows.output import (
+    data_fingerprint,
+    describe_lines,
+    describe_run,
+    model_fingerprint,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -108,12 +113,28 @@ def finetune(cfg: FinetuneConfig | dict[str, Any]) -> WorkflowResult:
                 kwargs=kwargs,
             )
         )
-    baseline = scratch_name if any(a.name == scratch_name for a in arms) else arms[0].name
+    baseline = scratch_name if any(a.name == scratch_name for a in arms) else None
     fingerprints = {
         "data": data_fingerprint(data, cfg.data.dataset),
         "source": model_fingerprint(source, cfg.model.source),
         "source_data": data_fingerprint(source_splits, cfg.data.source_dataset) if source_splits else None,
     }
+    t = cfg.train
+    recipe = {"strategy": t.strategy, "epochs": t.epochs, "lr": t.lr, "batch_size": t.batch_size,
+              "backbone_lr_scale": t.backbone_lr_scale}
+    if regs:
+        recipe["objectives"] = reg_names
+    if scratch_name == baseline:
+        baseline_text = (f"{arch} trained from scratch on the same examples, epochs and seeds "
+                         "(full strategy, one learning rate)")
+    else:
+        baseline_text = "none (baseline off): no from-scratch run, so no gain is measured"
+    about = describe_run("finetune", fingerprints=fingerprints, shots=cfg.data.shots,
+                         val_shots=cfg.data.val_shots, seeds=cfg.seeds, recipe=recipe,
+                         baseline=baseline_text)
+    shots_text = f", {cfg.data.shots} labels per class" if cfg.data.shots else ""
+    what = (f"{cfg.model.source} -> {cfg.data.dataset}" if source is not None
+            else f"{arch} on {cfg.data.dataset}")
     return run_arms(
         arms,
         data,
@@ -122,7 +143,9 @@ def finetune(cfg: FinetuneConfig | dict[str, Any]) -> WorkflowResult:
         val_shots=cfg.data.val_shots,
         out_dir=cfg.out,
         baseline=baseline,
-        title=f"transferkit finetune: {cfg.name}",
+        title=f"transferkit finetune ({cfg.name}): {what}{shots_text}",
+        notes=describe_lines(about),
+        extra={"about": about},
         resume=cfg.resume,
         overwrite=cfg.overwrite,
         config=cfg,

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -47,6 +48,80 @@ VOLATILE_KEYS = frozenset({"out", "resume", "overwrite", "train.progress"})
 
 
 # ---------------------------------------------------------------------------------- fingerprints
+_COMMAND_LINE: list[str] | None = None
+
+
+def set_command_line(args: list[str] | None) -> None:
+    """Record the command line a CLI command was called with (its metrics and reports show it)."""
+    global _COMMAND_LINE
+    _COMMAND_LINE = list(args) if args is not None else None
+
+
+def command_line() -> str | None:
+    """``"transferkit finetune --source ..."`` when the run came from the CLI, else ``None``."""
+    if _COMMAND_LINE is None:
+        return None
+    return " ".join(shlex.quote(a) for a in ["transferkit", *_COMMAND_LINE])
+
+
+def describe_run(
+    kind: str,
+    *,
+    fingerprints: Mapping[str, Any],
+    shots: int | None,
+    val_shots: int | None,
+    seeds: list[int],
+    recipe: Mapping[str, Any],
+    baseline: str,
+) -> dict[str, Any]:
+    """What a run measured, for ``metrics.json`` (``"about"``) and the report's notes: the command
+    line, transferkit's version, each source (spec, architecture, weights hash), the target data
+    (spec, split sizes, classes, hash), shots, seeds, the recipe and what the baseline is."""
+    sources = fingerprints.get("sources") or ([fingerprints["source"]] if fingerprints.get("source") else [])
+    return {
+        "kind": kind,
+        "command": command_line(),
+        "transferkit_version": transferkit.__version__,
+        "sources": list(sources),
+        "target": fingerprints.get("data"),
+        "source_data": fingerprints.get("source_data"),
+        "shots": shots,
+        "val_shots": val_shots if val_shots is not None else shots,
+        "seeds": list(seeds),
+        "recipe": dict(recipe),
+        "baseline": baseline,
+    }
+
+
+def describe_lines(about: Mapping[str, Any]) -> list[str]:
+    """The report's lines for :func:`describe_run`'s dict."""
+    lines = []
+    if about.get("command"):
+        lines.append(f"Command: {about['command']} (transferkit {about['transferkit_version']}).")
+    else:
+        lines.append(f"Run from Python with transferkit {about['transferkit_version']}.")
+    for src in about.get("sources") or []:
+        lines.append(
+            f"Source: {src['spec']} ({src['arch']}, {src['params']:,} values, weights sha256 "
+            f"{src['weights_sha256'][:12]})."
+        )
+    target = about.get("target") or {}
+    if target:
+        sizes = ", ".join(
+            f"{target[f'{s}_size']:,} {s}" for s in ("train", "val", "test") if f"{s}_size" in target
+        )
+        lines.append(f"Target: {target.get('spec')} ({target.get('num_classes')} classes; splits {sizes}).")
+    shots = about.get("shots")
+    per_class = f"{shots} training and {about.get('val_shots')} validation examples per class" if shots else (
+        "all training and validation examples")
+    lines.append(f"Data per seed: {per_class}; seeds {about.get('seeds')}; test on the whole test split.")
+    recipe = ", ".join(f"{k} {v}" for k, v in (about.get("recipe") or {}).items())
+    if recipe:
+        lines.append(f"Recipe: {recipe}.")
+    lines.append(f"Baseline: {about.get('baseline')}.")
+    return lines
+
+
 def model_fingerprint(model: torch.nn.Module | None, spec: str | None = None) -> dict[str, Any] | None:
     """What a source model is: its spec (path or name), architecture and a hash of its weights."""
     if model is None:

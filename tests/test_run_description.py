@@ -1,0 +1,53 @@
+"""Every finetune report and metrics file says what it measured: the command, the version, the
+source (spec, architecture, weights hash), the target data and its sizes, shots, seeds, recipe and
+what the baseline is; a run without a baseline says so instead of calling an arm the baseline."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from cli_helpers import run
+from transferkit.models import create_model, save_model
+
+
+def _source(tmp_path):
+    torch.manual_seed(0)
+    return save_model(create_model("small_cnn", num_classes=10, image_size=8), tmp_path / "src")
+
+
+def test_finetune_outputs_describe_the_run(tmp_path):
+    src = _source(tmp_path)
+    out = tmp_path / "ft"
+    result = run("finetune", "--source", src, "--data", "digits", "--shots", "3", "--epochs", "1",
+                 "--seeds", "0,1", "--out", out)
+    assert result.exit_code == 0, result.output
+    about = json.loads((out / "metrics.json").read_text())["about"]
+    assert about["command"].startswith("transferkit finetune --source ") and "--shots 3" in about["command"]
+    assert about["transferkit_version"] == "0.1.0"
+    (source,) = about["sources"]
+    assert source["spec"] == str(src) and source["arch"] == "small_cnn"
+    assert len(source["weights_sha256"]) == 64
+    target = about["target"]
+    assert target["spec"] == "digits" and target["test_size"] == 540 and target["num_classes"] == 10
+    assert (about["shots"], about["val_shots"], about["seeds"]) == (3, 3, [0, 1])
+    assert about["recipe"]["strategy"] == "full" and about["recipe"]["epochs"] == 1
+    assert about["baseline"].startswith("small_cnn trained from scratch")
+    html = (out / "report.html").read_text()
+    assert f"<h1>transferkit finetune (finetune): {src} -&gt; digits, 3 labels per class</h1>" in html
+    assert "Command: transferkit finetune" in html and "Target: digits (10 classes; splits" in html
+    assert "Baseline: small_cnn trained from scratch" in html
+
+
+def test_no_baseline_is_said_not_hidden(tmp_path):
+    src = _source(tmp_path)
+    out = tmp_path / "nb"
+    result = run("finetune", "--source", src, "--data", "digits", "--shots", "3", "--epochs", "1",
+                 "--no-baseline", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "(no baseline)" in result.output and "(baseline)" not in result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["baseline"] is None and metrics["about"]["baseline"].startswith("none")
+    assert all(row["gain"] is None and not row["is_baseline"] for row in metrics["summary"])
+    assert "<b>no baseline</b>" in (out / "report.html").read_text()
