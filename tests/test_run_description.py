@@ -51,3 +51,34 @@ def test_no_baseline_is_said_not_hidden(tmp_path):
     assert metrics["baseline"] is None and metrics["about"]["baseline"].startswith("none")
     assert all(row["gain"] is None and not row["is_baseline"] for row in metrics["summary"])
     assert "<b>no baseline</b>" in (out / "report.html").read_text()
+
+
+def test_several_sources_against_one_baseline(tmp_path):
+    """``--source A --source B`` (or a YAML list) transfers each and compares them with ONE
+    from-scratch baseline, whose architecture ``--baseline-arch`` chooses."""
+    import yaml
+
+    from cli_helpers import assert_one_line_error
+
+    cnn = _source(tmp_path)
+    torch.manual_seed(1)
+    mlp = save_model(create_model("mlp", num_classes=10, in_features=64), tmp_path / "mlp-src")
+    out = tmp_path / "two"
+    result = run("finetune", "--source", cnn, "--source", mlp, "--baseline-arch", "small_cnn",
+                 "--data", "digits", "--shots", "3", "--epochs", "1", "--out", out)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    names = [row["name"] for row in metrics["summary"]]
+    assert names == ["finetune/src/full", "finetune/mlp-src/full", "finetune/scratch"]
+    assert metrics["baseline"] == "finetune/scratch"
+    archs = {r["name"]: r["arch"] for r in metrics["runs"]}
+    assert archs == {"finetune/src/full": "small_cnn", "finetune/mlp-src/full": "mlp",
+                     "finetune/scratch": "small_cnn"}
+    assert [s["spec"] for s in metrics["about"]["sources"]] == [str(cnn), str(mlp)]
+    assert all(row["gain"] is not None for row in metrics["summary"] if not row["is_baseline"])
+    # the same as a YAML list; a repeated source is refused before anything runs
+    cfg = tmp_path / "two.yaml"
+    cfg.write_text(yaml.safe_dump({"model": {"source": [str(cnn), str(cnn)]}, "data": {"dataset": "digits"},
+                                   "out": str(tmp_path / "rep")}))
+    assert_one_line_error(run("finetune", "--config", cfg), "repeats a model")
+    assert not (tmp_path / "rep").exists()

@@ -76,11 +76,14 @@ class ModelConfig(_SourceOptions):
     Attributes:
         source: The source model: a model folder, a weights file (with ``source_arch``), a built-in name
             or a hub spec (``timm:resnet18``, ``torchvision:resnet18``). ``None`` trains from scratch.
+            ``finetune`` also takes a list: every source is transferred and compared with one baseline.
         source_arch: Architecture of a bare weights file given as ``source``: a registered name, a
             hub spec, or the user's own class (``my_cnn.py:MyCNN``, ``package.module:MyCNN``), which
             is imported only when the command line names it too (``--source-arch``).
         arch: Target architecture; ``None`` reuses the source's architecture with a new head.
         kwargs: Arguments for the target architecture (``image_size``, ``widths`` ...).
+        baseline_arch: Architecture of ``finetune``'s from-scratch baseline (e.g. ``small_cnn`` when
+            the source is a large network); default: the (first) source's architecture, or ``arch``.
         pretrained: Load pretrained weights when ``source`` is a built-in or hub name.
         head: The source's classifier (dotted module name) when it is the user's own class;
             default: a module called ``head``, else the last ``nn.Linear``.
@@ -90,14 +93,42 @@ class ModelConfig(_SourceOptions):
         init: Constructor arguments of the source's own class.
     """
 
-    source: str | None = None
+    source: str | list[str] | None = None
     source_arch: str | None = None
     arch: str | None = None
     kwargs: dict[str, Any] = Field(default_factory=dict)
+    baseline_arch: str | None = None
+
+    @field_validator("source")
+    @classmethod
+    def _sources_distinct(cls, v: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(v, list):
+            if not v:
+                raise ValueError("source lists no model; give one or more, or leave it out")
+            if len(set(v)) != len(v):
+                raise ValueError(f"source repeats a model ({v}); give each one once")
+        return v
+
+    @property
+    def sources(self) -> list[str]:
+        """``source`` as a list (empty when there is none)."""
+        if self.source is None:
+            return []
+        return [self.source] if isinstance(self.source, str) else list(self.source)
 
     def source_spec(self) -> SourceSpec | None:
-        """What :func:`~transferkit.models.load_source` needs to load ``source`` (``None``: no source)."""
-        return self._spec(self.source, self.source_arch) if self.source is not None else None
+        """What :func:`~transferkit.models.load_source` needs to load ``source`` (``None``: no source).
+
+        Raises:
+            ConfigError: ``source`` lists several models (only ``finetune`` compares several).
+        """
+        if len(self.sources) > 1:
+            raise ConfigError(f"this run takes one source model, got {len(self.sources)}: {self.sources}")
+        return self._spec(self.sources[0], self.source_arch) if self.sources else None
+
+    def source_specs(self) -> list[SourceSpec]:
+        """One :class:`~transferkit.models.SourceSpec` per source (they share the other options)."""
+        return [self._spec(src, self.source_arch) for src in self.sources]
 
 
 class TransferConfig(_Strict):

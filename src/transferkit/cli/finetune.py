@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from transferkit.cli._common import (
 
 
 def flag_overrides(
-    source: str | None,
+    source: list[str] | str | None,
     data: str | None,
     strategy: str | None,
     epochs: int | None,
@@ -40,6 +41,9 @@ def flag_overrides(
     overwrite: bool = False,
 ) -> list[str]:
     """The command-line flags as ``key=value`` overrides (applied before the free overrides)."""
+    if isinstance(source, list):  # --source repeated: a YAML list (JSON strings quote any path)
+        source = (source[0] if len(source) == 1 else "[" + ",".join(json.dumps(x) for x in source) + "]"
+                  ) if source else None
     pairs = {
         "model.source": source,
         "model.arch": arch,
@@ -66,8 +70,13 @@ def finetune(
         None, help="key=value overrides, e.g. train.lr=0.01 data.shots=10"
     ),
     config: Path | None = typer.Option(None, "--config", "-c", help="YAML config file."),
-    source: str | None = typer.Option(
-        None, "--source", help="Source model: folder, weights file, built-in or hub name."
+    source: list[str] | None = typer.Option(
+        None, "--source", help="Source model: folder, weights file, built-in or hub name; repeat it to "
+        "compare several sources against one baseline."
+    ),
+    baseline_arch: str | None = typer.Option(
+        None, "--baseline-arch", help="Architecture of the from-scratch baseline (default: the first "
+        "source's), e.g. small_cnn for a large source."
     ),
     source_arch: str | None = source_arch_option(),
     head: str | None = head_option(),
@@ -126,6 +135,8 @@ def finetune(
                            overwrite)
     if progress if progress is not None else sys.stderr.isatty():
         items.append("train.progress=true")
+    if baseline_arch is not None:
+        items.append(f"model.baseline_arch={baseline_arch}")
     items += source_overrides("model.", "source_arch", arch=source_arch, head=head, input_size=input_size,
                               mean=mean, std=std, pretrained=pretrained)
     if lora is not None:
@@ -145,7 +156,7 @@ def finetune(
     cfg = build_config(merged, FinetuneConfig)
     from transferkit.models import allow_remote_code
 
-    with allow_remote_code(trust_remote_code), allowed_code(source_arch, arch):
+    with allow_remote_code(trust_remote_code), allowed_code(source_arch, arch, baseline_arch):
         result = run_finetune(cfg)
     typer.echo(result.table())
     for name, report in result.transfer_reports.items():

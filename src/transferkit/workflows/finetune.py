@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from transferkit.config import DataConfig, FinetuneConfig, build_config
@@ -13,7 +14,7 @@ from transferkit.engine import (
     build_objectives,
 )
 from transferkit.errors import ConfigError
-from transferkit.models import TransferNet
+from transferkit.models import TransferNet, check_model_args
 from transferkit.models import load_source as load_source_model
 from transferkit.workflows.arms import STRATEGY_NAMES, Arm, WorkflowResult, run_arms
 from transferkit.workflows.output import (
@@ -54,71 +55,68 @@ def finetune(cfg: FinetuneConfig | dict[str, Any]) -> WorkflowResult:
     if not isinstance(cfg, FinetuneConfig):
         cfg = build_config(cfg)
     data = load_target_data(cfg.data, seed=cfg.seeds[0])
-    source = load_source(cfg)
-    if source is None and cfg.model.arch is None:
+    sources = [load_source_model(spec) for spec in cfg.model.source_specs()]
+    if not sources and cfg.model.arch is None:
         raise ConfigError(
             "give model.source (a model to transfer from) or model.arch (to train from scratch)"
         )
-    arch = cfg.model.arch or source.info.arch  # type: ignore[union-attr]
-    kwargs = dict(source.info.kwargs) if source is not None and cfg.model.arch is None else {}
-    kwargs.update(cfg.model.kwargs)
+    source = sources[0] if sources else None
     source_splits = (
         load_dataset(cfg.data.source_dataset, root=cfg.data.source_root, seed=cfg.seeds[0])
         if cfg.data.source_dataset is not None
         else None
     )
     regs = cfg.regularizers
-    if regs:
-        import transferkit.transfer.distill  # noqa: F401  (registers objectives)
-        import transferkit.transfer.regularize  # noqa: F401
-        from transferkit.transfer.distill import Teacher
-
-        context = {
-            "source": source,
-            "source_data": source_splits.train if source_splits else None,
-            # the source as a frozen teacher, for hint / attention / rkd / kd regularisers
-            "teacher": Teacher(source, name="source") if source is not None else None,
-        }
-        build_objectives(regs, **context)  # validate the regularisers before any training
-
-        def make_objectives() -> list[Objective]:
-            return [CrossEntropy(), *build_objectives(regs, **context)]
-
     reg_names = "+".join(str(r["name"]) for r in regs)
+    labels = _source_labels(cfg.model.sources)
     arms: list[Arm] = []
-    if source is not None:
+    for src, label in zip(sources, labels, strict=True):
+        arch = cfg.model.arch or src.info.arch
+        kwargs = dict(src.info.kwargs) if cfg.model.arch is None else {}
+        kwargs.update(cfg.model.kwargs)
+        prefix = f"{cfg.name}/{label}/" if len(sources) > 1 else f"{cfg.name}/"
         arms.append(
             Arm(
-                name=f"{cfg.name}/{cfg.train.strategy}" + (f"+{reg_names}" if regs else ""),
+                name=f"{prefix}{cfg.train.strategy}" + (f"+{reg_names}" if regs else ""),
                 method=STRATEGY_NAMES[cfg.train.strategy] + (f" + {reg_names}" if regs else ""),
                 arch=arch,
                 train=cfg.train,
-                source=source,
+                source=src,
                 kwargs=kwargs,
                 exclude=cfg.transfer.exclude,
                 shape_mismatch=cfg.transfer.shape_mismatch,
-                objectives=make_objectives if regs else None,
+                objectives=_objectives(regs, src, source_splits) if regs else None,
             )
         )
     scratch_name = f"{cfg.name}/scratch"
+    base_arch = cfg.model.baseline_arch or cfg.model.arch or source.info.arch  # type: ignore[union-attr]
     if cfg.baseline or source is None:
+        same = source is not None and base_arch == source.info.arch and cfg.model.arch is None
+        base_kwargs = {**(dict(source.info.kwargs) if same else {}), **cfg.model.kwargs}  # type: ignore[union-attr]
+        if cfg.model.baseline_arch is not None and not same:
+            base_kwargs = {}  # the user's baseline architecture at its defaults (its adapter resizes)
+        check_model_args(base_arch, base_kwargs)
         arms.append(
             Arm(
                 name=scratch_name,
                 method="from scratch",
-                arch=arch,
+                arch=base_arch,
                 train=cfg.train.model_copy(
                     update={"strategy": "full", "backbone_lr_scale": 1.0, "layer_decay": None}
                 ),
-                kwargs=kwargs,
+                kwargs=base_kwargs,
             )
         )
     baseline = scratch_name if any(a.name == scratch_name for a in arms) else None
     fingerprints = {
         "data": data_fingerprint(data, cfg.data.dataset),
-        "source": model_fingerprint(source, cfg.model.source),
+        "source": model_fingerprint(source, cfg.model.sources[0] if sources else None),
         "source_data": data_fingerprint(source_splits, cfg.data.source_dataset) if source_splits else None,
     }
+    if len(sources) > 1:
+        fingerprints["sources"] = [model_fingerprint(m, spec) for m, spec in zip(sources, cfg.model.sources,
+                                                                                 strict=True)]
+    arch = base_arch
     t = cfg.train
     recipe = {"strategy": t.strategy, "epochs": t.epochs, "lr": t.lr, "batch_size": t.batch_size,
               "backbone_lr_scale": t.backbone_lr_scale}
@@ -133,7 +131,7 @@ def finetune(cfg: FinetuneConfig | dict[str, Any]) -> WorkflowResult:
                          val_shots=cfg.data.val_shots, seeds=cfg.seeds, recipe=recipe,
                          baseline=baseline_text)
     shots_text = f", {cfg.data.shots} labels per class" if cfg.data.shots else ""
-    what = (f"{cfg.model.source} -> {cfg.data.dataset}" if source is not None
+    what = (f"{', '.join(cfg.model.sources)} -> {cfg.data.dataset}" if source is not None
             else f"{arch} on {cfg.data.dataset}")
     return run_arms(
         arms,
@@ -153,3 +151,36 @@ def finetune(cfg: FinetuneConfig | dict[str, Any]) -> WorkflowResult:
         kind="finetune",
         source_eval=source_splits.test if source_splits is not None else None,
     )
+
+
+def _source_labels(specs: list[str]) -> list[str]:
+    """Short, distinct names of the sources for the arms (``runs/mnist`` -> ``mnist``)."""
+    labels = []
+    for spec in specs:
+        label = Path(spec).name or spec
+        label = "".join(c if c.isalnum() or c in "-_." else "-" for c in label) or "source"
+        while label in labels:
+            label += "'"
+        labels.append(label)
+    return labels
+
+
+def _objectives(regs: list[dict[str, Any]], source: TransferNet, source_splits: Any) -> Any:
+    """A factory of the arm's objectives: cross-entropy plus the regularisers, with ``source`` as
+    the source (and frozen teacher); checked once here, before any training."""
+    import transferkit.transfer.distill  # noqa: F401  (registers objectives)
+    import transferkit.transfer.regularize  # noqa: F401
+    from transferkit.transfer.distill import Teacher
+
+    context = {
+        "source": source,
+        "source_data": source_splits.train if source_splits else None,
+        # the source as a frozen teacher, for hint / attention / rkd / kd regularisers
+        "teacher": Teacher(source, name="source"),
+    }
+    build_objectives(regs, **context)
+
+    def make() -> list[Objective]:
+        return [CrossEntropy(), *build_objectives(regs, **context)]
+
+    return make
