@@ -289,7 +289,7 @@ def test_missing_paths_and_unknown_names(tmp_path):
         load_model(tmp_path / "model_b.pt")
     with pytest.raises(UnknownNameError, match="Did you mean 'small_cnn'"):
         load_model("smallcnn")
-    with pytest.raises(CheckpointError, match="pass arch="):
+    with pytest.raises(CheckpointError, match="--source-arch \\(arch= in Python\\)"):
         torch.save(_trained_cnn().state_dict(), tmp_path / "w.pt")
         load_model(tmp_path / "w.pt")
     (tmp_path / "empty").mkdir()

@@ -37,6 +37,15 @@ _EXPORTS = {
     "replace_head": "transferkit.models",
     "save_model": "transferkit.models",
     "transfer_parameters": "transferkit.transfer",
+    "clone_structure": "transferkit.transfer",
+    "rank": "transferkit.selection",
+    "wrap_model": "transferkit.models",
+    "allow_code": "transferkit.models",
+    "load_source": "transferkit.models",
+    "SourceSpec": "transferkit.models",
+    "export_onnx": "transferkit.io",
+    "LoraOptions": "transferkit.engine",
+    "count_parameters": "transferkit.engine",
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])

@@ -322,8 +322,10 @@ def _load_weights(path: Path, arch: str | type | None, kwargs: dict[str, Any]) -
             _check_saved_options(saved, origin)
     if arch is None and saved is None:
         raise CheckpointError(
-            f"cannot tell the architecture of {str(path)!r}: pass arch= (one of "
-            f"{', '.join(MODELS.names())} or a hub spec) or put its {CONFIG_NAME} beside it"
+            f"cannot tell the architecture of {str(path)!r}: name it with --source-arch (arch= in "
+            f"Python): one of {', '.join(MODELS.names())}, a hub spec (timm:resnet50) or your own "
+            f"class (path/to/file.py:ClassName), or put its {CONFIG_NAME} beside it; "
+            f"`transferkit inspect {path}` lists its tensors"
         )
     if arch is None and saved is not None:
         arch = saved.arch
