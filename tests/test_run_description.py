@@ -82,3 +82,14 @@ def test_several_sources_against_one_baseline(tmp_path):
                                    "out": str(tmp_path / "rep")}))
     assert_one_line_error(run("finetune", "--config", cfg), "repeats a model")
     assert not (tmp_path / "rep").exists()
+
+
+def test_rank_prints_each_candidates_preprocessing_and_takes_the_image_size(tmp_path):
+    src = _source(tmp_path)
+    default = run("rank", "--candidates", src, "--data", "digits", "--shots", "3", "--scores", "logme")
+    assert default.exit_code == 0, default.output
+    assert f"{src}: small_cnn; preprocessing: input 1x8x8, no normalisation" in default.output
+    sized = run("rank", "--candidates", src, "--data", "digits", "--shots", "3", "--scores", "logme",
+                "--image-size", "16")
+    assert sized.exit_code == 0, sized.output
+    assert "preprocessing: input 1x16x16" in sized.output

@@ -83,7 +83,7 @@ def inspect(
     if target is None:
         example = torch.zeros(2, *shape) if shape else None
         console.print(f"{model}: {src.info.arch}, {src.info.num_classes} classes")
-        console.print(f"preprocessing: {_preprocessing(src.info)}")
+        console.print(f"preprocessing: {describe_preprocessing(src.info)}")
         typer.echo(format_layers(list_layers(src, example)))
         return
     kwargs = {"num_classes": num_classes} if num_classes is not None else {}
@@ -93,7 +93,7 @@ def inspect(
     typer.echo(report.table())
 
 
-def _preprocessing(info: object) -> str:
+def describe_preprocessing(info: object) -> str:
     """One line: the input adapter's size, normalisation, resizing and crop."""
     pre = info.preprocessing  # type: ignore[attr-defined]
     size = "x".join(map(str, pre["input_size"]))

@@ -34,6 +34,10 @@ def rank(
     mean: str | None = mean_option(),
     std: str | None = std_option(),
     pretrained: bool | None = pretrained_option(),
+    image_size: int | None = typer.Option(
+        None, "--image-size", min=8, help="Score every image candidate at this input size (the size you "
+        "will fine-tune at; scores move with it); default: each model's own."
+    ),
     scores: str = typer.Option(
         "logme,leep,nce,h_score,gbc",
         "--scores",
@@ -48,9 +52,10 @@ def rank(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log each candidate's scores."),
 ) -> None:
     """Rank candidate source models by transferability scores on the target's training data."""
+    from transferkit.cli.inspect import describe_preprocessing
     from transferkit.data import few_shot, load_dataset
     from transferkit.errors import ConfigError
-    from transferkit.models import allow_remote_code
+    from transferkit.models import allow_remote_code, load_source
     from transferkit.selection import rank as run_rank
 
     setup_logging(verbose)
@@ -76,7 +81,15 @@ def rank(
         for c in candidates
     }
     with allow_remote_code(trust_remote_code), allowed_code(source_arch):
-        result = run_rank(specs, train, scores=names, batch_size=batch_size)
+        models = {c: load_source(spec) for c, spec in specs.items()}
+        for model in models.values():
+            if image_size is not None:  # the size the recipes will fine-tune at, not the library's
+                info = model.info
+                info.input_size = (*info.input_size[:-2], image_size, image_size)
+                model.input_adapter = info.adapter()
+        result = run_rank(models, train, scores=names, batch_size=batch_size)
     typer.echo(result.table())
+    for c, model in models.items():  # what each score saw (scores move with size and normalisation)
+        typer.echo(f"{c}: {model.info.arch}; preprocessing: {describe_preprocessing(model.info)}")
     if out is not None:
         console.print(f"wrote {result.write(out)}")
