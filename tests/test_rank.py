@@ -83,7 +83,7 @@ def test_rows_hold_finite_numbers_and_timings(result):
 def test_default_scores_and_spec_candidates(models, digits, tmp_path):
     folder = save_model(models["trained"], tmp_path / "t")
     res = rank({"saved": str(folder), "live": models["trained"]}, digits.train)
-    assert res.scores == ["logme", "leep", "nce", "h_score", "gbc"]
+    assert res.scores == ["logme", "leep", "nce", "h_score_shrinkage", "gbc"]
     saved, live = res.rows
     for score in res.scores:  # same weights, loaded from disk -> same scores
         assert saved[score] == pytest.approx(live[score], rel=1e-6, abs=1e-9)

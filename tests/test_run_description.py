@@ -93,3 +93,17 @@ def test_rank_prints_each_candidates_preprocessing_and_takes_the_image_size(tmp_
                 "--image-size", "16")
     assert sized.exit_code == 0, sized.output
     assert "preprocessing: input 1x16x16" in sized.output
+
+
+def test_plain_h_score_warns_when_it_cannot_rank(tmp_path, caplog):
+    """128 features for 30 examples: plain H-score sits at C - 1 for every candidate; it says so."""
+    import logging
+
+    from transferkit import few_shot, load_dataset, rank
+
+    model = create_model("small_cnn", num_classes=10, image_size=8)
+    data = few_shot(load_dataset("digits").train, 3, 0)
+    with caplog.at_level(logging.WARNING, logger="transferkit"):
+        result = rank({"cnn": model}, data, scores=["h_score", "h_score_shrinkage"])
+    assert "can't tell candidates apart; use h_score_shrinkage" in caplog.text
+    assert abs(result.rows[0]["h_score"] - 9.0) < 0.05  # its maximum, C - 1

@@ -39,7 +39,7 @@ def rank(
         "will fine-tune at; scores move with it); default: each model's own."
     ),
     scores: str = typer.Option(
-        "logme,leep,nce,h_score,gbc",
+        "logme,leep,nce,h_score_shrinkage,gbc",
         "--scores",
         help="Comma-separated scores: logme, leep, nce, h_score, h_score_shrinkage, gbc, knn.",
     ),

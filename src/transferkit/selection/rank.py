@@ -33,7 +33,9 @@ KNOWN_SCORES: tuple[str, ...] = tuple(SCORES.names())
 """Every score name :func:`rank` accepts (the names in :data:`~transferkit.selection.SCORES` when
 this module was imported)."""
 
-DEFAULT_SCORES: tuple[str, ...] = ("logme", "leep", "nce", "h_score", "gbc")
+# H-score's shrinkage variant by default: plain H-score ties at its maximum (C - 1) whenever the
+# feature dimension exceeds the number of labelled examples, which at 10 labels per class is always.
+DEFAULT_SCORES: tuple[str, ...] = ("logme", "leep", "nce", "h_score_shrinkage", "gbc")
 
 
 def _check_scores(scores: Sequence[str]) -> dict[str, ScoreSpec]:
@@ -238,6 +240,12 @@ def rank(
                 model.train(was_training)
         feats_np = feats.detach().float().cpu().numpy()
         seconds_features = time.perf_counter() - start
+        if "h_score" in specs and feats_np.shape[1] >= feats_np.shape[0]:
+            logger.warning(
+                "h_score of %s: %d features for %d examples, so it sits at its maximum (classes - 1) "
+                "and can't tell candidates apart; use h_score_shrinkage", cand_name,
+                feats_np.shape[1], feats_np.shape[0],
+            )
 
         row: dict[str, Any] = {"name": str(cand_name)}
         start = time.perf_counter()
