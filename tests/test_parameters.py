@@ -529,3 +529,21 @@ def test_tracing_leaves_layer_taps_alone():
         assert tap.features == {}
         target(torch.rand(2, 1, 28, 28))
         assert tap.features["backbone.conv1"].device.type == "cpu"
+
+
+def test_headline_counts_exact_copies_and_warns_when_little_of_the_backbone_was_copied():
+    """A look-alike target that gets only sliced copies of the feature extractor is not praised:
+    the headline counts exact copies only and warns."""
+    from transferkit.models import create_model
+
+    source = create_model("small_cnn", widths=(8, 16), feature_dim=32)
+    same = create_model("small_cnn", widths=(8, 16), feature_dim=32)
+    report = transfer_parameters(source, same, exclude=["head.*"])
+    assert report.summary()["fraction_backbone_copied_exactly"] == 1.0
+    assert "WARNING" not in report.headline() and "(100.0% of its backbone)" in report.headline()
+    wider = create_model("small_cnn", widths=(12, 24), feature_dim=48)
+    report = transfer_parameters(source, wider, exclude=["head.*"])
+    s = report.summary()
+    assert s["fraction_params_copied_exactly"] < 0.05 < s["fraction_params_transferred"]
+    line = report.headline()
+    assert "partial (sliced) copies" in line and "WARNING: little of the feature extractor" in line

@@ -160,9 +160,5 @@ def finetune(
         result = run_finetune(cfg)
     typer.echo(result.table())
     for name, report in result.transfer_reports.items():
-        s = report.summary()
-        console.print(
-            f"{name}: transferred {s.get('fraction_params_transferred', 0):.1%} of the target's "
-            f"parameters (details: {result.out_dir / 'transfer'})"
-        )
+        typer.echo(f"{name}: {report.headline()} (details: {result.out_dir / 'transfer'})")
     console.print(f"wrote {result.out_dir / 'metrics.json'} and {result.out_dir / 'report.html'}")

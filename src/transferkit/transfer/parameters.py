@@ -122,8 +122,12 @@ class TransferReport:
 
         Returns:
             ``{"copied", "partial", "new", "unused", "target_tensors", "by_stage",
-            "params_transferred", "params_total", "fraction_params_transferred"}``. The fraction
-            counts parameters only (not buffers); it is ``0.0`` for a target without parameters.
+            "params_transferred", "params_total", "fraction_params_transferred",
+            "params_copied_exactly", "fraction_params_copied_exactly",
+            "fraction_backbone_copied_exactly"}``. The fractions count parameters only (not
+            buffers); they are ``0.0`` for a target without parameters. "Transferred" includes
+            partial (sliced) copies, "copied exactly" only whole tensors; the backbone fraction is
+            over a TransferNet's ``backbone.*`` parameters (``None`` for other targets).
         """
         by_stage: dict[str, int] = {s: 0 for s in STAGES}
         for e in self.entries:
@@ -132,6 +136,10 @@ class TransferReport:
         params = [e for e in self.entries if e.is_parameter]
         total = sum(math.prod(e.target_shape or ()) for e in params)
         moved = sum(e.numel_transferred for e in params)
+        exact = sum(e.numel_transferred for e in params if e.status == "copied")
+        backbone = [e for e in params if (e.target_name or "").startswith("backbone.")]
+        backbone_total = sum(math.prod(e.target_shape or ()) for e in backbone)
+        backbone_exact = sum(e.numel_transferred for e in backbone if e.status == "copied")
         return {
             "copied": len(self.copied),
             "partial": len(self.partial),
@@ -142,7 +150,25 @@ class TransferReport:
             "params_transferred": moved,
             "params_total": total,
             "fraction_params_transferred": moved / total if total else 0.0,
+            "params_copied_exactly": exact,
+            "fraction_params_copied_exactly": exact / total if total else 0.0,
+            "fraction_backbone_copied_exactly": backbone_exact / backbone_total if backbone_total else None,
         }
+
+    def headline(self) -> str:
+        """What a user should read first: the share of parameters copied exactly (partial copies
+        counted apart), and a warning when little of the feature extractor was copied exactly."""
+        s = self.summary()
+        partial = s["fraction_params_transferred"] - s["fraction_params_copied_exactly"]
+        text = f"copied exactly {s['fraction_params_copied_exactly']:.1%} of the target's parameters"
+        if s["fraction_backbone_copied_exactly"] is not None:
+            text += f" ({s['fraction_backbone_copied_exactly']:.1%} of its backbone)"
+        if partial > 0:
+            text += f"; {partial:.1%} more as partial (sliced) copies, which are not the source's layers"
+        if s["fraction_backbone_copied_exactly"] is not None and s["fraction_backbone_copied_exactly"] < 0.5:
+            text += ("; WARNING: little of the feature extractor was copied exactly, so this arm is "
+                     "mostly a new network, not the source")
+        return text
 
     def summary_line(self) -> str:
         """One line: counts and the fraction of parameters transferred."""
