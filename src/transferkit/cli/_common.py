@@ -304,10 +304,8 @@ def source_overrides(
         items.append(f"{prefix}{arch_key}={arch}")
     if head is not None:
         items.append(f"{prefix}head={head}")
-    for key, text, ints in (("input_size", input_size, True), ("mean", mean, False), ("std", std, False)):
-        values = parse_numbers(text, f"--{key.replace('_', '-')}", integers=ints)
-        if values is not None:
-            items.append(f"{prefix}{key}=[{','.join(map(str, values))}]")
+    for key, values in _preprocessing_flags(input_size, mean, std).items():
+        items.append(f"{prefix}{key}=[{','.join(map(str, values))}]")
     if pretrained is not None:
         items.append(f"{prefix}pretrained={str(pretrained).lower()}")
     return items
@@ -327,14 +325,19 @@ def source_spec_of(
     from transferkit.models import SourceSpec
 
     return SourceSpec(
-        source,
-        arch,
-        True if pretrained is None else pretrained,
-        head,
-        parse_numbers(input_size, "--input-size", integers=True),
-        parse_numbers(mean, "--mean"),
-        parse_numbers(std, "--std"),
+        source, arch, True if pretrained is None else pretrained, head,
+        **_preprocessing_flags(input_size, mean, std),
     )
+
+
+def _preprocessing_flags(input_size: str | None, mean: str | None, std: str | None) -> dict[str, list[Any]]:
+    """``--input-size`` / ``--mean`` / ``--std`` parsed, the ones given only."""
+    parsed = {
+        "input_size": parse_numbers(input_size, "--input-size", integers=True),
+        "mean": parse_numbers(mean, "--mean"),
+        "std": parse_numbers(std, "--std"),
+    }
+    return {k: v for k, v in parsed.items() if v is not None}
 
 
 def allowed_code(*archs: str | None) -> Any:

@@ -57,10 +57,10 @@ def load_source(spec: SourceSpec, *, num_classes: int | None = None) -> Transfer
         As :func:`load_model`.
     """
     code = is_code_spec(spec.arch) or (spec.arch is None and is_code_spec(spec.source))
+    given = _given_preprocessing(spec)
     kwargs: dict[str, Any] = {}
     if code:
-        kwargs = {"init": dict(spec.init), "head": spec.head}
-        kwargs.update({k: list(v) for k, v in _given_preprocessing(spec).items()})
+        kwargs = {"init": dict(spec.init), "head": spec.head, **{k: list(v) for k, v in given.items()}}
     elif spec.head is not None or spec.init:
         raise ConfigError(
             "head and init are for a source built from your own class (--source-arch file.py:Class); "
@@ -68,9 +68,9 @@ def load_source(spec: SourceSpec, *, num_classes: int | None = None) -> Transfer
         )
     model = load_model(spec.source, arch=spec.arch, num_classes=num_classes, pretrained=spec.pretrained,
                        **kwargs)
-    if not code and _given_preprocessing(spec):
+    if not code and given:
         info = model.info
-        for key, value in _given_preprocessing(spec).items():
+        for key, value in given.items():
             setattr(info, key, tuple(value))
         model.input_adapter = info.adapter()
     return model
