@@ -6,7 +6,10 @@ converts layouts where two implementations differ (reshapes, fused <-> separate 
 resized position embeddings, stems for another channel count: :mod:`transferkit.transfer.layouts`),
 copies every matched tensor in place and returns a :class:`TransferReport` with one entry per
 target tensor, so a partial load is never silent (the timm convention: report the reason for every
-tensor that was not loaded).
+tensor that was not loaded). A copy whose layer reads a layer that was not copied exactly is flagged
+(:attr:`TransferEntry.upstream_new`, counted in the summary and the headline);
+:func:`transferkit.transfer.check_copied_function` (:mod:`transferkit.transfer.verify`) then checks
+on a probe batch that the copied part computes what it computed in the source.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import warnings
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import nn
@@ -26,6 +29,9 @@ from torch import nn
 from transferkit.errors import CheckpointError, ConfigError
 from transferkit.transfer.dataflow import INPUT, Dataflow, trace_dataflow
 from transferkit.transfer.layouts import adapt_input_channels, reshape_compatible, resize_position_embedding
+
+if TYPE_CHECKING:
+    from transferkit.transfer.verify import ProbeCheck
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +75,13 @@ class TransferEntry:
         is_parameter: Whether the tensor (the target's; the source's for unused entries) is a
             parameter rather than a buffer.
         numel_transferred: Number of target elements overwritten with source values.
+        upstream_new: For a copied or partial target tensor: the nearest target layers upstream
+            of its op in the target's dataflow (read directly, or through layers copied exactly)
+            that were not copied exactly: they stayed ``"new"`` or hold partial (sliced, adapted)
+            copies, so this copy does not see the inputs it was trained on. Module names, in
+            forward order; empty when there are none or the target could not be traced. Layers
+            left new on purpose (``exclude`` patterns, buffers with ``include_buffers=False``) do
+            not count.
     """
 
     target_name: str | None
@@ -80,6 +93,7 @@ class TransferEntry:
     reason: str
     is_parameter: bool = True
     numel_transferred: int = 0
+    upstream_new: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -96,10 +110,13 @@ class TransferReport:
     Attributes:
         entries: One entry per target tensor, in target state-dict order.
         unused: Source tensors that were not copied anywhere, with the reason.
+        probe: Whether the copied part reproduces the source's features on a probe batch, set by
+            :func:`transferkit.transfer.check_copied_function` (``None``: not run).
     """
 
     entries: list[TransferEntry] = field(default_factory=list)
     unused: list[TransferEntry] = field(default_factory=list)
+    probe: ProbeCheck | None = None
 
     @property
     def copied(self) -> list[TransferEntry]:
@@ -124,10 +141,15 @@ class TransferReport:
             ``{"copied", "partial", "new", "unused", "target_tensors", "by_stage",
             "params_transferred", "params_total", "fraction_params_transferred",
             "params_copied_exactly", "fraction_params_copied_exactly",
-            "fraction_backbone_copied_exactly"}``. The fractions count parameters only (not
-            buffers); they are ``0.0`` for a target without parameters. "Transferred" includes
-            partial (sliced) copies, "copied exactly" only whole tensors; the backbone fraction is
-            over a TransferNet's ``backbone.*`` parameters (``None`` for other targets).
+            "fraction_backbone_copied_exactly", "params_behind_new", "fraction_params_behind_new",
+            "probe"}``. The fractions count parameters only (not buffers); they are ``0.0`` for a
+            target without parameters. "Transferred" includes partial (sliced) copies, "copied
+            exactly" only whole tensors; the backbone fraction is over a TransferNet's
+            ``backbone.*`` parameters (``None`` for other targets). ``params_behind_new`` counts
+            the parameters copied exactly whose layer reads, directly or through other copies, a
+            layer that was not copied exactly (:attr:`TransferEntry.upstream_new`);
+            ``fraction_params_behind_new`` is their share of the parameters copied exactly (``0.0``
+            when none were). ``probe`` is :attr:`probe` as a dict, or ``None``.
         """
         by_stage: dict[str, int] = {s: 0 for s in STAGES}
         for e in self.entries:
@@ -140,6 +162,7 @@ class TransferReport:
         backbone = [e for e in params if (e.target_name or "").startswith("backbone.")]
         backbone_total = sum(math.prod(e.target_shape or ()) for e in backbone)
         backbone_exact = sum(e.numel_transferred for e in backbone if e.status == "copied")
+        behind = sum(e.numel_transferred for e in params if e.status == "copied" and e.upstream_new)
         return {
             "copied": len(self.copied),
             "partial": len(self.partial),
@@ -153,22 +176,48 @@ class TransferReport:
             "params_copied_exactly": exact,
             "fraction_params_copied_exactly": exact / total if total else 0.0,
             "fraction_backbone_copied_exactly": backbone_exact / backbone_total if backbone_total else None,
+            "params_behind_new": behind,
+            "fraction_params_behind_new": behind / exact if exact else 0.0,
+            "probe": self.probe.to_dict() if self.probe is not None else None,
         }
 
     def headline(self) -> str:
         """What a user should read first: the share of parameters copied exactly (partial copies
-        counted apart), and a warning when little of the feature extractor was copied exactly."""
+        counted apart), a warning when some exact copies sit behind layers that were not copied
+        exactly (:attr:`TransferEntry.upstream_new`), a warning when little of the feature
+        extractor was copied exactly, and the probe check's sentence when one was run
+        (:func:`transferkit.transfer.check_copied_function`)."""
         s = self.summary()
         partial = s["fraction_params_transferred"] - s["fraction_params_copied_exactly"]
         text = f"copied exactly {s['fraction_params_copied_exactly']:.1%} of the target's parameters"
         if s["fraction_backbone_copied_exactly"] is not None:
             text += f" ({s['fraction_backbone_copied_exactly']:.1%} of its backbone)"
+        if s["fraction_params_behind_new"] > 0:
+            behind = s["fraction_params_behind_new"]
+            text += f"; WARNING: {behind:.1%} of the exact copies are {self._behind()}"
         if partial > 0:
             text += f"; {partial:.1%} more as partial (sliced) copies, which are not the source's layers"
         if s["fraction_backbone_copied_exactly"] is not None and s["fraction_backbone_copied_exactly"] < 0.5:
             text += ("; WARNING: little of the feature extractor was copied exactly, so this arm is "
                      "mostly a new network, not the source")
+        if self.probe is not None:
+            text += "; " + self.probe.line()
         return text
+
+    def _behind(self) -> str:
+        """"behind layers that stayed new (first: X), so ..." for the headline."""
+        layers = {n for e in self.entries if e.status == "copied" and e.is_parameter for n in e.upstream_new}
+        statuses: dict[str, set[str]] = {}
+        for e in self.entries:
+            layer = _layer(e.target_name or "")
+            if layer in layers:
+                statuses.setdefault(layer, set()).add(e.status)
+        first = next((x for e in self.entries if (x := _layer(e.target_name or "")) in layers), min(layers))
+        kinds = {"stayed new" if st == {"new"} else "were only partially copied" for st in statuses.values()}
+        what = " or ".join(sorted(kinds)) or "were not copied exactly"
+        return (
+            f"behind layers that {what} (first: {first}), so they don't see the inputs they were trained on"
+        )
 
     def summary_line(self) -> str:
         """One line: counts and the fraction of parameters transferred."""
@@ -228,7 +277,10 @@ class TransferReport:
 
 def _row(e: TransferEntry) -> tuple[str, ...]:
     shapes = " -> ".join("-" if s is None else str(tuple(s)) for s in (e.source_shape, e.target_shape))
-    return (e.status, e.target_name or "-", e.source_name or "-", shapes, e.stage or "-", e.reason)
+    reason = e.reason
+    if e.upstream_new:
+        reason += f"; behind layers not copied exactly: {', '.join(e.upstream_new)}"
+    return (e.status, e.target_name or "-", e.source_name or "-", shapes, e.stage or "-", reason)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -833,6 +885,59 @@ def _refuse_misfed(plans: list[_Plan], sources: list[_Tensor], targets: list[_Te
             q.how, q.reason, q.value = "none", f"source {ss} -> target {ts}: left new: {why}", None
 
 
+def _flag_upstream_new(entries: list[TransferEntry], deliberate: set[int], flows: _Flows) -> None:
+    """Fill :attr:`TransferEntry.upstream_new` of every copied or partial entry (see there).
+
+    Traces the target (meta device, cached in ``flows``) only when it can matter: something was
+    moved and some layer was not copied exactly (a partial copy, or a new tensor left new not on
+    purpose; in a model with a ``backbone.`` part, a new tensor there). ``deliberate``: indices of
+    entries left new on purpose, which count as neither copied nor new. Nothing is flagged when the
+    target cannot be traced.
+    """
+    if not any(e.status in ("copied", "partial") for e in entries):
+        return
+    scoped = [e for j, e in enumerate(entries) if j not in deliberate]
+    if any((e.target_name or "").startswith("backbone.") for e in entries):
+        scoped = [e for e in scoped if e.status == "partial" or (e.target_name or "").startswith("backbone.")]
+    if not any(e.status in ("new", "partial") for e in scoped):
+        return
+    flow = flows.get("target")
+    if flow is None:
+        return
+    by_node: dict[str, list[TransferEntry]] = {}
+    for j, e in enumerate(entries):
+        node = flow.node.get(e.target_name or "")
+        if j not in deliberate and node in flow.first_use:
+            by_node.setdefault(node, []).append(e)
+    bad = {n for n, es in by_node.items() if {e.status for e in es} != {"copied"}}
+    if not bad:
+        return
+    # nearest not-exact layers upstream of each node: through exact (and deliberate) layers, not
+    # past a bad one; repeated until stable, as a shared module can make the graph cyclic
+    order = sorted(flow.first_use, key=lambda n: (flow.depth[n], flow.first_use[n]))
+    behind: dict[str, frozenset[str]] = {}
+    changed = True
+    while changed:
+        changed = False
+        for node in order:
+            acc: set[str] = set()
+            for p in flow.preds.get(node, ()):
+                if p in bad:
+                    acc.add(p)
+                elif p != INPUT:
+                    acc |= behind.get(p, frozenset())
+            if acc != behind.get(node, frozenset()):
+                behind[node] = frozenset(acc)
+                changed = True
+    rank = {n: k for k, n in enumerate(order)}
+    for node, es in by_node.items():
+        if behind.get(node):
+            names = list(dict.fromkeys(_layer(n) for n in sorted(behind[node], key=rank.__getitem__)))
+            for e in es:
+                if e.status in ("copied", "partial"):
+                    e.upstream_new = names
+
+
 def transfer_parameters(
     source: nn.Module | Mapping[str, torch.Tensor],
     target: nn.Module,
@@ -941,6 +1046,16 @@ def transfer_parameters(
             Hugging Face ``config.image_size``, timm's ``pretrained_cfg``, ``img_size`` attributes)
             or guessed (224, 64, 32 pixels).
 
+    After copying, every copied or partial entry whose layer reads (directly, or through layers
+    copied exactly) a target layer that was not copied exactly (left new, or a partial copy) names
+    the nearest such layers in :attr:`TransferEntry.upstream_new`: a copy behind a new layer does
+    not see the inputs it was trained on (a foreign CNN whose fully connected layers fit the target
+    but whose convolutions do not). This needs the target's dataflow, traced (on the meta device)
+    only when some layer was not copied exactly; with ``trace=False`` or a target that cannot be
+    traced nothing is flagged. Whether the copied part really computes what it computed in the
+    source is checked afterwards on a probe batch by
+    :func:`transferkit.transfer.check_copied_function` (not run here).
+
     Returns:
         A :class:`TransferReport` with one entry per target tensor and the unused source tensors.
         An entry's ``source_name`` joins the names of fused sources with ``" + "``.
@@ -986,14 +1101,14 @@ def transfer_parameters(
                 f"check it against the target's state-dict names (e.g. {targets[0].name!r})",
                 stacklevel=2,
             )
+    why_buffers = "buffer not considered (include_buffers=False)"
     if not include_buffers:
-        why = "buffer not considered (include_buffers=False)"
         for j, t in enumerate(targets):
             if not t.is_parameter and j not in t_entries:
-                t_entries[j] = _new_entry(t, why)
+                t_entries[j] = _new_entry(t, why_buffers)
         for i, s in enumerate(sources):
             if not s.is_parameter:
-                s_unused[i] = _unused_entry(s, why)
+                s_unused[i] = _unused_entry(s, why_buffers)
     paired_s: set[int] = set()
     paired_t: set[int] = set()
     plans: list[_Plan] = []
@@ -1057,6 +1172,8 @@ def transfer_parameters(
         for i, s in enumerate(sources)
         if i in s_unused or i not in paired_s
     ]
+    deliberate = set(excluded) | {j for j, e in t_entries.items() if e.reason == why_buffers}
+    _flag_upstream_new(entries, deliberate, flows)
     report = TransferReport(entries=entries, unused=unused)
     logger.info("transfer_parameters: %s", report.summary_line())
     return report
