@@ -89,6 +89,8 @@ def rank(
                 model.input_adapter = info.adapter()
         result = run_rank(models, train, scores=names, batch_size=batch_size)
     typer.echo(result.table())
+    if result.note is not None:  # too few candidates for the ranking to be checked against fine-tuning
+        typer.echo(f"note: {result.note}")
     for c, model in models.items():  # what each score saw (scores move with size and normalisation)
         typer.echo(f"{c}: {model.info.arch}; preprocessing: {describe_preprocessing(model.info)}")
     if out is not None:

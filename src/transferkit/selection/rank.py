@@ -37,6 +37,43 @@ this module was imported)."""
 # feature dimension exceeds the number of labelled examples, which at 10 labels per class is always.
 DEFAULT_SCORES: tuple[str, ...] = ("logme", "leep", "nce", "h_score_shrinkage", "gbc")
 
+MIN_POOL = 5
+"""The fewest candidates whose ranking can be checked against fine-tuning: with ``n`` candidates in a
+random order a perfect Kendall tau (1.0) happens with probability ``1 / n!`` and one swapped pair or
+better with ``n / n!``; at 5 both are below 0.05 (1/120 = 0.0083 and 5/120 = 0.042), at 4 one swapped
+pair already happens 1 time in 6."""
+
+
+def _p(value: float) -> str:
+    return f"{value:.2g}"
+
+
+def pool_note(n: int) -> str | None:
+    """One line saying why a pool of ``n < MIN_POOL`` candidates can't validate its ranking, with
+    the exact one-sided p-value of a perfect ranking under the null of a random order (``1 / n!``);
+    ``None`` for ``n >= MIN_POOL``.
+
+    :func:`rank` computes no correlation itself; whoever fine-tunes the candidates to check that the
+    scores rank them the same way (as ``bench/rank.py`` does, with Kendall's tau) can't tell a good
+    score from luck on so few.
+    """
+    if n >= MIN_POOL:
+        return None
+    fact = math.factorial(MIN_POOL)
+    advice = (f"rank at least {MIN_POOL} candidates (p = {_p(1 / fact)} for a perfect ranking) before "
+              "trusting a correlation of the scores with fine-tuned accuracies")
+    if n < 2:
+        return (f"pool of {n} candidate{'s' if n != 1 else ''}: nothing is ranked, so no score can be "
+                f"checked against fine-tuning; {advice}")
+    chance = math.factorial(n)
+    text = (f"pool of {n} candidates: too few to validate the ranking; even a perfect agreement with "
+            f"fine-tuned accuracies would happen by chance 1 time in {chance} (p = {_p(1 / chance)}, "
+            "Kendall tau = 1, one-sided)")
+    if n >= 3:  # one swapped pair or better: the n orders with at most one inversion
+        swapped = math.factorial(n - 1)
+        text += f", at most one swapped pair 1 time in {swapped} (p = {_p(1 / swapped)})"
+    return f"{text}; {advice}"
+
 
 def _check_scores(scores: Sequence[str]) -> dict[str, ScoreSpec]:
     """Look up score names; return name (lower-cased) -> spec, de-duplicated, in the given order.
@@ -71,10 +108,17 @@ class RankResult:
             ``seconds_features`` / ``seconds_scores`` (wall time of the forward passes and of
             computing all scores).
         scores: The score names, in the order requested.
+        note: Why the ranking can't be checked when the pool is small (fewer than
+            :data:`MIN_POOL` candidates, see :func:`pool_note`), else ``None``.
     """
 
     rows: list[dict[str, Any]] = field(default_factory=list)
     scores: list[str] = field(default_factory=list)
+
+    @property
+    def note(self) -> str | None:
+        """:func:`pool_note` of this pool's size: set below :data:`MIN_POOL` candidates."""
+        return pool_note(len(self.rows))
 
     def order(self, score: str | None = None) -> list[str]:
         """Candidate names, best first, by ``score`` (default: the first score).
@@ -117,15 +161,18 @@ class RankResult:
         return "\n".join(line(r) for r in [header, *body])
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-serialisable data: ``scores``, ``rows`` and ``order`` (by the first score)."""
+        """Plain JSON-serialisable data: ``scores``, ``rows``, ``order`` (by the first score) and
+        ``note`` (:attr:`note`: the small-pool warning or ``None``)."""
         return {
             "scores": list(self.scores),
             "rows": [dict(row) for row in self.rows],
             "order": self.order() if self.scores else [],
+            "note": self.note,
         }
 
     def write(self, path: str | os.PathLike) -> Path:
-        """Write the result atomically as ``.json`` (:meth:`to_dict`) or ``.csv`` (one row each).
+        """Write the result atomically as ``.json`` (:meth:`to_dict`) or ``.csv`` (one row each; the
+        :attr:`note` is left out of a CSV, which holds only the rows).
 
         Returns:
             The path written.
@@ -200,7 +247,9 @@ def rank(
         device: Where to run the models (they are moved there); default: each model's own.
 
     Returns:
-        A :class:`RankResult`; ``seconds_features`` includes the head's forward pass.
+        A :class:`RankResult`; ``seconds_features`` includes the head's forward pass; its
+        :attr:`~RankResult.note` says so when fewer than :data:`MIN_POOL` candidates were given (too
+        few for any check of the ranking against fine-tuning to mean much).
 
     Raises:
         ConfigError: no candidates, no scores, a bad ``batch_size`` or an unusable candidate.
@@ -258,4 +307,4 @@ def rank(
     return RankResult(rows=rows, scores=names)
 
 
-__all__ = ["DEFAULT_SCORES", "KNOWN_SCORES", "RankResult", "rank"]
+__all__ = ["DEFAULT_SCORES", "KNOWN_SCORES", "MIN_POOL", "RankResult", "pool_note", "rank"]
