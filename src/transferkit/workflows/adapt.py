@@ -24,7 +24,7 @@ from transferkit.evaluation import RunResult
 from transferkit.models import MODELS, load_source
 from transferkit.transfer.adapt.monitor import CRITERIA
 from transferkit.workflows.arms import Arm, WorkflowResult, run_arms
-from transferkit.workflows.output import data_fingerprint, model_fingerprint
+from transferkit.workflows.output import data_fingerprint, describe_lines, describe_run, model_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -242,7 +242,7 @@ def adapt(cfg: AdaptConfig | dict[str, Any]) -> WorkflowResult:
     if cfg.oracle:
         arms.append(Arm(f"{cfg.name}/target-oracle", "target oracle (trained on target labels)", arch,
                         cfg.train, source=start, kwargs=kwargs, exclude=(), data=target, export=False))
-    baseline = arms[0].name
+    baseline = arms[0].name if cfg.source_only else None  # no method arm passes for the baseline
 
     def finalize(runs: list[RunResult]) -> tuple[list[tuple[str, str]], dict[str, Any]]:
         text, rows = model_choice_table(runs, groups, cfg.seeds, cfg.select)
@@ -250,32 +250,67 @@ def adapt(cfg: AdaptConfig | dict[str, Any]) -> WorkflowResult:
         return ([("Model choice without target labels", text)],
                 {"model_choice": {"criterion": cfg.select, "rows": rows}})
 
+    fingerprints = {
+        "source_data": data_fingerprint(source, cfg.source_data.dataset),
+        "target_data": data_fingerprint(target, cfg.target_data.dataset),
+        "start": model_fingerprint(start, cfg.model.source),
+    }
+    method_names = list(dict.fromkeys(name for name, _, _ in grid))
+    t = cfg.train
+    recipe = {
+        "arch": arch, "strategy": t.strategy, "epochs": t.epochs, "lr": t.lr, "batch_size": t.batch_size,
+        "backbone_lr_scale": t.backbone_lr_scale,
+        "methods": [{"name": str(m["name"]).replace("+", "_").replace("-", "_"),
+                     **{k: v for k, v in m.items() if k != "name"}} for m in cfg.methods],
+        "weights": list(cfg.weights), "select": cfg.select,
+    }
+    if cfg.source_only:
+        baseline_text = (f"source only: the same {arch} trained with cross-entropy on the labelled source "
+                         f"alone (same epochs and seeds, checkpoint chosen by {cfg.select})")
+    else:
+        baseline_text = "none (source_only off): no source-only model, so no gain from adapting is measured"
+    if cfg.oracle:
+        baseline_text += ("; target oracle: trained on the labelled target training split, an upper bound "
+                          "that needs the target labels adaptation does without")
+    oracle_text = (f"; the target oracle trains on {len(target.train):,} labelled target training images "
+                   f"({len(target.val):,} validation)" if cfg.oracle else "")
+    data_use = (
+        f"source {cfg.source_data.dataset}: all {len(source.train):,} labelled training images "
+        f"({len(source.val):,} validation images for model choice); target {cfg.target_data.dataset}: "
+        f"{len(unlabelled):,} training images without labels, {len(target.test):,} labelled test images "
+        f"used only for the reported accuracy{oracle_text}; inputs {shape}"
+    )
+    about = describe_run(
+        "adapt",
+        fingerprints={"source": fingerprints["start"], "source_data": fingerprints["source_data"],
+                      "data": fingerprints["target_data"]},
+        shots=None, val_shots=None, seeds=cfg.seeds, recipe=recipe, baseline=baseline_text,
+        data_use=data_use,
+    )
     notes = [
-        f"Source: {cfg.source_data.dataset} ({len(source.train)} labelled training images); target: "
-        f"{cfg.target_data.dataset} ({len(unlabelled)} unlabelled training images, "
-        f"{len(target.test)} labelled test images used only for the reported accuracy); inputs {shape}.",
+        *describe_lines(about),
         f"Checkpoints and trade-off weights chosen by {cfg.select} ({select_key}), which reads only source "
-        "labels and unlabelled target inputs; the target oracle trains on target labels (an upper bound).",
+        "labels and unlabelled target inputs"
+        + ("; the target oracle trains on target labels (an upper bound)." if cfg.oracle else "."),
     ]
+    what = f"methods {', '.join(method_names)}" if method_names else "source only"
     return run_arms(
         arms,
         DataSplits(source.train, source.val, target.test),
         seeds=cfg.seeds,
         out_dir=cfg.out,
         baseline=baseline,
-        title=f"transferkit adapt: {cfg.name}",
+        title=(f"transferkit adapt ({cfg.name}): {cfg.source_data.dataset} -> {cfg.target_data.dataset}, "
+               f"{what}; chosen by {cfg.select}"),
         notes=notes,
         resume=cfg.resume,
         overwrite=cfg.overwrite,
         config=cfg,
-        fingerprints={
-            "source_data": data_fingerprint(source, cfg.source_data.dataset),
-            "target_data": data_fingerprint(target, cfg.target_data.dataset),
-            "start": model_fingerprint(start, cfg.model.source),
-        },
+        fingerprints=fingerprints,
         kind="adapt",
         finalize=finalize,
-        extra={"source_data": cfg.source_data.dataset, "target_data": cfg.target_data.dataset},
+        extra={"about": about, "source_data": cfg.source_data.dataset,
+               "target_data": cfg.target_data.dataset},
     )
 
 

@@ -17,7 +17,13 @@ from transferkit.evaluation import (
 from transferkit.models import TransferNet, create_model, load_model, load_source, narrow_model
 from transferkit.workflows.arms import Arm, WorkflowResult, run_arms
 from transferkit.workflows.finetune import load_target_data
-from transferkit.workflows.output import data_fingerprint, model_fingerprint
+from transferkit.workflows.output import (
+    data_fingerprint,
+    describe_lines,
+    describe_run,
+    method_weights,
+    model_fingerprint,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -87,13 +93,39 @@ def distill(cfg: DistillConfig | dict[str, Any]) -> WorkflowResult:
         p.numel() for p in create_model(arch, num_classes=data.num_classes, **kwargs).parameters()
     )
     teacher_params = sum(p.numel() for p in teacher_model.parameters())
+    fingerprints = {
+        "data": data_fingerprint(data, cfg.data.dataset),
+        "teacher": model_fingerprint(teacher_model, cfg.teacher.model),
+        "student_start": model_fingerprint(start, cfg.student.model),
+    }
+    t = cfg.train
+    recipe = {"strategy": t.strategy, "epochs": t.epochs, "lr": t.lr, "batch_size": t.batch_size,
+              "backbone_lr_scale": t.backbone_lr_scale, "methods": method_weights(cfg.methods)}
+    origin = "from scratch" if start is None else f"from the same starting weights ({cfg.student.model})"
+    if cfg.baseline:
+        baseline_text = (f"the same student ({arch}) trained {origin} with cross-entropy only, on the same "
+                         "examples, epochs and seeds (no teacher)")
+    else:
+        baseline_text = ("none (baseline off): no student trained without the teacher, so no gain from "
+                         "distillation is measured")
+    about = describe_run(
+        "distill", fingerprints=fingerprints, shots=cfg.data.shots, val_shots=cfg.data.val_shots,
+        seeds=cfg.seeds, recipe=recipe, baseline=baseline_text,
+        student={"spec": cfg.student.model, "arch": arch, "kwargs": kwargs, "params": student_params,
+                 "start": fingerprints["student_start"]},
+    )
     notes = [
+        *describe_lines(about),
         f"Teacher {teacher_model.info.arch} ({teacher_params:,} parameters): test accuracy "
         f"{teacher_metrics.accuracy:.3f}.",
         f"Student {arch} {kwargs} ({student_params:,} parameters, "
         f"{teacher_params / max(student_params, 1):.1f}x smaller).",
-        "Both student arms: same data, same epochs, same seeds; only the objectives differ.",
+        "Both student arms: same data, same epochs, same seeds; only the objectives differ."
+        if cfg.baseline else "One student arm (baseline off).",
     ]
+    shots_text = f", {cfg.data.shots} labels per class" if cfg.data.shots else ""
+    title = (f"transferkit distill ({cfg.name}): teacher {cfg.teacher.model} ({teacher_model.info.arch}) "
+             f"-> student {arch} on {cfg.data.dataset}{shots_text}")
     return run_arms(
         arms,
         data,
@@ -101,19 +133,16 @@ def distill(cfg: DistillConfig | dict[str, Any]) -> WorkflowResult:
         shots=cfg.data.shots,
         val_shots=cfg.data.val_shots,
         out_dir=cfg.out,
-        baseline=arms[-1].name,
-        title=f"transferkit distill: {cfg.name}",
+        baseline=arms[-1].name if cfg.baseline else None,
+        title=title,
         notes=notes,
         resume=cfg.resume,
         overwrite=cfg.overwrite,
         config=cfg,
-        fingerprints={
-            "data": data_fingerprint(data, cfg.data.dataset),
-            "teacher": model_fingerprint(teacher_model, cfg.teacher.model),
-            "student_start": model_fingerprint(start, cfg.student.model),
-        },
+        fingerprints=fingerprints,
         kind="distill",
         extra={
+            "about": about,
             "teacher": {
                 "arch": teacher_model.info.arch,
                 "params": teacher_params,

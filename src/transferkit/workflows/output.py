@@ -73,49 +73,128 @@ def describe_run(
     seeds: list[int],
     recipe: Mapping[str, Any],
     baseline: str,
+    student: Mapping[str, Any] | None = None,
+    data_use: str | None = None,
 ) -> dict[str, Any]:
     """What a run measured, for ``metrics.json`` (``"about"``) and the report's notes: the command
     line, transferkit's version, each source (spec, architecture, weights hash), the target data
-    (spec, split sizes, classes, hash), shots, seeds, the recipe and what the baseline is."""
+    (spec, split sizes, classes, hash), shots, seeds, the recipe and what the baseline is.
+
+    Args:
+        kind: The workflow (``finetune``, ``distill``, ``adapt``).
+        fingerprints: :func:`model_fingerprint` / :func:`data_fingerprint` entries by role:
+            ``source`` (or ``sources``, a list), ``data`` (the target), ``source_data`` (the source
+            task's data, or in ``adapt`` the source domain) and ``teacher`` (``distill``). A
+            ``teacher`` entry is recorded as ``"teacher"`` (absent otherwise).
+        shots, val_shots: Examples per class of training and validation (``None``: all).
+        seeds: The seeds.
+        recipe: How the arms trained (flat; a list of ``{"name": ...}`` objectives is shown by name
+            with its options).
+        baseline: What the baseline is, in words (or that there is none).
+        student: ``distill``'s student (spec, arch, kwargs, params, start), recorded as
+            ``"student"`` when given.
+        data_use: What each split is used for, when ``shots`` can't say it (``adapt``: labelled
+            source, unlabelled target); recorded as ``"data_use"`` when given.
+    """
     sources = fingerprints.get("sources") or ([fingerprints["source"]] if fingerprints.get("source") else [])
-    return {
+    about: dict[str, Any] = {
         "kind": kind,
         "command": command_line(),
         "transferkit_version": transferkit.__version__,
         "sources": list(sources),
+    }
+    if fingerprints.get("teacher"):
+        about["teacher"] = dict(fingerprints["teacher"])
+    if student is not None:
+        about["student"] = dict(student)
+    about.update({
         "target": fingerprints.get("data"),
         "source_data": fingerprints.get("source_data"),
         "shots": shots,
         "val_shots": val_shots if val_shots is not None else shots,
         "seeds": list(seeds),
-        "recipe": dict(recipe),
-        "baseline": baseline,
-    }
+    })
+    if data_use is not None:
+        about["data_use"] = data_use
+    about.update({"recipe": dict(recipe), "baseline": baseline})
+    return about
+
+
+def _model_line(label: str, fp: Mapping[str, Any]) -> str:
+    return (f"{label}: {fp['spec']} ({fp['arch']}, {fp['params']:,} values, weights sha256 "
+            f"{fp['weights_sha256'][:12]}).")
+
+
+def _data_line(label: str, fp: Mapping[str, Any]) -> str:
+    sizes = ", ".join(f"{fp[f'{s}_size']:,} {s}" for s in ("train", "val", "test") if f"{s}_size" in fp)
+    return f"{label}: {fp.get('spec')} ({fp.get('num_classes')} classes; splits {sizes})."
+
+
+def describe_methods(methods: Any) -> str:
+    """``[{"name": "kd", "weight": 0.5, "temperature": 2}, ...]`` -> ``kd (weight 0.5, temperature 2)
+    + ...``; anything else as ``str``."""
+    if not isinstance(methods, (list, tuple)) or not methods or not all(
+        isinstance(m, Mapping) and "name" in m for m in methods
+    ):
+        return str(methods)
+    parts = []
+    for m in methods:
+        opts = ", ".join(f"{k} {v}" for k, v in m.items() if k != "name")
+        parts.append(f"{m['name']} ({opts})" if opts else str(m["name"]))
+    return " + ".join(parts)
+
+
+def method_weights(methods: Any) -> list[dict[str, Any]]:
+    """Objective entries (``{"name": "kd", "temperature": 2}``) as recorded in a run's ``about``:
+    the registered name, the weight it trains with (the objective's default when not given) and the
+    other options as given."""
+    from transferkit.engine.objectives import OBJECTIVES, validate_method_spec
+
+    out = []
+    for spec in methods:
+        given = validate_method_spec(spec)
+        name = str(given.pop("name"))
+        weight = OBJECTIVES.get(name).validate_options(given).model_dump().get("weight")
+        entry: dict[str, Any] = {"name": name}
+        if weight is not None:
+            entry["weight"] = weight
+        entry.update(given)
+        out.append(_jsonable(entry))
+    return out
 
 
 def describe_lines(about: Mapping[str, Any]) -> list[str]:
     """The report's lines for :func:`describe_run`'s dict."""
     lines = []
+    adapt = about.get("kind") == "adapt"
     if about.get("command"):
         lines.append(f"Command: {about['command']} (transferkit {about['transferkit_version']}).")
     else:
         lines.append(f"Run from Python with transferkit {about['transferkit_version']}.")
+    if about.get("teacher"):
+        lines.append(_model_line("Teacher", about["teacher"]))
+    student = about.get("student")
+    if student:
+        start = student.get("start")
+        origin = (f"starting from the weights of {start['spec']} (sha256 {start['weights_sha256'][:12]})"
+                  if start else "fresh weights")
+        lines.append(f"Student: {student.get('spec')} = {student.get('arch')} {student.get('kwargs')} "
+                     f"({student.get('params'):,} parameters), {origin}.")
     for src in about.get("sources") or []:
-        lines.append(
-            f"Source: {src['spec']} ({src['arch']}, {src['params']:,} values, weights sha256 "
-            f"{src['weights_sha256'][:12]})."
-        )
+        lines.append(_model_line("Source model" if adapt else "Source", src))
+    if about.get("source_data"):
+        lines.append(_data_line("Source domain" if adapt else "Source data", about["source_data"]))
     target = about.get("target") or {}
     if target:
-        sizes = ", ".join(
-            f"{target[f'{s}_size']:,} {s}" for s in ("train", "val", "test") if f"{s}_size" in target
-        )
-        lines.append(f"Target: {target.get('spec')} ({target.get('num_classes')} classes; splits {sizes}).")
-    shots = about.get("shots")
-    per_class = f"{shots} training and {about.get('val_shots')} validation examples per class" if shots else (
-        "all training and validation examples")
-    lines.append(f"Data per seed: {per_class}; seeds {about.get('seeds')}; test on the whole test split.")
-    recipe = ", ".join(f"{k} {v}" for k, v in (about.get("recipe") or {}).items())
+        lines.append(_data_line("Target domain" if adapt else "Target", target))
+    if about.get("data_use"):
+        lines.append(f"Data per seed: {about['data_use']}; seeds {about.get('seeds')}.")
+    else:
+        shots = about.get("shots")
+        per_class = (f"{shots} training and {about.get('val_shots')} validation examples per class" if shots
+                     else "all training and validation examples")
+        lines.append(f"Data per seed: {per_class}; seeds {about.get('seeds')}; test on the whole test split.")
+    recipe = ", ".join(f"{k} {describe_methods(v)}" for k, v in (about.get("recipe") or {}).items())
     if recipe:
         lines.append(f"Recipe: {recipe}.")
     lines.append(f"Baseline: {about.get('baseline')}.")
@@ -334,7 +413,11 @@ __all__ = [
     "MANIFEST",
     "OutputFolder",
     "data_fingerprint",
+    "describe_lines",
+    "describe_methods",
+    "describe_run",
     "differences",
+    "method_weights",
     "model_fingerprint",
     "open_output",
     "tensor_digest",
