@@ -105,6 +105,7 @@ def test_finetune_nan_loss_is_one_clear_error(tmp_path, digits_source):
     result = run(
         "finetune", "--source", digits_source, "--data", "digits", "--shots", "5", "--epochs", "2",
         "--out", out, "train.lr=1e30", "train.optimizer=sgd", "train.backbone_lr_scale=1",
+        "train.batch_size=64",  # one step per epoch: epoch 1 ends before the loss turns non-finite
         "data.val_fraction=0.2", "train.divergence_factor=null",  # off: else it stops after epoch 1
     )
     assert_one_line_error(result, "loss became non-finite", "lower the learning rate")

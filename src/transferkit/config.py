@@ -193,12 +193,24 @@ class FinetuneConfig(_Strict):
         regularizers: Objectives added to cross-entropy for the transferred model, each
             ``{name: l2sp|delta|bss|ewc|lwf|kd|..., weight: ..., <options>}``; they combine freely.
             Each entry's options are checked against the objective's ``Options`` here.
+        recipe: Training settings that fit the data (:mod:`transferkit.recipes`): ``auto`` (picked
+            by strategy and labelled examples per class), a built-in name (``few-shot``,
+            ``linear-probe``, ``full``, ``lora``) or a YAML file. It fills only the ``train``
+            values (and ``min_steps``, ``lr_sweep``) left unset here.
+        min_steps: Every arm trains at least this many optimisation steps: ``train.epochs`` is
+            raised on a small training set, unless ``train.epochs`` is set. ``None``: the recipe's.
+        lr_sweep: Learning rates tried for every arm and seed; the one whose run is best on
+            validation (the selection metric) is kept, the test split never looked at. ``None``:
+            the recipe's (the built-in ones don't sweep); ``[]``: no sweep.
     """
 
     name: str = "finetune"
     out: str = "runs/finetune"
     seeds: list[int] = Field(default_factory=lambda: [0])
     baseline: bool = True
+    recipe: str = "auto"
+    min_steps: int | None = Field(None, ge=1)
+    lr_sweep: list[Annotated[float, Field(gt=0)]] | None = None
     resume: bool = False
     overwrite: bool = False
     regularizers: list[MethodSpec] = Field(default_factory=list)
@@ -208,6 +220,18 @@ class FinetuneConfig(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
 
     _seeds_not_empty = field_validator("seeds")(_check_seeds)
+
+    @field_validator("recipe")
+    @classmethod
+    def _known_recipe(cls, v: str) -> str:
+        if v != "auto":
+            from transferkit.recipes import load_recipe
+
+            try:
+                load_recipe(v)
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
+        return v
 
 
 def _format_validation_error(exc: ValidationError, what: str) -> str:
@@ -322,6 +346,14 @@ def dump_config(cfg: BaseModel) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
 
 
+def _scratch_rate(v: Any) -> Any:
+    """A ``train`` section of a run whose model trains from scratch: the whole network at ``lr``
+    (``backbone_lr_scale`` 1) unless the section sets it (TrainConfig's 0.1 is for a pretrained backbone)."""
+    if isinstance(v, dict) and "backbone_lr_scale" not in v:
+        return {**v, "backbone_lr_scale": 1.0}
+    return v
+
+
 def _default_methods() -> list[dict[str, Any]]:
     return [{"name": "cross_entropy", "weight": 1.0}, {"name": "kd", "weight": 1.0, "temperature": 4.0}]
 
@@ -378,6 +410,7 @@ class DistillConfig(_Strict):
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(backbone_lr_scale=1.0))
 
     _seeds_not_empty = field_validator("seeds")(_check_seeds)
+    _scratch_rate = field_validator("train", mode="before")(_scratch_rate)
 
     @field_validator("methods")
     @classmethod
@@ -451,6 +484,7 @@ class AdaptConfig(_Strict):
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(backbone_lr_scale=1.0))
 
     _seeds_not_empty = field_validator("seeds")(_check_seeds)
+    _scratch_rate = field_validator("train", mode="before")(_scratch_rate)
 
     @field_validator("weights")
     @classmethod

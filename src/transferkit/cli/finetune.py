@@ -88,6 +88,14 @@ def finetune(
     strategy: str | None = typer.Option(
         None, "--strategy", help="full | linear_probe | gradual | lora (peft adapters; see --lora)"
     ),
+    recipe: str | None = typer.Option(
+        None, "--recipe", help="Training recipe: auto (default: by strategy and labels per class), few-shot, "
+        "linear-probe, full, lora, or a YAML file; it fills what you leave unset (`transferkit recipes`)."
+    ),
+    lr_sweep: str | None = typer.Option(
+        None, "--lr-sweep", help="Learning rates to try per arm and seed, e.g. 1e-3,3e-3,1e-2; the best on "
+        "validation is kept (test never looked at)."
+    ),
     lora: str | None = typer.Option(
         None, "--lora", help="Adapter options for --strategy lora: method=lora|dora|loha|lokr|ia3, rank=8, "
         "alpha=16, dropout=0, save=merged|adapters (target modules: train.lora.target_modules=[...])."
@@ -137,6 +145,10 @@ def finetune(
         items.append("train.progress=true")
     if baseline_arch is not None:
         items.append(f"model.baseline_arch={baseline_arch}")
+    if recipe is not None:
+        items.append(f"recipe={json.dumps(recipe)}")
+    if lr_sweep is not None:
+        items.append(f"lr_sweep=[{lr_sweep}]")
     items += source_overrides("model.", "source_arch", arch=source_arch, head=head, input_size=input_size,
                               mean=mean, std=std, pretrained=pretrained)
     if lora is not None:

@@ -5,7 +5,19 @@ from __future__ import annotations
 import typer
 
 from transferkit import __version__
-from transferkit.cli import adapt, demo, distill, evaluate, export, finetune, grow, inspect, rank, validate
+from transferkit.cli import (
+    adapt,
+    demo,
+    distill,
+    evaluate,
+    export,
+    finetune,
+    grow,
+    inspect,
+    rank,
+    recipes,
+    validate,
+)
 from transferkit.cli._common import OneLineGroup
 
 app = typer.Typer(
@@ -27,6 +39,7 @@ app.command("export")(export.export)
 app.command("grow")(grow.grow)
 app.command("inspect")(inspect.inspect)
 app.command("rank")(rank.rank)
+app.command("recipes")(recipes.recipes)
 app.command("validate")(validate.validate)
 
 

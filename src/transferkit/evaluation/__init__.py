@@ -9,7 +9,7 @@
   :func:`proxy_a_distance`).
 """
 
-from transferkit.evaluation.compare import RunResult, format_gain, format_table, summarize
+from transferkit.evaluation.compare import RunResult, fit_warnings, format_gain, format_table, summarize
 from transferkit.evaluation.metrics import (
     Metrics,
     classification_metrics,
@@ -36,6 +36,7 @@ __all__ = [
     "domain_gap",
     "evaluate",
     "evaluate_with_head",
+    "fit_warnings",
     "format_gain",
     "format_table",
     "predict",

@@ -108,7 +108,10 @@ def summarize(runs: Sequence[RunResult], baseline: str | None) -> list[dict[str,
     * ``negative_transfer``: ``gain < 0`` (``False`` on the baseline row);
     * ``significant``: ``|gain| > 2 * sqrt(sa**2/na + sb**2/nb)`` (two standard errors of the
       difference of means, with sample stds ``s`` and seed counts ``n``); ``None`` when either
-      side has a single seed (its spread is unknown) and on the baseline row.
+      side has a single seed (its spread is unknown) and on the baseline row;
+    * when the runs record ``train_accuracy`` (the best of their epochs on their training examples):
+      ``train_accuracy_mean`` and ``underfit`` (a few-shot arm, at most
+      :data:`FEW_SHOT_PER_CLASS` examples per class, below :data:`UNDERFIT_BELOW`).
 
     Args:
         runs: The runs, any number of seeds per name.
@@ -144,6 +147,7 @@ def summarize(runs: Sequence[RunResult], baseline: str | None) -> list[dict[str,
                 "seconds_mean": float(np.mean([r.seconds for r in group])),
                 "is_baseline": name == baseline,
                 **_retention(group),
+                **_fit(group),
             }
         )
     base = next((r for r in rows if r["is_baseline"]), None)
@@ -181,6 +185,42 @@ def _retention(group: list[RunResult]) -> dict[str, Any]:
             "forgetting": b_mean - a_mean}
 
 
+#: A few-shot arm (at most :data:`FEW_SHOT_PER_CLASS` training examples per class) whose best training
+#: accuracy stays below this underfit: a model that learns fits so few examples far better (the
+#: few-shot recipe's arms reach 85-98 % on 100 Fashion-MNIST images; ``TrainConfig``'s defaults alone,
+#: 20 steps in all, 23-64 %).
+UNDERFIT_BELOW = 0.75
+FEW_SHOT_PER_CLASS = 100
+
+
+def _fit(group: list[RunResult]) -> dict[str, Any]:
+    """The best training accuracy of the runs (``train_accuracy``: the highest of any epoch),
+    averaged over seeds, and whether the arm underfit: a few-shot training set not fitted to
+    :data:`UNDERFIT_BELOW`."""
+    accs = [r.extra["train_accuracy"] for r in group if r.extra.get("train_accuracy") is not None]
+    if not accs:
+        return {}
+    mean = float(np.mean(accs))
+    run = group[0]
+    classes = len(run.metrics.confusion) or 1
+    few_shot = run.extra.get("train_examples", math.inf) / classes <= FEW_SHOT_PER_CLASS
+    return {"train_accuracy_mean": mean, "underfit": bool(few_shot and mean < UNDERFIT_BELOW)}
+
+
+def fit_warnings(summary: Sequence[dict[str, Any]]) -> list[str]:
+    """One line per arm that underfit (see :func:`summarize`), saying what it means and what to do."""
+    lines = []
+    for row in summary:
+        if row.get("underfit"):
+            lines.append(
+                f"UNDERFIT: {row['name']} reached at best {100 * row['train_accuracy_mean']:.0f} % on its "
+                f"own training examples (a few-shot arm should pass {100 * UNDERFIT_BELOW:.0f} %), so its "
+                "accuracy and gain are not a verdict on transfer; train longer or at a higher learning "
+                "rate (train.epochs, train.lr), or use a recipe (--recipe few-shot)"
+            )
+    return lines
+
+
 def _pct(mean: float, std: float) -> str:
     return f"{100 * mean:.1f} ± {100 * std:.1f} %"
 
@@ -189,7 +229,8 @@ def format_gain(row: dict[str, Any]) -> str:
     """The gain cell of a summary row: ``"(baseline)"``, ``"+21.3 pp"``, ``"-2.0 pp  NEGATIVE
     TRANSFER"``; ``"  (n.s.)"`` is appended when the gain is not significant."""
     if row.get("is_baseline"):
-        return "(baseline)"
+        return "(baseline)" + (f"  UNDERFIT (train {100 * row['train_accuracy_mean']:.0f} %)"
+                               if row.get("underfit") else "")
     gain = row.get("gain")
     if gain is None:
         return "(no baseline)"
@@ -198,6 +239,8 @@ def format_gain(row: dict[str, Any]) -> str:
         text += "  NEGATIVE TRANSFER"
     if row.get("significant") is False:
         text += "  (n.s.)"
+    if row.get("underfit"):
+        text += f"  UNDERFIT (train {100 * row['train_accuracy_mean']:.0f} %)"
     return text
 
 
@@ -242,4 +285,5 @@ def format_table(summary: list[dict[str, Any]]) -> str:
 
     lines = [fmt(header), "  ".join("-" * w for w in widths)]
     lines += [fmt(r) for r in body]
-    return "\n".join(lines)
+    warnings = fit_warnings(summary)
+    return "\n".join(lines + ([""] + warnings if warnings else []))

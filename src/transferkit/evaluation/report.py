@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from transferkit.errors import ConfigError
-from transferkit.evaluation.compare import RunResult, format_gain, summarize
+from transferkit.evaluation.compare import RunResult, fit_warnings, format_gain, summarize
 from transferkit.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -214,6 +214,7 @@ body { font-family: sans-serif; margin: 2em; color: #222; }
 table { border-collapse: collapse; margin: 1em 0; }
 th, td { border: 1px solid #ccc; padding: 4px 10px; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
+p.warning { color: #a00; font-weight: bold; }
 tr.baseline { background: #f0f0f0; font-style: italic; }
 tr.negative td { color: #c00000; }
 tr.negative td.gain { font-weight: bold; }
@@ -359,6 +360,7 @@ def write_report(
         "difference, i.e. not clearly different from the baseline.</p>",
         "<h2>Summary</h2>",
         _summary_html(summary),
+        *(f'<p class="warning">{esc(w)}</p>' for w in fit_warnings(summary)),
         *(f"<h2>{esc(t)}</h2>\n<pre>{esc(body)}</pre>" for t, body in tables),
         "<h2>Learning curves</h2>",
         _img(pngs["curves.png"], "learning curves"),

@@ -35,6 +35,7 @@ from transferkit.evaluation import (
     classification_metrics,
     evaluate,
     evaluate_with_head,
+    fit_warnings,
     format_table,
     summarize,
     write_metrics_json,
@@ -42,7 +43,7 @@ from transferkit.evaluation import (
 )
 from transferkit.io import atomic_write_text
 from transferkit.models import TransferNet, create_model, save_model
-from transferkit.transfer import TransferReport, transfer_parameters
+from transferkit.transfer import TransferReport, check_copied_function, transfer_parameters
 from transferkit.workflows.output import OutputFolder, open_output
 
 logger = logging.getLogger(__name__)
@@ -78,6 +79,8 @@ class Arm:
         monitors: Builds the run's per-epoch monitors (``Trainer(monitors=)``).
         export: Whether the arm may be the exported ``model/`` (``False`` for an oracle that trains on
             labels a user would not have).
+        lr_sweep: Learning rates to try for every seed; the run best on validation (the selection
+            metric at its kept epoch) is kept, and the others are recorded. Empty: ``train.lr`` only.
     """
 
     name: str
@@ -93,6 +96,7 @@ class Arm:
     target: TensorDataset | None = None
     monitors: Callable[[], list[Callable[[Trainer], dict[str, Any]]]] | None = None
     export: bool = True
+    lr_sweep: Sequence[float] = ()
 
 
 @dataclass
@@ -258,18 +262,23 @@ def run_arms(
         splits = target_splits(data, shots, val_shots, seed)
         for arm in arms:
             start = time.perf_counter()
-            torch.manual_seed(seed)
-            model, report = build_target(arm, data.num_classes)
+            train_splits = arm.data if arm.data is not None else splits
+            run_dir = out / "runs" / arm.name.replace("/", "-") / f"seed{seed}"
+            tried: dict[str, float | None] = {}
+            best = None
+            for lr in arm.lr_sweep or (None,):
+                update = {"seed": seed} if lr is None else {"seed": seed, "lr": lr}
+                cfg = arm.train.model_copy(update=update)
+                trial = _train(arm, cfg, data, train_splits, run_dir if lr is None else run_dir / f"lr{lr:g}",
+                               out, resume)
+                if lr is not None:
+                    tried[f"{lr:g}"] = trial[2].best_value
+                if best is None or _better(trial[2], best[2], cfg):
+                    best = (*trial, cfg)
+            assert best is not None
+            model, report, history, objectives, cfg = best
             if report is not None and arm.name not in reports:
                 reports[arm.name] = report
-            cfg = arm.train.model_copy(update={"seed": seed})
-            run_dir = out / "runs" / arm.name.replace("/", "-") / f"seed{seed}"
-            objectives = arm.objectives() if arm.objectives is not None else None
-            monitors = arm.monitors() if arm.monitors is not None else None
-            trainer = Trainer(model, cfg, objectives=objectives, run_dir=run_dir, monitors=monitors,
-                              cache_dir=out / "cache")
-            train_splits = arm.data if arm.data is not None else splits
-            history = trainer.fit(train_splits.train, train_splits.val, target=arm.target, resume=resume)
             if cfg.strategy == "linear_probe" and arm.source is not None:
                 metrics = _frozen_test_metrics(model, data.test, feature_cache, arm.name, cfg.eval_batch_size)
             else:
@@ -302,6 +311,8 @@ def run_arms(
                     "best_epoch": history.best_epoch,
                     "select_metric": cfg.select_metric,
                     "best_value": history.best_value,
+                    **_fit_accuracy(history.epochs),
+                    **({"lr": cfg.lr, "lr_sweep": tried} if tried else {}),
                     **_parameter_counts(history.epochs),
                     **retention,
                 },
@@ -328,6 +339,7 @@ def run_arms(
         "shots": shots,
         "val_shots": val_shots,
         "transfer": {k: v.summary() for k, v in reports.items()},
+        "warnings": fit_warnings(summary),
         **(extra or {}),
         **finalize_info,
     }
@@ -336,6 +348,40 @@ def run_arms(
     if output is None:
         folder.commit()
     return WorkflowResult(runs, summary, baseline, folder.root, best, reports)
+
+
+def _train(
+    arm: Arm, cfg: TrainConfig, data: DataSplits, splits: DataSplits, run_dir: Path, out: Path, resume: bool
+) -> tuple[TransferNet, TransferReport | None, Any, list[Objective] | None]:
+    """Build, transfer into and train one arm's model for one seed and learning rate."""
+    torch.manual_seed(cfg.seed)
+    model, report = build_target(arm, data.num_classes)
+    if report is not None and arm.source is not None:  # the copy computes what the source did?
+        check_copied_function(arm.source, model, report)
+    objectives = arm.objectives() if arm.objectives is not None else None
+    monitors = arm.monitors() if arm.monitors is not None else None
+    trainer = Trainer(model, cfg, objectives=objectives, run_dir=run_dir, monitors=monitors,
+                      cache_dir=out / "cache")
+    history = trainer.fit(splits.train, splits.val, target=arm.target, resume=resume)
+    return model, report, history, objectives
+
+
+def _better(history: Any, than: Any, cfg: TrainConfig) -> bool:
+    """Whether a learning-rate trial's kept epoch beats the best so far on the selection metric."""
+    if history.best_value is None:
+        return False
+    if than.best_value is None:
+        return True
+    if cfg.selection_mode() == "max":
+        return history.best_value > than.best_value
+    return history.best_value < than.best_value
+
+
+def _fit_accuracy(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """The best training accuracy the run reached in any epoch (measured while training, on its own
+    training examples): how well the arm fit its data."""
+    accs = [float(r["train_accuracy"]) for r in rows if r.get("train_accuracy") is not None]
+    return {"train_accuracy": max(accs)} if accs else {}
 
 
 def choose_export(runs: Sequence[RunResult], arms: Sequence[Arm]) -> tuple[str, str]:

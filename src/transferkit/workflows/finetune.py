@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -11,11 +12,13 @@ from transferkit.data import DataSplits, load_dataset
 from transferkit.engine import (
     CrossEntropy,
     Objective,
+    TrainConfig,
     build_objectives,
 )
 from transferkit.errors import ConfigError
 from transferkit.models import TransferNet, check_model_args
 from transferkit.models import load_source as load_source_model
+from transferkit.recipes import Recipe, apply_recipe, auto_recipe, load_recipe
 from transferkit.workflows.arms import STRATEGY_NAMES, Arm, WorkflowResult, run_arms
 from transferkit.workflows.output import (
     data_fingerprint,
@@ -55,6 +58,7 @@ def finetune(cfg: FinetuneConfig | dict[str, Any]) -> WorkflowResult:
     if not isinstance(cfg, FinetuneConfig):
         cfg = build_config(cfg)
     data = load_target_data(cfg.data, seed=cfg.seeds[0])
+    cfg, recipe, base_train = resolve_recipe(cfg, data)
     sources = [load_source_model(spec) for spec in cfg.model.source_specs()]
     if not sources and cfg.model.arch is None:
         raise ConfigError(
@@ -86,6 +90,7 @@ def finetune(cfg: FinetuneConfig | dict[str, Any]) -> WorkflowResult:
                 exclude=cfg.transfer.exclude,
                 shape_mismatch=cfg.transfer.shape_mismatch,
                 objectives=_objectives(regs, src, source_splits) if regs else None,
+                lr_sweep=cfg.lr_sweep or (),
             )
         )
     scratch_name = f"{cfg.name}/scratch"
@@ -101,10 +106,9 @@ def finetune(cfg: FinetuneConfig | dict[str, Any]) -> WorkflowResult:
                 name=scratch_name,
                 method="from scratch",
                 arch=base_arch,
-                train=cfg.train.model_copy(
-                    update={"strategy": "full", "backbone_lr_scale": 1.0, "layer_decay": None}
-                ),
+                train=base_train,
                 kwargs=base_kwargs,
+                lr_sweep=cfg.lr_sweep or (),
             )
         )
     baseline = scratch_name if any(a.name == scratch_name for a in arms) else None
@@ -118,17 +122,21 @@ def finetune(cfg: FinetuneConfig | dict[str, Any]) -> WorkflowResult:
                                                                                  strict=True)]
     arch = base_arch
     t = cfg.train
-    recipe = {"strategy": t.strategy, "epochs": t.epochs, "lr": t.lr, "batch_size": t.batch_size,
-              "backbone_lr_scale": t.backbone_lr_scale}
+    recipe_text = {"recipe": recipe.name + (" (auto)" if cfg.recipe == "auto" else ""),
+                   "strategy": t.strategy, "epochs": t.epochs, "lr": t.lr, "batch_size": t.batch_size,
+                   "backbone_lr_scale": t.backbone_lr_scale, "freeze_bn": t.freeze_bn}
+    if cfg.lr_sweep:
+        recipe_text["lr_sweep"] = "/".join(f"{lr:g}" for lr in cfg.lr_sweep)
     if regs:
-        recipe["objectives"] = reg_names
+        recipe_text["objectives"] = reg_names
     if scratch_name == baseline:
         baseline_text = (f"{arch} trained from scratch on the same examples, epochs and seeds "
-                         "(full strategy, one learning rate)")
+                         f"(full strategy, one learning rate, lr {base_train.lr:g}"
+                         f"{', each of the swept rates' if cfg.lr_sweep else ''})")
     else:
         baseline_text = "none (baseline off): no from-scratch run, so no gain is measured"
     about = describe_run("finetune", fingerprints=fingerprints, shots=cfg.data.shots,
-                         val_shots=cfg.data.val_shots, seeds=cfg.seeds, recipe=recipe,
+                         val_shots=cfg.data.val_shots, seeds=cfg.seeds, recipe=recipe_text,
                          baseline=baseline_text)
     shots_text = f", {cfg.data.shots} labels per class" if cfg.data.shots else ""
     what = (f"{', '.join(cfg.model.sources)} -> {cfg.data.dataset}" if source is not None
@@ -151,6 +159,46 @@ def finetune(cfg: FinetuneConfig | dict[str, Any]) -> WorkflowResult:
         kind="finetune",
         source_eval=source_splits.test if source_splits is not None else None,
     )
+
+
+#: Training settings specific to adapting a pretrained model; the from-scratch baseline never takes them.
+_TRANSFER_ONLY = ("strategy", "backbone_lr_scale", "layer_decay", "freeze_bn", "lora", "unfreeze_every")
+
+
+def resolve_recipe(cfg: FinetuneConfig, data: DataSplits) -> tuple[FinetuneConfig, Recipe, TrainConfig]:
+    """The config with its recipe applied (:mod:`transferkit.recipes`), the recipe, and the training
+    settings of the from-scratch baseline.
+
+    ``recipe: auto`` picks by the strategy and the labelled training examples per class (``shots``,
+    else the training split's size over the classes). The recipe fills the ``train`` values (and
+    ``min_steps``, ``lr_sweep``) the user left unset. The baseline trains every weight at one rate:
+    the recipe's for full fine-tuning at this data size (a linear probe's or LoRA's rate is for a head
+    or adapters), with the user's own values except those specific to a pretrained model (strategy,
+    backbone rate, layer decay, frozen BatchNorm statistics, adapters; the learning rate too when the
+    arms only train a head or adapters), and the transfer arms' number of epochs.
+    """
+    classes = max(1, data.num_classes)
+    n_train = cfg.data.shots * classes if cfg.data.shots else len(data.train)
+    per_class = n_train / classes
+    given = cfg.train.model_fields_set
+    if cfg.recipe == "auto":
+        recipe = load_recipe(auto_recipe(cfg.train.strategy if "strategy" in given else "full", per_class))
+    else:
+        recipe = load_recipe(cfg.recipe)
+    if "min_steps" in cfg.model_fields_set:
+        recipe = replace(recipe, min_steps=cfg.min_steps)
+    lr_sweep = cfg.lr_sweep if "lr_sweep" in cfg.model_fields_set else recipe.lr_sweep
+    train = apply_recipe(cfg.train, recipe, n_train)
+    full_like = train.strategy in ("full", "gradual")
+    base_recipe = recipe if recipe.train.get("strategy", "full") in ("full", "gradual") else load_recipe(
+        auto_recipe("full", per_class))
+    keep = {k: getattr(cfg.train, k) for k in given if k not in _TRANSFER_ONLY and (full_like or k != "lr")}
+    base_user = TrainConfig(**{**keep, "epochs": train.epochs})
+    base_train = apply_recipe(base_user, base_recipe).model_copy(
+        update={"strategy": "full", "backbone_lr_scale": 1.0, "layer_decay": None, "freeze_bn": False}
+    )
+    resolved = cfg.model_copy(update={"train": train, "min_steps": recipe.min_steps, "lr_sweep": lr_sweep})
+    return resolved, recipe, base_train
 
 
 def _source_labels(specs: list[str]) -> list[str]:
