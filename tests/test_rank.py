@@ -180,6 +180,8 @@ def test_cli_rank(models, tmp_path):
     assert res.exit_code == 0, res.output
     assert good in res.output and bad in res.output
     lines = res.output.splitlines()
+    assert lines[0].startswith("scored on ")  # the data the scores saw, then the table
+    lines = lines[1:]
     assert lines[1].split()[:2] == ["1", good]
     loaded = json.loads(out.read_text())
     assert loaded["scores"] == ["logme", "leep"]

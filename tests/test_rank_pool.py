@@ -93,6 +93,8 @@ def test_cli_prints_the_note_after_the_table_only_for_small_pools(tmp_path):
     two = run(*base, "--candidates", folders[0], "--candidates", folders[1], "--out", tmp_path / "two.json")
     assert two.exit_code == 0, two.output
     lines = two.stdout.splitlines()
+    assert lines[0].startswith("scored on ")  # the data the scores saw, then the table
+    lines = lines[1:]
     assert lines[0].split()[:2] == ["rank", "name"]
     assert [line.split()[0] for line in lines[1:3]] == ["1", "2"]
     assert lines[3] == f"note: {pool_note(2)}"  # the line right after the table

@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+from yaml import safe_load as yaml_load
 
 from cli_helpers import assert_one_line_error, run
 from transferkit.config import build_config
@@ -158,3 +159,33 @@ def test_lr_sweep_keeps_the_rate_best_on_validation(tmp_path):
     assert (out / "runs" / "finetune-full" / "seed0" / "lr1e-07").is_dir()
     about = json.loads((out / "metrics.json").read_text())["about"]
     assert about["recipe"]["lr_sweep"] == "1e-07/0.01" and about["recipe"]["recipe"] == "few-shot (auto)"
+
+
+def test_each_source_may_have_its_own_options(tmp_path):
+    """A YAML list item may be a mapping: its own target arguments and label, so a large network can
+    be fine-tuned at another input size beside a small one, against one baseline."""
+    torch.manual_seed(0)
+    cnn = create_model("small_cnn", num_classes=10, image_size=8, widths=(8, 16))
+    small = save_model(cnn, tmp_path / "a")
+    wide = save_model(create_model("small_cnn", num_classes=10, image_size=8, widths=(16, 32)),
+                      tmp_path / "b")
+    out = tmp_path / "ft"
+    result = run("finetune", "--data", "digits", "--shots", "3", "--epochs", "1", "--out", out,
+                 "--baseline-arch", "mlp",
+                 f"model.source=[{small}, {{model: {wide}, label: wide16, kwargs: {{image_size: 16}}}}]")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    arms = {r["name"] for r in metrics["runs"]}
+    assert arms == {"finetune/a/full", "finetune/wide16/full", "finetune/scratch"}
+    saved = yaml_load((out / "config.yaml").read_text())["model"]["source"]
+    assert saved[1] == {"model": str(wide), "arch": None, "label": "wide16", "kwargs": {"image_size": 16},
+                        "pretrained": True, "head": None, "input_size": None, "mean": None, "std": None,
+                        "init": {}}
+    sizes = {s["spec"]: s for s in metrics["about"]["sources"]}
+    assert set(sizes) == {str(small), str(wide)}
+    probes = {name: t["probe"] for name, t in metrics["transfer"].items()}
+    assert probes["finetune/a/full"]["ok"] is True  # same input: the copy computes the source's features
+    wide_probe = probes["finetune/wide16/full"]  # its own image_size: another function, not compared
+    assert wide_probe["checked"] is False and "input" in wide_probe["reason"], wide_probe
+    bad = run("finetune", "--data", "digits", "--out", tmp_path / "x", "model.source=[{label: x}]")
+    assert_one_line_error(bad, "model.source")

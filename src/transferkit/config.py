@@ -70,13 +70,34 @@ class _SourceOptions(_Strict):
                           self.init)
 
 
+class SourceEntry(_SourceOptions):
+    """One of several sources of ``finetune`` with options of its own (a YAML mapping in the
+    ``model.source`` list); options it leaves unset are the model section's.
+
+    Attributes:
+        model: Model folder, weights file, built-in or hub name (as ``model.source``).
+        arch: Architecture of a bare weights file (as ``model.source_arch``).
+        label: The arm names' part for this source (default: from ``model``).
+        kwargs: Target-architecture arguments for this source's arms only, over ``model.kwargs``
+            (e.g. ``{image_size: 64}`` for a large network beside a small one).
+        pretrained, head, input_size, mean, std, init: As in :class:`ModelConfig`.
+    """
+
+    model: str
+    arch: str | None = None
+    label: str | None = Field(None, min_length=1)
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
 class ModelConfig(_SourceOptions):
     """Source and target models.
 
     Attributes:
         source: The source model: a model folder, a weights file (with ``source_arch``), a built-in name
             or a hub spec (``timm:resnet18``, ``torchvision:resnet18``). ``None`` trains from scratch.
-            ``finetune`` also takes a list: every source is transferred and compared with one baseline.
+            ``finetune`` also takes a list: every source is transferred and compared with one baseline;
+            an item may be a :class:`SourceEntry` mapping with options of its own
+            (``{model: efficientnet_lite0, kwargs: {image_size: 64}}``).
         source_arch: Architecture of a bare weights file given as ``source``: a registered name, a
             hub spec, or the user's own class (``my_cnn.py:MyCNN``, ``package.module:MyCNN``), which
             is imported only when the command line names it too (``--source-arch``).
@@ -93,7 +114,7 @@ class ModelConfig(_SourceOptions):
         init: Constructor arguments of the source's own class.
     """
 
-    source: str | list[str] | None = None
+    source: str | list[str | SourceEntry] | None = None
     source_arch: str | None = None
     arch: str | None = None
     kwargs: dict[str, Any] = Field(default_factory=dict)
@@ -101,20 +122,27 @@ class ModelConfig(_SourceOptions):
 
     @field_validator("source")
     @classmethod
-    def _sources_distinct(cls, v: str | list[str] | None) -> str | list[str] | None:
+    def _sources_distinct(cls, v: Any) -> Any:
         if isinstance(v, list):
             if not v:
                 raise ValueError("source lists no model; give one or more, or leave it out")
-            if len(set(v)) != len(v):
-                raise ValueError(f"source repeats a model ({v}); give each one once")
+            seen = [x if isinstance(x, str) else x.model_dump_json(exclude_unset=True) for x in v]
+            if len(set(seen)) != len(seen):
+                raise ValueError(f"source repeats a model ({seen}); give each one once")
         return v
 
     @property
-    def sources(self) -> list[str]:
-        """``source`` as a list (empty when there is none)."""
+    def entries(self) -> list[SourceEntry]:
+        """``source`` as a list of :class:`SourceEntry` (a name becomes an entry with no options)."""
         if self.source is None:
             return []
-        return [self.source] if isinstance(self.source, str) else list(self.source)
+        items = [self.source] if isinstance(self.source, str) else list(self.source)
+        return [SourceEntry(model=x) if isinstance(x, str) else x for x in items]
+
+    @property
+    def sources(self) -> list[str]:
+        """The source models' names or paths (empty when there is none)."""
+        return [e.model for e in self.entries]
 
     def source_spec(self) -> SourceSpec | None:
         """What :func:`~transferkit.models.load_source` needs to load ``source`` (``None``: no source).
@@ -127,8 +155,15 @@ class ModelConfig(_SourceOptions):
         return self._spec(self.sources[0], self.source_arch) if self.sources else None
 
     def source_specs(self) -> list[SourceSpec]:
-        """One :class:`~transferkit.models.SourceSpec` per source (they share the other options)."""
-        return [self._spec(src, self.source_arch) for src in self.sources]
+        """One :class:`~transferkit.models.SourceSpec` per source: an entry's own options over the
+        shared ones."""
+        specs = []
+        for entry in self.entries:
+            own = {k: getattr(entry, k) for k in entry.model_fields_set if k in _SourceOptions.model_fields}
+            options = self.model_copy(update=own)
+            specs.append(options._spec(entry.model, entry.arch if "arch" in entry.model_fields_set
+                                       else self.source_arch))
+        return specs
 
 
 class TransferConfig(_Strict):

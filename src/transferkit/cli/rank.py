@@ -25,7 +25,8 @@ from transferkit.cli._common import (
 @handle_errors
 def rank(
     candidates: list[str] = typer.Option(
-        ..., "--candidates", help="Candidate model: folder, weights file or name (repeatable)."
+        ..., "--candidates", "--source", help="Candidate source model: folder, weights file, built-in or hub "
+        "name (repeatable; --source as in finetune)."
     ),
     data: str = typer.Option(..., "--data", help="Target data: built-in name or path."),
     source_arch: str | None = source_arch_option(),
@@ -67,7 +68,7 @@ def rank(
             f"--out {str(out)!r} already exists; pass --overwrite to replace it or choose another --out"
         )
     if len(set(candidates)) != len(candidates):
-        raise ConfigError(f"--candidates repeats a model ({candidates}); give each one once")
+        raise ConfigError(f"--source repeats a model ({candidates}); give each one once")
     train = load_dataset(data).train
     if shots is not None:
         train = few_shot(train, shots, seed)
@@ -88,6 +89,9 @@ def rank(
                 info.input_size = (*info.input_size[:-2], image_size, image_size)
                 model.input_adapter = info.adapter()
         result = run_rank(models, train, scores=names, batch_size=batch_size)
+    per_class = f", {shots} per class (seed {seed})" if shots is not None else ""
+    typer.echo(f"scored on {data}: {len(train)} labelled training examples{per_class}, "
+               f"{train.num_classes} classes; higher is better for every score")
     typer.echo(result.table())
     if result.note is not None:  # too few candidates for the ranking to be checked against fine-tuning
         typer.echo(f"note: {result.note}")

@@ -216,7 +216,7 @@ def fit_warnings(summary: Sequence[dict[str, Any]]) -> list[str]:
                 f"UNDERFIT: {row['name']} reached at best {100 * row['train_accuracy_mean']:.0f} % on its "
                 f"own training examples (a few-shot arm should pass {100 * UNDERFIT_BELOW:.0f} %), so its "
                 "accuracy and gain are not a verdict on transfer; train longer or at a higher learning "
-                "rate (train.epochs, train.lr), or use a recipe (--recipe few-shot)"
+                "rate (train.epochs, train.lr): the recipes' settings fit few labels (transferkit recipes)"
             )
     return lines
 

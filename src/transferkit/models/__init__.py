@@ -19,10 +19,18 @@ from transferkit.models.surgery import (
     replace_head,
     unfreeze,
 )
-from transferkit.models.zoo import MODELS, check_model_args, create_model, narrow_model, wrap_model
+from transferkit.models.zoo import (
+    MODELS,
+    check_model_args,
+    create_model,
+    fitted_kwargs,
+    narrow_model,
+    wrap_model,
+)
 
 __all__ = [
     "MODELS",
+    "fitted_kwargs",
     "SourceSpec",
     "InputAdapter",
     "LayerInfo",

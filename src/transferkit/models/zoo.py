@@ -88,6 +88,13 @@ def create_model(
     return model
 
 
+def fitted_kwargs(arch: str, shape: tuple[int, ...]) -> dict[str, Any]:
+    """Arguments that make a registered architecture take examples of ``shape`` natively (its
+    spec's ``data_kwargs``: an MLP's ``in_features``, a small CNN's channels and size); nothing for
+    hub models and user classes, whose input adapter resizes."""
+    return MODELS.get(arch).data_kwargs(tuple(shape)) if arch in MODELS else {}
+
+
 def check_model_args(name: str, kwargs: Mapping[str, Any] | None = None) -> None:
     """Check a model name and its arguments the way :func:`create_model` does, without building it.
 

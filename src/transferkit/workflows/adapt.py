@@ -21,7 +21,7 @@ from transferkit.data import DataSplits, TensorDataset, load_dataset, match_shap
 from transferkit.engine import OBJECTIVES, CrossEntropy, Objective, build_objectives, check_coefficient
 from transferkit.errors import ConfigError, LabelError, ShapeError
 from transferkit.evaluation import RunResult
-from transferkit.models import MODELS, load_source
+from transferkit.models import fitted_kwargs, load_source
 from transferkit.transfer.adapt.monitor import CRITERIA
 from transferkit.workflows.arms import Arm, WorkflowResult, run_arms
 from transferkit.workflows.output import data_fingerprint, describe_lines, describe_run, model_fingerprint
@@ -78,8 +78,7 @@ def _unlabelled(data: TensorDataset) -> TensorDataset:
 def _model_kwargs(arch: str, given: dict[str, Any], shape: tuple[int, ...]) -> dict[str, Any]:
     """``given`` completed with what makes ``arch`` take ``shape`` natively (its spec's
     ``data_kwargs``; nothing for hub models and user classes, whose input adapter resizes)."""
-    fitted = MODELS.get(arch).data_kwargs(shape) if arch in MODELS else {}
-    return {**fitted, **given}
+    return {**fitted_kwargs(arch, shape), **given}
 
 
 def _method_grid(methods: list[dict[str, Any]], weights: list[float]) -> list[tuple[str, float, dict]]:

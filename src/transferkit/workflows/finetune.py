@@ -16,7 +16,7 @@ from transferkit.engine import (
     build_objectives,
 )
 from transferkit.errors import ConfigError
-from transferkit.models import TransferNet, check_model_args
+from transferkit.models import TransferNet, check_model_args, fitted_kwargs
 from transferkit.models import load_source as load_source_model
 from transferkit.recipes import Recipe, apply_recipe, auto_recipe, load_recipe
 from transferkit.workflows.arms import STRATEGY_NAMES, Arm, WorkflowResult, run_arms
@@ -72,12 +72,14 @@ def finetune(cfg: FinetuneConfig | dict[str, Any]) -> WorkflowResult:
     )
     regs = cfg.regularizers
     reg_names = "+".join(str(r["name"]) for r in regs)
-    labels = _source_labels(cfg.model.sources)
+    entries = cfg.model.entries
+    labels = _source_labels([e.label or e.model for e in entries])
     arms: list[Arm] = []
-    for src, label in zip(sources, labels, strict=True):
+    for src, label, entry in zip(sources, labels, entries, strict=True):
         arch = cfg.model.arch or src.info.arch
         kwargs = dict(src.info.kwargs) if cfg.model.arch is None else {}
         kwargs.update(cfg.model.kwargs)
+        kwargs.update(entry.kwargs)
         prefix = f"{cfg.name}/{label}/" if len(sources) > 1 else f"{cfg.name}/"
         arms.append(
             Arm(
@@ -97,9 +99,10 @@ def finetune(cfg: FinetuneConfig | dict[str, Any]) -> WorkflowResult:
     base_arch = cfg.model.baseline_arch or cfg.model.arch or source.info.arch  # type: ignore[union-attr]
     if cfg.baseline or source is None:
         same = source is not None and base_arch == source.info.arch and cfg.model.arch is None
-        base_kwargs = {**(dict(source.info.kwargs) if same else {}), **cfg.model.kwargs}  # type: ignore[union-attr]
-        if cfg.model.baseline_arch is not None and not same:
-            base_kwargs = {}  # the user's baseline architecture at its defaults (its adapter resizes)
+        base_kwargs = {**(dict(source.info.kwargs) if same else {}), **cfg.model.kwargs,  # type: ignore[union-attr]
+                       **(entries[0].kwargs if same else {})}
+        if cfg.model.baseline_arch is not None and not same:  # the user's baseline, fitted to the data
+            base_kwargs = fitted_kwargs(base_arch, data.train.input_shape)
         check_model_args(base_arch, base_kwargs)
         arms.append(
             Arm(
