@@ -4,6 +4,7 @@ a learning-rate sweep chooses on validation."""
 
 from __future__ import annotations
 
+import html
 import json
 
 import pytest
@@ -181,8 +182,11 @@ def test_each_source_may_have_its_own_options(tmp_path):
     assert saved[1] == {"model": str(wide), "arch": None, "label": "wide16", "kwargs": {"image_size": 16},
                         "pretrained": True, "head": None, "input_size": None, "mean": None, "std": None,
                         "init": {}}
-    sizes = {s["spec"]: s for s in metrics["about"]["sources"]}
-    assert set(sizes) == {str(small), str(wide)}
+    described = {s["spec"]: s for s in metrics["about"]["sources"]}
+    assert set(described) == {str(small), str(wide)} and "options" not in described[str(small)]
+    assert described[str(wide)]["options"] == {"label": "wide16", "kwargs": {"image_size": 16}}
+    report = html.unescape((out / "report.html").read_text())
+    assert "its own options label wide16, kwargs {'image_size': 16}" in report
     probes = {name: t["probe"] for name, t in metrics["transfer"].items()}
     assert probes["finetune/a/full"]["ok"] is True  # same input: the copy computes the source's features
     wide_probe = probes["finetune/wide16/full"]  # its own image_size: another function, not compared

@@ -46,6 +46,9 @@ _EXPORTS = {
     "export_onnx": "transferkit.io",
     "LoraOptions": "transferkit.engine",
     "count_parameters": "transferkit.engine",
+    "load_recipe": "transferkit.recipes",
+    "available_recipes": "transferkit.recipes",
+    "check_copied_function": "transferkit.transfer",
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])

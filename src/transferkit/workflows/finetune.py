@@ -50,6 +50,11 @@ def finetune(cfg: FinetuneConfig | dict[str, Any]) -> WorkflowResult:
     ``metrics.jsonl`` and checkpoints) and ``model/`` (the best model). Everything is validated before
     the folder is touched; a folder holding results needs ``resume`` (the same run) or ``overwrite``.
 
+    Training settings the config leaves unset come from its recipe (``recipe: auto``: few-shot up to
+    100 labelled examples per class, see :func:`resolve_recipe`); every arm records its best training
+    accuracy, and a few-shot arm that did not fit its examples is flagged ``UNDERFIT``. With
+    ``lr_sweep`` every arm trains once per rate and seed and keeps the run best on validation.
+
     Example:
         >>> finetune({"data": {"dataset": "digits", "shots": 10},
         ...           "model": {"source": "runs/source-model"},
@@ -141,6 +146,11 @@ def finetune(cfg: FinetuneConfig | dict[str, Any]) -> WorkflowResult:
     about = describe_run("finetune", fingerprints=fingerprints, shots=cfg.data.shots,
                          val_shots=cfg.data.val_shots, seeds=cfg.seeds, recipe=recipe_text,
                          baseline=baseline_text)
+    about["sources"] = [dict(s) for s in about["sources"]]
+    for described, entry in zip(about["sources"], entries, strict=True):  # a source's own options
+        own = entry.model_dump(mode="json", exclude_unset=True, exclude={"model"})
+        if own:
+            described["options"] = own
     shots_text = f", {cfg.data.shots} labels per class" if cfg.data.shots else ""
     what = (f"{', '.join(cfg.model.sources)} -> {cfg.data.dataset}" if source is not None
             else f"{arch} on {cfg.data.dataset}")

@@ -121,8 +121,10 @@ def describe_run(
 
 
 def _model_line(label: str, fp: Mapping[str, Any]) -> str:
+    options = fp.get("options")
+    own = "; its own options " + ", ".join(f"{k} {v}" for k, v in options.items()) if options else ""
     return (f"{label}: {fp['spec']} ({fp['arch']}, {fp['params']:,} values, weights sha256 "
-            f"{fp['weights_sha256'][:12]}).")
+            f"{fp['weights_sha256'][:12]}{own}).")
 
 
 def _data_line(label: str, fp: Mapping[str, Any]) -> str:
