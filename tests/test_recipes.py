@@ -94,6 +94,13 @@ def test_cli_lists_prints_and_takes_a_copied_recipe(tmp_path):
     copy.write_text(printed.output)
     assert load_recipe(copy).train == load_recipe("few-shot").train
     assert_one_line_error(run("recipes", "nope"), "recipe 'nope'", "transferkit recipes")
+    config = tmp_path / "ft.yaml"
+    config.write_text("recipe: few-shot\ntrain: {lr: 0.01}\n")
+    said = " ".join(run("validate", config).output.split())
+    assert "recipe few-shot sets train values left unset here: backbone_lr_scale, batch_size, epochs, " \
+           "freeze_bn, optimizer, scheduler, strategy, weight_decay" in said  # not lr: it is set
+    config.write_text("recipe: fewshot\n")
+    assert_one_line_error(run("validate", config), "recipe: recipe 'fewshot' is neither a built-in recipe")
 
 
 def _run(name, train_acc, examples=30, acc=0.5):

@@ -11,19 +11,15 @@ import torch
 from torch import nn
 
 import transferkit.transfer.parameters as parameters_module
+from test_parameters import _randomise as _random_weights
 from transferkit.errors import ConfigError
 from transferkit.models import LayerTap, ModelInfo, TransferNet, create_model
 from transferkit.transfer import ProbeCheck, TransferEntry, check_copied_function, transfer_parameters
 
 
 def _randomise(model: nn.Module, seed: int) -> nn.Module:
-    """Random weights and BatchNorm statistics, so a wrong copy changes the outputs."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, t in model.state_dict().items():
-            if t.is_floating_point():
-                t.copy_(torch.rand(t.shape, generator=g) + (0.5 if "running_var" in name else -0.5))
-    return model
+    """Random weights and BatchNorm statistics (test_parameters' helper), the model left in train mode."""
+    return _random_weights(model, seed).train()
 
 
 def _cnn(seed: int, num_classes: int = 10, **kwargs) -> TransferNet:

@@ -265,7 +265,7 @@ class FinetuneConfig(_Strict):
             try:
                 load_recipe(v)
             except ConfigError as exc:
-                raise ValueError(str(exc)) from None
+                raise PydanticCustomError("recipe", "{problem}", {"problem": str(exc)}) from None
         return v
 
 

@@ -23,3 +23,12 @@ def validate(
     cfg = build_config(data, cls)
     typer.echo(dump_config(cfg))
     console.print(f"config is valid ({cls.__name__})")
+    recipe = getattr(cfg, "recipe", None)
+    if recipe == "auto":  # finetune: the train values left unset are filled when the data is known
+        console.print("recipe auto: picked by strategy and labels per class when the run starts; it sets "
+                      "the train values left unset here (see `transferkit recipes`)")
+    elif recipe is not None:
+        from transferkit.recipes import load_recipe
+
+        fills = sorted(set(load_recipe(recipe).train) - cfg.train.model_fields_set)
+        console.print(f"recipe {recipe} sets train values left unset here: {', '.join(fills) or 'none'}")
