@@ -186,6 +186,12 @@ def test_cli_rank(models, tmp_path):
     loaded = json.loads(out.read_text())
     assert loaded["scores"] == ["logme", "leep"]
     assert loaded["order"] == [good, bad]
+    about = loaded["about"]  # the file says what was scored
+    assert about["command"].startswith("transferkit rank --candidates ")
+    assert about["data"] == {"spec": "digits", "examples": 200, "shots": 20, "seed": 0, "num_classes": 10}
+    assert [c["spec"] for c in about["candidates"]] == [bad, good]
+    assert all(len(c["weights_sha256"]) == 64 and c["preprocessing"].startswith("input ")
+               for c in about["candidates"])
 
     res = run(*args, "--scores", "logme,nope")
     assert_one_line_error(res, "unknown score 'nope'")

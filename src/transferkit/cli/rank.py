@@ -98,4 +98,15 @@ def rank(
     for c, model in models.items():  # what each score saw (scores move with size and normalisation)
         typer.echo(f"{c}: {model.info.arch}; preprocessing: {describe_preprocessing(model.info)}")
     if out is not None:
+        from transferkit import __version__
+        from transferkit.workflows.output import command_line, model_fingerprint
+
+        result.about = {
+            "command": command_line(),
+            "transferkit_version": __version__,
+            "data": {"spec": data, "examples": len(train), "shots": shots, "seed": seed,
+                     "num_classes": train.num_classes},
+            "candidates": [{**(model_fingerprint(m, c) or {}),
+                            "preprocessing": describe_preprocessing(m.info)} for c, m in models.items()],
+        }
         console.print(f"wrote {result.write(out)}")

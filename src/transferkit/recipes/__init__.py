@@ -147,7 +147,8 @@ def apply_recipe(train: TrainConfig, recipe: Recipe, n_train: int | None = None)
     """
     given = {k: getattr(train, k) for k in train.model_fields_set}
     merged = {**recipe.train, **given}
-    if "warmup_epochs" not in given and merged.get("warmup_epochs", 0) >= merged.get("epochs", 10):
+    epochs = merged.get("epochs", TrainConfig.model_fields["epochs"].default)
+    if "warmup_epochs" not in given and merged.get("warmup_epochs", 0) >= epochs:
         merged.pop("warmup_epochs", None)  # the user's short run: no room for the recipe's warm-up
     try:
         filled = TrainConfig(**merged)

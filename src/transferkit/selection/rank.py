@@ -110,10 +110,13 @@ class RankResult:
         scores: The score names, in the order requested.
         note: Why the ranking can't be checked when the pool is small (fewer than
             :data:`MIN_POOL` candidates, see :func:`pool_note`), else ``None``.
+        about: What was scored, for the written file (the CLI records its command line, the data
+            and its size, and each candidate's spec, architecture, weights hash and preprocessing).
     """
 
     rows: list[dict[str, Any]] = field(default_factory=list)
     scores: list[str] = field(default_factory=list)
+    about: dict[str, Any] | None = None
 
     @property
     def note(self) -> str | None:
@@ -168,6 +171,7 @@ class RankResult:
             "rows": [dict(row) for row in self.rows],
             "order": self.order() if self.scores else [],
             "note": self.note,
+            **({"about": self.about} if self.about is not None else {}),
         }
 
     def write(self, path: str | os.PathLike) -> Path:
