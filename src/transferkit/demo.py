@@ -26,7 +26,7 @@ from transferkit.engine import TrainConfig, Trainer
 from transferkit.evaluation import evaluate
 from transferkit.models import create_model, load_model, save_model
 from transferkit.workflows import Arm, WorkflowResult, run_arms
-from transferkit.workflows.output import data_fingerprint, open_output
+from transferkit.workflows.output import data_fingerprint, describe_run, model_fingerprint, open_output
 
 logger = logging.getLogger(__name__)
 
@@ -162,6 +162,17 @@ def run_demo(
         baseline="scratch",
         title=f"transferkit demo: MNIST / ImageNet -> {target_name} ({s.shots} labels per class)",
         notes=notes,
+        extra={"about": describe_run(
+            "demo",
+            fingerprints={"sources": [model_fingerprint(mnist_cnn, "source-mnist-cnn (trained by the demo)"),
+                                      model_fingerprint(effnet, "efficientnet_lite0")],
+                          "data": identity["target"]},
+            shots=s.shots, val_shots=None, seeds=list(s.seeds),
+            recipe={"epochs": s.epochs, "batch_size": 32, "lr": "3e-3 (small CNN), 1e-2 (linear probes), "
+                    "1e-3 (EfficientNet full, backbone x0.1, BatchNorm kept, half the epochs)",
+                    "image_size": f"{s.effnet_probe_size} px probe, {s.effnet_finetune_size} px full"},
+            baseline="small_cnn trained from scratch on the same examples, epochs and seeds",
+        )},
         on_run=_progress,
         resume=resume,
         output=folder,
