@@ -119,6 +119,10 @@ def test_underfit_is_flagged_only_for_few_shot_arms_that_did_not_fit():
     (warning,) = fit_warnings(rows)
     assert warning.startswith("UNDERFIT: a reached at best 30 %") and "not a verdict on transfer" in warning
     assert warning in table
+    probe = summarize([RunResult("p", "linear probe", _run("p", 0.3).metrics, 1.0,
+                                 extra={"train_accuracy": 0.3, "train_examples": 30})], None)
+    assert fit_warnings(probe)[0].endswith("a frozen backbone whose features don't separate the classes "
+                                           "can't fit them either")
 
 
 def test_underfit_arm_is_flagged_in_table_report_and_metrics(tmp_path):

@@ -218,6 +218,8 @@ def fit_warnings(summary: Sequence[dict[str, Any]]) -> list[str]:
                 f"own training examples (a few-shot arm should pass {100 * UNDERFIT_BELOW:.0f} %), so its "
                 "accuracy and gain are not a verdict on transfer; train longer or at a higher learning "
                 "rate (train.epochs, train.lr): the recipes' settings fit few labels (transferkit recipes)"
+                + ("; a frozen backbone whose features don't separate the classes can't fit them either"
+                   if "linear probe" in str(row.get("method", "")) else "")
             )
     return lines
 
