@@ -204,3 +204,20 @@ def test_each_source_may_have_its_own_options(tmp_path):
     assert wide_probe["checked"] is False and "input" in wide_probe["reason"], wide_probe
     bad = run("finetune", "--data", "digits", "--out", tmp_path / "x", "model.source=[{label: x}]")
     assert_one_line_error(bad, "model.source")
+
+
+def test_a_costly_default_baseline_is_named_with_the_way_out(tmp_path, caplog):
+    torch.manual_seed(0)
+    big = create_model("small_cnn", num_classes=10, image_size=8, widths=(8, 512), feature_dim=1024)
+    assert sum(p.numel() for p in big.parameters()) > 2_000_000
+    src = save_model(big, tmp_path / "big")
+    cfg = {"data": {"dataset": "digits", "shots": 1}, "model": {"source": str(src)},
+           "train": {"epochs": 1}, "out": str(tmp_path / "a")}
+    with caplog.at_level("WARNING"):
+        finetune(cfg)
+    (warning,) = [r.getMessage() for r in caplog.records if "baseline is" in r.getMessage()]
+    assert warning.startswith("the baseline is small_cnn (2.") and "--baseline-arch" in warning
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        finetune({**cfg, "model": {"source": str(src), "baseline_arch": "mlp"}, "out": str(tmp_path / "b")})
+    assert not [r for r in caplog.records if "baseline is" in r.getMessage()]

@@ -109,6 +109,14 @@ def finetune(cfg: FinetuneConfig | dict[str, Any]) -> WorkflowResult:
         if cfg.model.baseline_arch is not None and not same:  # the user's baseline, fitted to the data
             base_kwargs = fitted_kwargs(base_arch, data.train.input_shape)
         check_model_args(base_arch, base_kwargs)
+        if same and cfg.model.baseline_arch is None and source is not None:
+            size = sum(p.numel() for p in source.parameters())
+            if size > LARGE_BASELINE:
+                logger.warning(
+                    "the baseline is %s (%.1fM parameters) trained from scratch, as costly as the transfer "
+                    "arms; pass --baseline-arch (model.baseline_arch), e.g. small_cnn, for a cheaper one",
+                    base_arch, size / 1e6,
+                )
         arms.append(
             Arm(
                 name=scratch_name,
@@ -173,6 +181,9 @@ def finetune(cfg: FinetuneConfig | dict[str, Any]) -> WorkflowResult:
         source_eval=source_splits.test if source_splits is not None else None,
     )
 
+
+#: A default baseline (the source's architecture from scratch) above this many parameters is named as costly.
+LARGE_BASELINE = 2_000_000
 
 #: Training settings specific to adapting a pretrained model; the from-scratch baseline never takes them.
 _TRANSFER_ONLY = ("strategy", "backbone_lr_scale", "layer_decay", "freeze_bn", "lora", "unfreeze_every")
