@@ -27,6 +27,7 @@ from transferkit.data import (
     read_idx,
     split_train_val,
 )
+from transferkit.data.text import TWEET_DOMAINS
 from transferkit.errors import (
     ConfigError,
     DataError,
@@ -396,7 +397,8 @@ def test_match_shape_resize_and_channels():
 
 # --------------------------------------------------------------------------------- built-ins
 def test_available_datasets_is_cheap_and_honest():
-    assert set(AVAILABLE) == {"digits", "fashion-mnist", "mnist5k"}
+    text = {"20newsgroups", "tweets", *(f"tweets:{d}" for d in TWEET_DOMAINS)}
+    assert set(AVAILABLE) == {"digits", "fashion-mnist", "mnist5k", *text}
     assert AVAILABLE["digits"] is True
     assert AVAILABLE["fashion-mnist"] == (builtin.FASHION_MNIST_ROOT / "t10k-labels-idx1-ubyte.gz").is_file()
 

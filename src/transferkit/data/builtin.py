@@ -12,6 +12,7 @@ folder, an IDX folder, an ``.npz`` or a ``.csv`` file.
 
 from __future__ import annotations
 
+import csv
 import difflib
 import importlib.util
 import logging
@@ -281,6 +282,15 @@ def _load_path(path: Path, **kwargs: Any) -> tuple[TensorDataset, TensorDataset]
             )
         return load_image_folder(path, name, 0.2, TEST_SPLIT_SEED)
     suffix = path.suffix.lower()
+    text_csv = suffix == ".csv" and ("text_column" in kwargs or _has_text_column(path))
+    if suffix in (".tsv", ".jsonl") or text_csv:
+        from transferkit.data.text import _fixed_split, read_text_file  # text classification data
+
+        text_column = str(kwargs.pop("text_column", "text"))
+        label_column = str(kwargs.pop("label_column", "label"))
+        _no_kwargs(str(path), kwargs)
+        full = read_text_file(path, text_column=text_column, label_column=label_column)
+        return _fixed_split(full, 0.2, name)  # type: ignore[return-value]
     if suffix == ".npz":
         _no_kwargs(str(path), kwargs)
         return load_npz(path, name, 0.2, TEST_SPLIT_SEED)
@@ -296,9 +306,19 @@ def _load_path(path: Path, **kwargs: Any) -> tuple[TensorDataset, TensorDataset]
             "np.savez('data.npz', x=x, y=y) and load the .npz"
         )
     raise DataError(
-        f"cannot read {str(path)!r}: supported are image folders, IDX folders, .npz and .csv files; "
-        "convert the data to one of them"
+        f"cannot read {str(path)!r}: supported are image folders, IDX folders, .npz and .csv files, and "
+        ".csv / .tsv / .jsonl text files with text and label columns; convert the data to one of them"
     )
+
+
+def _has_text_column(path: Path) -> bool:
+    """Whether a ``.csv`` file's header names a ``text`` column (text classification, not numbers)."""
+    try:
+        with path.open(encoding="utf-8", errors="replace", newline="") as f:
+            header = next(csv.reader(f), [])
+    except OSError:
+        return False
+    return "text" in [h.strip() for h in header]
 
 
 def _not_found_message(text: str, path: Path) -> str:

