@@ -11,6 +11,23 @@ from torch.utils.data import Dataset
 from transferkit.errors import DataError, LabelError
 
 
+def checked_classes(y: torch.Tensor, classes: list[str], name: str) -> list[str]:
+    """``classes`` (``"0" .. "n-1"`` when empty) after checking that every label indexes one.
+
+    Raises:
+        LabelError: a label lies outside ``[0, len(classes))``.
+    """
+    if not classes:
+        n = int(y.max().item()) + 1 if len(y) else 0
+        classes = [str(i) for i in range(n)]
+    if len(y) and (int(y.min()) < 0 or int(y.max()) >= len(classes)):
+        raise LabelError(
+            f"dataset {name!r} has labels in [{int(y.min())}, {int(y.max())}] "
+            f"but {len(classes)} classes; labels must lie in [0, {len(classes) - 1}]"
+        )
+    return classes
+
+
 @dataclass
 class TensorDataset(Dataset):
     """Inputs and integer labels held as tensors.
@@ -45,14 +62,7 @@ class TensorDataset(Dataset):
         self.y = self.y.long()
         if self.x.dtype != torch.float32:
             self.x = self.x.float()
-        if not self.classes:
-            n = int(self.y.max().item()) + 1 if len(self.y) else 0
-            self.classes = [str(i) for i in range(n)]
-        if len(self.y) and (int(self.y.min()) < 0 or int(self.y.max()) >= len(self.classes)):
-            raise LabelError(
-                f"dataset {self.name!r} has labels in [{int(self.y.min())}, {int(self.y.max())}] "
-                f"but {len(self.classes)} classes; labels must lie in [0, {len(self.classes) - 1}]"
-            )
+        self.classes = checked_classes(self.y, self.classes, self.name)
 
     def __len__(self) -> int:
         return int(self.y.shape[0])

@@ -34,10 +34,10 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from transferkit.data.base import DataSplits
+from transferkit.data.base import DataSplits, checked_classes
 from transferkit.data.builtin import TEST_SPLIT_SEED, _builtin, _no_kwargs
 from transferkit.data.sampling import split_train_val, stratified_indices
-from transferkit.errors import ConfigError, DataError, DataNotFoundError, LabelError
+from transferkit.errors import ConfigError, DataError, DataNotFoundError
 
 __all__ = [
     "TWEET_DOMAINS",
@@ -79,14 +79,7 @@ class TextDataset(Dataset):
                 f"dataset {self.name!r} has {len(self.texts)} texts but labels of shape "
                 f"{tuple(self.y.shape)}; labels must be 1-D, one per text"
             )
-        if not self.classes:
-            n = int(self.y.max().item()) + 1 if len(self.y) else 0
-            self.classes = [str(i) for i in range(n)]
-        if len(self.y) and (int(self.y.min()) < 0 or int(self.y.max()) >= len(self.classes)):
-            raise LabelError(
-                f"dataset {self.name!r} has labels in [{int(self.y.min())}, {int(self.y.max())}] "
-                f"but {len(self.classes)} classes; labels must lie in [0, {len(self.classes) - 1}]"
-            )
+        self.classes = checked_classes(self.y, self.classes, self.name)
 
     def __len__(self) -> int:
         return len(self.texts)
