@@ -186,12 +186,18 @@ def _check_method(spec: dict[str, Any]) -> dict[str, Any]:
     return spec
 
 
+def adapt_method_name(name: Any) -> str:
+    """A domain-adaptation method's registered name as the adapt workflow reads it: ``cdan+e`` and
+    ``cdan-e`` are ``cdan_e``."""
+    return str(name or "").replace("+", "_").replace("-", "_")
+
+
 def _check_adapt_method(spec: dict[str, Any]) -> dict[str, Any]:
     """:func:`_check_method` for a domain-adaptation method: the name as the adapt workflow reads it
     (``cdan+e`` is ``cdan_e``), and the objective must use target data."""
     from transferkit.engine.objectives import OBJECTIVES
 
-    name = str(spec.get("name") or "").replace("+", "_").replace("-", "_")
+    name = adapt_method_name(spec.get("name"))
     _check_method({**spec, "name": name} if name else spec)
     if not OBJECTIVES.get(name).uses_target:
         adapting = ", ".join(n for n, cls in OBJECTIVES.items() if cls.uses_target)

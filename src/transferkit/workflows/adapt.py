@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from transferkit.config import AdaptConfig, DomainDataConfig, build_config
+from transferkit.config import AdaptConfig, DomainDataConfig, adapt_method_name, build_config
 from transferkit.data import DataSplits, TensorDataset, load_dataset, match_shape
 from transferkit.engine import OBJECTIVES, CrossEntropy, Objective, build_objectives, check_coefficient
 from transferkit.errors import ConfigError, LabelError, ShapeError
@@ -86,7 +86,7 @@ def _method_grid(methods: list[dict[str, Any]], weights: list[float]) -> list[tu
     out = []
     for spec in methods:
         spec = dict(spec)
-        name = str(spec["name"]).replace("+", "_").replace("-", "_")
+        name = adapt_method_name(spec["name"])
         spec["name"] = name
         cls = OBJECTIVES.get(name)
         if not getattr(cls, "uses_target", False):
@@ -259,7 +259,7 @@ def adapt(cfg: AdaptConfig | dict[str, Any]) -> WorkflowResult:
     recipe = {
         "arch": arch, "strategy": t.strategy, "epochs": t.epochs, "lr": t.lr, "batch_size": t.batch_size,
         "backbone_lr_scale": t.backbone_lr_scale,
-        "methods": [{"name": str(m["name"]).replace("+", "_").replace("-", "_"),
+        "methods": [{"name": adapt_method_name(m["name"]),
                      **{k: v for k, v in m.items() if k != "name"}} for m in cfg.methods],
         "weights": list(cfg.weights), "select": cfg.select,
     }
