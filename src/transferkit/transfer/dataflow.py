@@ -76,6 +76,11 @@ class Dataflow:
         """Whether the op of ``name`` reads the model's input and no other node (a stem)."""
         return self.producers(name) == frozenset({INPUT})
 
+    def forward_order(self) -> list[str]:
+        """The used nodes in forward order: by depth from the input, then by first use (every node
+        comes after the nodes it reads, unless a shared module makes the graph cyclic)."""
+        return sorted(self.first_use, key=lambda n: (self.depth[n], self.first_use[n]))
+
     def sort_keys(self, names: Iterable[str]) -> list[tuple[int, ...]]:
         """Canonical sort keys for ``names`` (given in state-dict order).
 

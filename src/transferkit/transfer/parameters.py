@@ -914,7 +914,7 @@ def _flag_upstream_new(entries: list[TransferEntry], deliberate: set[int], flows
         return
     # nearest not-exact layers upstream of each node: through exact (and deliberate) layers, not
     # past a bad one; repeated until stable, as a shared module can make the graph cyclic
-    order = sorted(flow.first_use, key=lambda n: (flow.depth[n], flow.first_use[n]))
+    order = flow.forward_order()
     behind: dict[str, frozenset[str]] = {}
     changed = True
     while changed:

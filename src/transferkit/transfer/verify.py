@@ -408,7 +408,7 @@ def _copied_prefix(
     for name, node in flow.node.items():
         if node in flow.first_use:
             members.setdefault(node, []).append(name)
-    order = sorted(flow.first_use, key=lambda n: (flow.depth[n], flow.first_use[n]))
+    order = flow.forward_order()
     in_prefix: dict[str, bool] = {}
     for node in order:
         in_prefix[node] = all(one_to_one(n) for n in members[node]) and all(
