@@ -270,7 +270,7 @@ def run_arms(
                 update = {"seed": seed} if lr is None else {"seed": seed, "lr": lr}
                 cfg = arm.train.model_copy(update=update)
                 trial = _train(arm, cfg, data, train_splits, run_dir if lr is None else run_dir / f"lr{lr:g}",
-                               out, resume)
+                               out, resume, probe=arm.name not in reports)
                 if lr is not None:
                     tried[f"{lr:g}"] = trial[2].best_value
                 if best is None or _better(trial[2], best[2], cfg):
@@ -351,12 +351,14 @@ def run_arms(
 
 
 def _train(
-    arm: Arm, cfg: TrainConfig, data: DataSplits, splits: DataSplits, run_dir: Path, out: Path, resume: bool
+    arm: Arm, cfg: TrainConfig, data: DataSplits, splits: DataSplits, run_dir: Path, out: Path, resume: bool,
+    *, probe: bool,
 ) -> tuple[TransferNet, TransferReport | None, Any, list[Objective] | None]:
-    """Build, transfer into and train one arm's model for one seed and learning rate."""
+    """Build, transfer into and train one arm's model for one seed and learning rate; with ``probe``
+    (the run whose transfer report is kept: the first seed's) check the copy on a probe batch first."""
     torch.manual_seed(cfg.seed)
     model, report = build_target(arm, data.num_classes)
-    if report is not None and arm.source is not None:  # the copy computes what the source did?
+    if probe and report is not None and arm.source is not None:  # the copy computes what the source did?
         check_copied_function(arm.source, model, report)
     objectives = arm.objectives() if arm.objectives is not None else None
     monitors = arm.monitors() if arm.monitors is not None else None
