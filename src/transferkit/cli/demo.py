@@ -11,7 +11,9 @@ from transferkit.cli._common import console, handle_errors, setup_logging
 
 @handle_errors
 def demo(
-    out: Path = typer.Option(Path("demo-out"), "--out", help="Output folder."),
+    task: str = typer.Option("image", "--task", help="image (MNIST / ImageNet -> Fashion-MNIST) or text "
+                             "(MiniLM -> tweets about Apple)."),
+    out: Path | None = typer.Option(None, "--out", help="Output folder (demo-out, or demo-text-out)."),
     seeds: int = typer.Option(3, "--seeds", min=1, help="Number of seeds to average over."),
     shots: int = typer.Option(10, "--shots", min=1, help="Labelled images per class."),
     epochs: int = typer.Option(30, "--epochs", min=1, help="Epochs of every target run."),
@@ -25,12 +27,21 @@ def demo(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every epoch."),
 ) -> None:
     """Source model -> transfer -> fine-tune -> comparison with scratch -> report, on real data."""
-    from transferkit.demo import DemoSettings, run_demo
+    from transferkit.demo import DemoSettings, TextDemoSettings, run_demo, run_text_demo
+    from transferkit.errors import ConfigError
 
     setup_logging(verbose)
-    settings = DemoSettings(seeds=tuple(range(seeds)), shots=shots, epochs=epochs)
-    result = run_demo(out, settings, fashion_root=fashion_root, echo=console.print, resume=resume,
-                      overwrite=overwrite)
+    if task not in ("image", "text"):
+        raise ConfigError(f"--task must be image or text, got {task!r}")
+    if task == "text":
+        out = out or Path("demo-text-out")
+        settings_t = TextDemoSettings(seeds=tuple(range(seeds)), shots=shots, epochs=epochs)
+        result = run_text_demo(out, settings_t, echo=console.print, resume=resume, overwrite=overwrite)
+    else:
+        out = out or Path("demo-out")
+        settings = DemoSettings(seeds=tuple(range(seeds)), shots=shots, epochs=epochs)
+        result = run_demo(out, settings, fashion_root=fashion_root, echo=console.print, resume=resume,
+                          overwrite=overwrite)
     console.print()
     typer.echo(result.table())
     console.print(

@@ -467,6 +467,15 @@ def tfidf_baseline(
     Returns:
         ``{"accuracy", "macro_f1", "val_accuracy", "C"}`` (accuracy and F1 on the test split, 0-1).
     """
+    metrics, val_accuracy, c = tfidf_fit(splits, cs, max_features)
+    return {"accuracy": metrics.accuracy, "macro_f1": metrics.macro_f1, "val_accuracy": val_accuracy, "C": c}
+
+
+def tfidf_fit(
+    splits: DataSplits, cs: Sequence[float] = (0.1, 1.0, 10.0), max_features: int | None = 50_000
+) -> tuple[Any, float, float]:
+    """:func:`tfidf_baseline`'s model, returning the test split's
+    :class:`~transferkit.evaluation.Metrics`, the validation accuracy and the chosen ``C``."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
 
@@ -492,10 +501,4 @@ def tfidf_baseline(
             break
     assert best is not None
     predictions = best[2].predict(vec.transform(test.texts))
-    test_metrics = classification_metrics(test.y, predictions, train.num_classes)
-    return {
-        "accuracy": test_metrics.accuracy,
-        "macro_f1": test_metrics.macro_f1,
-        "val_accuracy": best[0],
-        "C": best[1],
-    }
+    return classification_metrics(test.y, predictions, train.num_classes), best[0], best[1]

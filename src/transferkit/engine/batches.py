@@ -444,7 +444,15 @@ def input_batches(data: Dataset, batch_size: int, num_workers: int = 0) -> Itera
 
 
 def labelled_batches(data: Dataset, batch_size: int, num_workers: int = 0) -> Iterator[Examples]:
-    """:class:`Examples` of ``data`` in dataset order (evaluation)."""
+    """:class:`Examples` of ``data`` in dataset order (evaluation); token ids (text) shortest text
+    first, so every batch is as short as its longest text allows (``index`` gives the positions)."""
+    lengths = getattr(data, "lengths", None)
+    if isinstance(data, TensorDataset) and callable(lengths):
+        order = torch.argsort(lengths(), stable=True)
+        for start in range(0, len(data), batch_size):
+            pos = order[start : start + batch_size]
+            yield Examples(data.x[pos], data.y[pos], pos)
+        return
     if isinstance(data, TensorDataset):
         for start in range(0, len(data), batch_size):
             sl = slice(start, start + batch_size)

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from transferkit.data.tokens import model_inputs
 from transferkit.engine.batches import input_batches, labelled_batches, move
 
 #: Input values one evaluation forward pass may see: 64 RGB images at 224 px. Evaluation never needs
@@ -53,8 +54,13 @@ def predict_features(
         device = first.device if first is not None else torch.device("cpu")
     device = torch.device(device)
     batch_size = memory_batch_size(model, batch_size)
+    data = model_inputs(data, model)
+    by_length = callable(getattr(data, "lengths", None))  # token ids: shortest texts first
     if isinstance(data, torch.Tensor):
         batches = (data[s : s + batch_size] for s in range(0, len(data), batch_size))
+    elif by_length:
+        examples = list(labelled_batches(data, batch_size, num_workers))
+        batches = (ex.x for ex in examples)
     else:
         batches = input_batches(data, batch_size, num_workers)
     was_training = model.training
@@ -69,7 +75,11 @@ def predict_features(
     if not chunks:
         dim = getattr(getattr(model, "info", None), "feature_dim", 0)
         return torch.empty(0, dim, device=device)
-    return torch.cat(chunks)
+    feats = torch.cat(chunks)
+    if by_length:  # back to dataset order
+        order = torch.cat([ex.index for ex in examples]).to(feats.device)
+        feats = torch.empty_like(feats).index_copy_(0, order, feats)
+    return feats
 
 
 @torch.no_grad()
@@ -85,6 +95,7 @@ def evaluate(
     """Mean cross-entropy and accuracy of ``model`` on the labelled examples of ``data`` (eval
     mode, no gradients); with ``feats`` (precomputed backbone features, dataset order) only the
     head runs."""
+    data = model_inputs(data, model)
     (model.head if feats is not None else model).eval()  # on cached features only the head runs
     if feats is None:
         batch_size = memory_batch_size(model, batch_size)

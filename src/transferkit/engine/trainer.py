@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from transferkit.data.tokens import model_inputs
 from transferkit.engine import distributed
 from transferkit.engine.batches import (
     Batches,
@@ -69,6 +70,11 @@ logger = logging.getLogger(__name__)
 
 Monitor = Callable[[FitContext], Mapping[str, "float | None"]]
 
+
+#: A checkpoint written faster than this (seconds) is written after every epoch.
+CHEAP_CHECKPOINT_S = 0.25
+#: Otherwise the next write waits until this many times the last write's duration has passed.
+CHECKPOINT_SPACING = 10.0
 
 class Trainer:
     """Trains a TransferNet on the sum of its objectives' losses.
@@ -174,6 +180,7 @@ class Trainer:
         """
         if self.config.strategy == "lora":
             check_targets(self.model, self.config.lora)
+        train, val, target = (model_inputs(d, self.model) for d in (train, val, target))
         check_fit(self.model, self.objectives, self.config, self.device, train, val, target)
 
     # ------------------------------------------------------------------ fit
@@ -216,6 +223,7 @@ class Trainer:
         cfg = self.config
         if resume and self.run_dir is None:
             raise ConfigError("resume=True needs a run_dir to read checkpoints from; pass run_dir=")
+        train, val, target = (model_inputs(d, self.model) for d in (train, val, target))
         self.procs = distributed.processes(self.device.type)
         if self.procs.parallel and self.device.type == "cuda":
             self.device = torch.device("cuda", self.procs.local_rank)
@@ -250,6 +258,7 @@ class Trainer:
         self._state = TrainingState(model, self.optimizer, self.scheduler, self.scaler, self.objectives,
                                     cfg, self._guard, self.device)
         history, best_state = self._start(resume)
+        self._last_save, self._save_cost, self._best_unsaved = time.perf_counter(), 0.0, False
         self._guard.start(model)
         self.history = history
 
@@ -298,6 +307,16 @@ class Trainer:
             merge_adapters(model)
         model.eval()
         return history
+
+    def _checkpoint_due(self, epoch: int, history: History) -> bool:
+        """Whether this epoch writes the checkpoint: always when writing is cheap (under
+        :data:`CHEAP_CHECKPOINT_S`), at the last epoch and on early stopping; otherwise once the
+        time since the last write is :data:`CHECKPOINT_SPACING` times what that write took, so
+        writing a large model's state (a 22M-parameter text encoder: about 2 s) takes at most
+        about a tenth of the run while a killed run loses only a few epochs."""
+        if self._save_cost < CHEAP_CHECKPOINT_S or epoch + 1 >= self.config.epochs or history.stopped_early:
+            return True
+        return time.perf_counter() - self._last_save >= CHECKPOINT_SPACING * self._save_cost
 
     def _start(self, resume: bool) -> tuple[History, dict[str, torch.Tensor] | None]:
         """A fresh history, or the checkpoint's on resume; an old checkpoint is cleared otherwise."""
@@ -360,13 +379,18 @@ class Trainer:
             history.stopped_early = True
             logger.info("early stopping after epoch %d: %s has not improved since epoch %d",
                         epoch + 1, cfg.select_metric, history.best_epoch)
-        if self.run_dir is not None and self.procs.is_main:
+        self._best_unsaved = self._best_unsaved or new_best
+        if self.run_dir is not None and self.procs.is_main and self._checkpoint_due(epoch, history):
             # last.ckpt alone is the resumable state; best.safetensors and metrics.jsonl follow it
             # (and are rewritten from it on resume), so a kill between the writes loses nothing
+            t_save = time.perf_counter()
             self._state.save(self.run_dir, epoch + 1, history, best_state)
-            if new_best:
-                self.run_dir.save_best(best_state, epoch + 1)
+            if self._best_unsaved:
+                self.run_dir.save_best(best_state, history.best_epoch)
             self.run_dir.write_metrics(history.epochs)
+            self._best_unsaved = False
+            self._last_save = time.perf_counter()
+            self._save_cost = self._last_save - t_save
         progress.end_epoch()
         if self.procs.is_main:
             logger.info(
@@ -440,6 +464,7 @@ class Trainer:
             feats: Precomputed backbone features ``(N, D)`` of ``data``; only the head runs.
         """
         model = self.model
+        data = model_inputs(data, model)
         first = next(model.parameters(), None)
         if first is not None and first.device != self.device:  # called outside fit
             model = model.to(self.device)

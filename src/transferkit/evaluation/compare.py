@@ -105,7 +105,9 @@ def summarize(runs: Sequence[RunResult], baseline: str | None) -> list[dict[str,
     * ``gain``: mean accuracy minus the baseline's mean accuracy, as a fraction (0.213 = +21.3
       percentage points); ``None`` on the baseline row;
     * ``gain_macro_f1``: the same for macro-F1;
-    * ``negative_transfer``: ``gain < 0`` (``False`` on the baseline row);
+    * ``negative_transfer``: ``gain < 0`` (``False`` on the baseline row and on ``reference`` rows);
+    * ``reference``: the runs are a reference method that transfers nothing (``extra["reference"]``:
+      TF-IDF + logistic regression beside text arms);
     * ``significant``: ``|gain| > 2 * sqrt(sa**2/na + sb**2/nb)`` (two standard errors of the
       difference of means, with sample stds ``s`` and seed counts ``n``); ``None`` when either
       side has a single seed (its spread is unknown) and on the baseline row;
@@ -146,6 +148,7 @@ def summarize(runs: Sequence[RunResult], baseline: str | None) -> list[dict[str,
                 "macro_f1_std": f1_std,
                 "seconds_mean": float(np.mean([r.seconds for r in group])),
                 "is_baseline": name == baseline,
+                "reference": any(bool(r.extra.get("reference")) for r in group),
                 **_retention(group),
                 **_fit(group),
             }
@@ -161,7 +164,7 @@ def summarize(runs: Sequence[RunResult], baseline: str | None) -> list[dict[str,
         gain = row["accuracy_mean"] - base["accuracy_mean"]
         row["gain"] = gain
         row["gain_macro_f1"] = row["macro_f1_mean"] - base["macro_f1_mean"]
-        row["negative_transfer"] = bool(gain < 0)
+        row["negative_transfer"] = bool(gain < 0) and not row["reference"]  # a reference transfers nothing
         if row["n_seeds"] < 2 or base["n_seeds"] < 2:
             row["significant"] = None
         else:
@@ -238,6 +241,8 @@ def format_gain(row: dict[str, Any]) -> str:
     if gain is None:
         return "(no baseline)"
     text = f"{100 * gain:+.1f} pp"
+    if row.get("reference"):
+        text += "  (reference, no model transferred)"
     if row.get("negative_transfer"):
         text += "  NEGATIVE TRANSFER"
     if row.get("significant") is False:

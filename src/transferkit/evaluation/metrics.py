@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from transferkit.data.base import TensorDataset
+from transferkit.data.tokens import model_inputs
 from transferkit.engine.batches import labelled_batches, move
 from transferkit.engine.predict import memory_batch_size
 from transferkit.errors import ConfigError, DataError, LabelError
@@ -138,6 +139,7 @@ def _predict(
         raise DataError(
             f"cannot evaluate on dataset {data.name!r}: it has 0 examples; pass a non-empty split"
         )
+    data = model_inputs(data, model)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
     dev = torch.device(device) if device is not None else _model_device(model)

@@ -50,6 +50,9 @@ class ModelInfo:
             (``{"op": "widen", "layer": ..., "new_width": ...}``,
             ``{"op": "deepen", "after": ..., "activation": ..., "batchnorm": ...}``);
             :func:`transferkit.models.load_model` replays them on the rebuilt architecture.
+        text: For a text model (input: token ids, ``input_size == (max_length,)``): where its
+            tokenizer comes from (``"tokenizer"``: ``"minilm"``, ``"hf:<id>"`` or a folder), the id it
+            pads with (``"pad_token_id"``) and the pooling (``"pooling"``); ``None`` otherwise.
     """
 
     arch: str
@@ -65,6 +68,7 @@ class ModelInfo:
     crop_pct: float = 1.0
     classifier: str | None = None
     growth: list[dict[str, Any]] = field(default_factory=list)
+    text: dict[str, Any] | None = None
 
     @property
     def preprocessing(self) -> dict[str, Any]:
@@ -74,8 +78,13 @@ class ModelInfo:
         pre = Preprocessing(self.input_size, self.mean, self.std, self.interpolation, self.crop_pct)
         return pre.to_dict()
 
-    def adapter(self) -> InputAdapter:
-        """A fresh :class:`InputAdapter` configured from these fields."""
+    def adapter(self) -> nn.Module:
+        """A fresh input adapter configured from these fields: an :class:`InputAdapter`, or for a
+        text model a :class:`~transferkit.models.text.TokenAdapter`."""
+        if self.text is not None:
+            from transferkit.models.text import TokenAdapter  # text imports this module
+
+            return TokenAdapter(self.input_size[0], int(self.text.get("pad_token_id") or 0))
         return InputAdapter(
             self.input_size, self.mean, self.std, self.data_shape, self.interpolation, self.crop_pct
         )
@@ -131,6 +140,7 @@ class ModelInfo:
                 d[key] = tuple(d[key])
         d["kwargs"] = dict(d.get("kwargs") or {})
         d["growth"] = [dict(step) for step in d.get("growth") or []]
+        d["text"] = dict(d["text"]) if d.get("text") is not None else None
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         return cls(**known)
 
@@ -181,6 +191,11 @@ _FIELD_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "growth": (
         lambda v: v is None or (isinstance(v, list) and all(isinstance(s, Mapping) for s in v)),
         "a list of objects (structure changes such as {\"op\": \"widen\", ...})",
+    ),
+    "text": (
+        lambda v: v is None or (isinstance(v, Mapping) and isinstance(v.get("tokenizer"), str)
+                                and _is_int(v.get("pad_token_id", 0), 0)),
+        "null or an object with a 'tokenizer' string and a 'pad_token_id' integer",
     ),
 }
 
@@ -332,13 +347,14 @@ class TransferNet(nn.Module):
         backbone: nn.Module,
         head: nn.Module,
         info: ModelInfo,
-        input_adapter: InputAdapter | None = None,
+        input_adapter: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.input_adapter = input_adapter or info.adapter()
         self.backbone = backbone
         self.head = head
         self.info = info
+        self.tokenizer: Any = None  # a text model's tokenizer (see transferkit.models.text)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Backbone features of raw inputs, shape ``(N, feature_dim)``."""

@@ -35,6 +35,7 @@ from torch import nn
 
 from transferkit.errors import CheckpointError, ConfigError, MissingDependencyError
 from transferkit.models.base import ModelInfo, TransferNet
+from transferkit.models.text import is_text_config
 from transferkit.registry import Registry
 
 logger = logging.getLogger(__name__)
@@ -141,6 +142,8 @@ HUB_OPTIONS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
         "hidden_dropout_prob": _RATE,
         "attention_probs_dropout_prob": _RATE,
         "drop_path_rate": _RATE,
+        "pooling": (lambda v: v in ("mean", "cls"), "'mean' or 'cls' (text models)"),
+        "max_length": (lambda v: _positive_int(v) and v >= 2, "an integer >= 2 (text models: tokens kept)"),
     },
 }
 
@@ -618,12 +621,19 @@ def build_hf(
         quiet = _no_progress_bars(tr)
     else:  # a hub id: cached, or the hub must answer (no minute of retries without network)
         check_downloadable(f"hf:{model_id}", WeightsLocation(hf_repo=model_id, hf_files=("config.json",)))
+    text_opts = {k: kwargs.pop(k) for k in ("pooling", "max_length") if k in kwargs}
     try:
         with quiet:
+            config = tr.AutoConfig.from_pretrained(model_id, **common, **kwargs)
+            if is_text_config(config) and not sized:
+                return _build_hf_text(tr, model_id, config, num_classes, pretrained, common, kwargs,
+                                      text_opts)
+            if text_opts:
+                raise ConfigError(f"{', '.join(text_opts)} are options of text models; 'hf:{model_id}' "
+                                  "is a vision model")
             if pretrained:
                 net = tr.AutoModel.from_pretrained(model_id, **common, **kwargs)
             else:
-                config = tr.AutoConfig.from_pretrained(model_id, **common, **kwargs)
                 net = tr.AutoModel.from_config(config, trust_remote_code=common["trust_remote_code"])
     except (OSError, ValueError, KeyError) as exc:
         raise _hf_error(model_id, exc) from exc
@@ -650,6 +660,26 @@ def build_hf(
         source=f"pretrained:hf:{model_id}" if pretrained else "random init",
     )
     return TransferNet(HFVisionBackbone(net), nn.Linear(int(feature_dim), num_classes), info)
+
+
+def _build_hf_text(tr: Any, model_id: str, config: Any, num_classes: int, pretrained: bool,
+                   common: dict[str, Any], kwargs: dict[str, Any], text_opts: dict[str, Any]) -> TransferNet:
+    """``hf:<id>`` of a text model: ``AutoModel`` + ``AutoTokenizer`` (same loader options) as a
+    text :class:`TransferNet` (:mod:`transferkit.models.text`)."""
+    from transferkit.models.text import DEFAULT_MAX_LENGTH, load_tokenizer, text_model
+
+    if pretrained:
+        net = tr.AutoModel.from_pretrained(model_id, **common, **kwargs)
+    else:
+        net = tr.AutoModel.from_config(config, trust_remote_code=common["trust_remote_code"])
+    tok = load_tokenizer(f"hf:{model_id}", trust_remote_code=common["trust_remote_code"])
+    pooling = text_opts.get("pooling", "mean")
+    positions = int(getattr(config, "max_position_embeddings", 0) or DEFAULT_MAX_LENGTH)
+    max_length = text_opts.get("max_length", min(DEFAULT_MAX_LENGTH, positions))
+    return text_model(net, tok, arch=f"hf:{model_id}", kwargs={**kwargs, **text_opts},
+                      num_classes=num_classes, pooling=pooling, max_length=max_length,
+                      tokenizer_spec=f"hf:{model_id}",
+                      source=f"pretrained:hf:{model_id}" if pretrained else "random init")
 
 
 def _hf_preprocessing(tr: Any, model_id: str, common: dict[str, Any], size: Any) -> dict[str, Any]:

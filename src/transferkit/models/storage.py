@@ -202,7 +202,7 @@ def _load_by_name(
     if _is_hub_spec(name) or name in MODELS:
         native = 1000 if _is_hub_spec(name) else MODELS.get(name).pretrained_classes
         use_pretrained = pretrained and native is not None
-        n = num_classes if num_classes is not None else (native if use_pretrained else 10)
+        n = num_classes if num_classes is not None else (native if use_pretrained and native else 10)
         return create_model(name, num_classes=n, pretrained=use_pretrained, **kwargs)
     path = Path(name)
     looks_like_path = path.suffix.lower() in SAFETENSORS_SUFFIXES + TORCH_SUFFIXES or any(

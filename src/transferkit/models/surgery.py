@@ -54,10 +54,15 @@ def unfreeze(module: nn.Module) -> nn.Module:
 
 def backbone_blocks(model: TransferNet) -> list[tuple[str, nn.Module]]:
     """The backbone's blocks in forward order (input side first): its direct children, named
-    ``"backbone.<child>"``; a backbone without children is one block named ``"backbone"``.
+    ``"backbone.<child>"``; a backbone without children is one block named ``"backbone"``. A backbone
+    with a ``blocks()`` method (a text encoder: embeddings, each transformer layer, pooler) names its
+    blocks itself.
 
     Gradual unfreezing, per-layer learning rates and default layer pairings all use this order.
     """
+    own = getattr(model.backbone, "blocks", None)
+    if callable(own):
+        return [(f"backbone.{name}", child) for name, child in own()]
     children = [(f"backbone.{name}", child) for name, child in model.backbone.named_children()]
     return children or [("backbone", model.backbone)]
 

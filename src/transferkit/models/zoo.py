@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from transferkit.errors import ConfigError, ShapeError
-from transferkit.models import custom, hub
+from transferkit.models import custom, hub, text
 from transferkit.models.base import ModelInfo, TransferNet
 from transferkit.models.efficientnet import EFFICIENTNET_LITE0
 from transferkit.models.specs import ArchSpec, Preprocessing
@@ -299,6 +299,8 @@ MODELS.register(
     ),
 )
 MODELS.register("efficientnet_lite0", EFFICIENTNET_LITE0)
+MODELS.register("minilm", text.MINILM)
+MODELS.register("text_transformer", text.TEXT_TRANSFORMER)
 
 
 def narrow_model(model: TransferNet, factor: float, *, num_classes: int | None = None) -> TransferNet:

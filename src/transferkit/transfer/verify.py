@@ -42,6 +42,8 @@ TOLERANCE = 1e-4
 TOLERANCE_HALF = 1e-2
 #: Examples in the default probe batch, and the seed its values are drawn with.
 PROBE_BATCH = 4
+PROBE_TOKENS = 16
+"""Length of a text model's probe texts (random token ids)."""
 PROBE_SEED = 0
 
 
@@ -267,6 +269,11 @@ def _compare(
 
 
 def _preprocessing(model: nn.Module) -> dict[str, Any] | None:
+    tokenizer = getattr(model, "tokenizer", None)
+    if tokenizer is not None:  # a text model: the same tokenizer makes the same ids
+        from transferkit.data.tokens import tokenizer_key
+
+        return {"tokenizer": tokenizer_key(tokenizer)}
     adapter = getattr(model, "input_adapter", None)
     if not isinstance(adapter, InputAdapter):
         return None
@@ -277,6 +284,9 @@ def _preprocessing(model: nn.Module) -> dict[str, Any] | None:
 def _default_probe(source: nn.Module, target: nn.Module) -> tuple[torch.Tensor | None, Dataflow | None]:
     """The default probe batch, and the target's dataflow when finding its shape needed a trace."""
     g = torch.Generator().manual_seed(PROBE_SEED)
+    tokenizer = getattr(target, "tokenizer", None)
+    if tokenizer is not None:  # token ids of the vocabulary, all positions real
+        return torch.randint(0, len(tokenizer), (PROBE_BATCH, PROBE_TOKENS), generator=g), None
     for model in (target, source):
         size = getattr(getattr(model, "info", None), "input_size", None)
         if size:

@@ -20,6 +20,7 @@ from torch import nn
 
 from transferkit.config import dump_config
 from transferkit.data import DataSplits, TensorDataset, few_shot
+from transferkit.data.text import TextDataset, tfidf_fit
 from transferkit.engine import (
     Objective,
     TrainConfig,
@@ -207,6 +208,7 @@ def run_arms(
     fingerprints: Mapping[str, Any] | None = None,
     kind: str = "run",
     output: OutputFolder | None = None,
+    classical: bool = True,
 ) -> WorkflowResult:
     """Train and evaluate every arm on every seed, then write metrics.json, report.html and the best model.
 
@@ -237,6 +239,8 @@ def run_arms(
         kind: The workflow's name in ``run.json``.
         output: An output folder the caller opened (and commits); ``out_dir``, ``overwrite`` and
             ``fingerprints`` are then not used.
+        classical: On text data, also fit TF-IDF + logistic regression on every seed's examples (C
+            chosen on validation), a row of the comparison named :data:`TFIDF_NAME`.
 
     Raises:
         ConfigError: repeated arm names, or the output folder can't be used (see ``open_output``).
@@ -321,6 +325,10 @@ def run_arms(
             first_models.setdefault(arm.name, model)
             if on_run is not None:
                 on_run(result)
+        if classical and isinstance(splits.train, TextDataset):  # the classical text baseline, same examples
+            runs.append(_tfidf_run(splits, seed, data))
+            if on_run is not None:
+                on_run(runs[-1])
     summary = summarize(runs, baseline)
     best, export_rule = choose_export(runs, arms)
     best_model = first_models[best]
@@ -348,6 +356,22 @@ def run_arms(
     if output is None:
         folder.commit()
     return WorkflowResult(runs, summary, baseline, folder.root, best, reports)
+
+
+TFIDF_NAME = "tfidf+lr"
+
+
+def _tfidf_run(splits: DataSplits, seed: int, data: DataSplits) -> RunResult:
+    """TF-IDF + logistic regression (``C`` chosen on validation) on one seed's examples."""
+    start = time.perf_counter()
+    metrics, val_accuracy, c = tfidf_fit(splits)
+    return RunResult(
+        name=TFIDF_NAME, method="TF-IDF + logistic regression", metrics=metrics,
+        seconds=time.perf_counter() - start, seed=seed,
+        extra={"arch": "tfidf", "reference": True, "C": c, "best_value": val_accuracy,
+               "select_metric": "val_accuracy", "train_examples": len(splits.train),
+               "val_examples": len(splits.val), "test_examples": len(data.test)},
+    )
 
 
 def _train(

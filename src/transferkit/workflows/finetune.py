@@ -101,13 +101,18 @@ def finetune(cfg: FinetuneConfig | dict[str, Any]) -> WorkflowResult:
             )
         )
     scratch_name = f"{cfg.name}/scratch"
-    base_arch = cfg.model.baseline_arch or cfg.model.arch or source.info.arch  # type: ignore[union-attr]
+    text_source = source is not None and source.info.text is not None
+    base_arch = cfg.model.baseline_arch or cfg.model.arch or (
+        TEXT_BASELINE if text_source else source.info.arch)  # type: ignore[union-attr]
     if cfg.baseline or source is None:
         same = source is not None and base_arch == source.info.arch and cfg.model.arch is None
         base_kwargs = {**(dict(source.info.kwargs) if same else {}), **cfg.model.kwargs,  # type: ignore[union-attr]
                        **(entries[0].kwargs if same else {})}
         if cfg.model.baseline_arch is not None and not same:  # the user's baseline, fitted to the data
             base_kwargs = fitted_kwargs(base_arch, data.train.input_shape)
+        if text_source and base_arch == TEXT_BASELINE:  # the source's tokenizer and length, new weights
+            base_kwargs = {"tokenizer": source.info.text["tokenizer"],  # type: ignore[union-attr]
+                           "max_length": source.info.input_size[0]}  # type: ignore[union-attr]
         check_model_args(base_arch, base_kwargs)
         if same and cfg.model.baseline_arch is None and source is not None:
             size = sum(p.numel() for p in source.parameters())
@@ -181,6 +186,9 @@ def finetune(cfg: FinetuneConfig | dict[str, Any]) -> WorkflowResult:
         source_eval=source_splits.test if source_splits is not None else None,
     )
 
+
+#: The default baseline of a text source: a small transformer with the source's tokenizer, new weights.
+TEXT_BASELINE = "text_transformer"
 
 #: A default baseline (the source's architecture from scratch) above this many parameters is named as costly.
 LARGE_BASELINE = 2_000_000

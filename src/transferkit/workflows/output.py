@@ -217,6 +217,15 @@ def model_fingerprint(model: torch.nn.Module | None, spec: str | None = None) ->
     }
 
 
+def _inputs_tensor(ds: Any) -> torch.Tensor:
+    """A dataset's inputs as one tensor to hash: ``x``, or a text dataset's UTF-8 bytes."""
+    texts = getattr(ds, "texts", None)
+    if isinstance(texts, list):
+        raw = bytearray("\0".join(texts).encode("utf-8", "surrogatepass"))
+        return torch.frombuffer(raw, dtype=torch.uint8) if raw else torch.zeros(0, dtype=torch.uint8)
+    return ds.x
+
+
 def data_fingerprint(splits: Any, spec: str | None = None) -> dict[str, Any]:
     """What a dataset is: its spec (name or path), split sizes, classes and a hash of the tensors."""
     out: dict[str, Any] = {"spec": spec}
@@ -226,7 +235,7 @@ def data_fingerprint(splits: Any, spec: str | None = None) -> dict[str, Any]:
         if ds is None:
             continue
         out[f"{split}_size"] = len(ds)
-        parts += [(f"{split}.x", ds.x), (f"{split}.y", ds.y)]
+        parts += [(f"{split}.x", _inputs_tensor(ds)), (f"{split}.y", ds.y)]
     out["num_classes"] = int(getattr(splits, "num_classes", 0) or 0)
     out["sha256"] = tensor_digest(parts)
     return out

@@ -1,0 +1,266 @@
+"""Text models: token ids and their cache, MiniLM, hf: text encoders, the from-scratch text transformer,
+training on text through the one engine, and finetune on a text file."""
+
+from __future__ import annotations
+
+import csv
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tests.cli_helpers import run
+from transferkit.data import DataSplits, TextDataset
+from transferkit.data import tokens as tokens_mod
+from transferkit.data.tokens import PAD, TokenDataset, model_inputs, tokenize, tokenizer_key
+from transferkit.engine import TrainConfig, Trainer
+from transferkit.engine.strategies import build_param_groups
+from transferkit.errors import CheckpointError, DataError, ShapeError
+from transferkit.models import ModelInfo, create_model, load_model, save_model
+from transferkit.models.surgery import backbone_blocks
+from transferkit.models.text import TokenAdapter
+from transferkit.transfer import check_copied_function, transfer_parameters
+
+WORDS = ["the", "a", "film", "movie", "plot", "actor", "was", "is", "really", "quite", "story", "ending"]
+POS, NEG = ["good", "great", "fine", "nice"], ["bad", "awful", "poor", "dull"]
+
+
+def _sentiment(n: int, seed: int, name: str) -> TextDataset:
+    """Texts whose class is the polarity of one sentiment word among filler words."""
+    g = torch.Generator().manual_seed(seed)
+    texts, labels = [], []
+    for i in range(n):
+        label = i % 2
+        words = [WORDS[int(j)] for j in torch.randint(len(WORDS), (int(torch.randint(3, 12, (1,), generator=g)),),
+                                                       generator=g)]
+        pool = POS if label else NEG
+        words.insert(int(torch.randint(len(words) + 1, (1,), generator=g)), pool[int(torch.randint(4, (1,),
+                                                                                                   generator=g))])
+        texts.append(" ".join(words))
+        labels.append(label)
+    return TextDataset(texts, torch.tensor(labels), ["neg", "pos"], name)
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory):
+    """A 2-layer, 32-wide BERT with its own 30-word WordPiece vocabulary, saved as a local folder."""
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *POS, *NEG, "##s", "airline", "apple"]
+    BertTokenizer(vocab={w: i for i, w in enumerate(vocab)}).save_pretrained(folder)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)
+    BertModel(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    return create_model("minilm", num_classes=2, pretrained=True)
+
+
+# ----------------------------------------------------------------------------- token ids
+def test_token_adapter_trims_each_batch_to_its_longest_text_and_masks_padding():
+    adapter = TokenAdapter(max_length=16, pad_token_id=0)
+    ids = torch.tensor([[101, 7, 8, 102, PAD, PAD, PAD], [101, 9, 102, PAD, PAD, PAD, PAD]])
+    out = adapter(ids)
+    assert out["input_ids"].tolist() == [[101, 7, 8, 102], [101, 9, 102, 0]]
+    assert out["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 1, 0]]
+    with pytest.raises(ShapeError, match="int64 token ids"):
+        adapter(torch.rand(2, 7))
+    with pytest.raises(ShapeError, match="longer than the model's max_length 16"):
+        adapter(torch.ones(1, 20, dtype=torch.long))
+
+
+def test_tokenisation_happens_once_per_tokenizer_length_and_texts(minilm, monkeypatch, tmp_path):
+    monkeypatch.setenv("TRANSFERKIT_CACHE", str(tmp_path))
+    calls = []
+    real = tokens_mod._encode
+    monkeypatch.setattr(tokens_mod, "_encode", lambda *a: calls.append(1) or real(*a))
+    data = _sentiment(20, 0, "s")
+    first = tokenize(data, minilm.tokenizer, 32)
+    assert isinstance(first, TokenDataset) and first.x.dtype == torch.long
+    assert first.x.shape[1] == int(first.lengths().max())  # padded to the longest text only
+    again = tokenize(TextDataset(list(data.texts), data.y, data.classes, "same texts"), minilm.tokenizer, 32)
+    assert torch.equal(first.x, again.x) and len(calls) == 1  # memory
+    tokens_mod._MEMORY.clear()
+    assert torch.equal(tokenize(data, minilm.tokenizer, 32).x, first.x) and len(calls) == 1  # disk
+    tokenize(data, minilm.tokenizer, 8)  # another length: tokenised again, truncated
+    assert len(calls) == 2
+    files = list((tmp_path / "tokens").glob("*.safetensors"))
+    assert len(files) == 2
+    files[0].write_bytes(b"not a safetensors file")
+    tokens_mod._MEMORY.clear()
+    assert tokenize(data, minilm.tokenizer, 32).x.shape[0] == 20  # a broken cache file is recomputed
+
+
+def test_text_data_for_an_image_model_fails_in_one_line():
+    model = create_model("mlp", num_classes=2, in_features=4)
+    with pytest.raises(DataError, match="holds text but model 'mlp' takes no text; use a text model: minilm"):
+        model_inputs(_sentiment(4, 0, "s"), model)
+
+
+def test_ids_of_another_tokenizer_are_made_again_from_the_texts(minilm, tiny_bert):
+    small = create_model(f"hf:{tiny_bert}", num_classes=2)
+    data = _sentiment(10, 1, "s")
+    for_minilm = model_inputs(data, minilm)
+    for_small = model_inputs(for_minilm, small)
+    assert for_small.tokenizer_key == tokenizer_key(small.tokenizer) != for_minilm.tokenizer_key
+    assert int(for_small.x.max()) < len(small.tokenizer) < int(for_minilm.x.max())
+    assert model_inputs(for_small, small) is for_small
+
+
+# ----------------------------------------------------------------------------- MiniLM
+def test_minilm_mean_pools_real_tokens_and_padding_changes_nothing(minilm):
+    import transformers
+
+    from transferkit.models.text import minilm_path
+
+    texts = ["A man is eating food.", "A man is eating a piece of bread on a sunny afternoon in the park."]
+    data = TextDataset(texts, torch.tensor([0, 1]), ["a", "b"], "pair")
+    minilm.eval()
+    with torch.no_grad():
+        batch = minilm.forward_features(model_inputs(data, minilm).x)  # the short text is padded
+        alone = minilm.forward_features(model_inputs(data.subset([0]), minilm).x)
+        ref_model = transformers.AutoModel.from_pretrained(str(minilm_path()), local_files_only=True).eval()
+        enc = minilm.tokenizer(texts, padding=True, return_tensors="pt")
+        hidden = ref_model(**enc).last_hidden_state
+        m = enc["attention_mask"].unsqueeze(-1).float()
+        reference = (hidden * m).sum(1) / m.sum(1)
+    assert batch.shape == (2, 384)
+    assert torch.allclose(batch, reference, atol=1e-5)
+    assert torch.allclose(batch[:1], alone, atol=1e-5)
+
+
+def test_minilm_embeds_paraphrases_closer_than_unrelated_sentences(minilm):
+    texts = ["A man is eating food.", "A man is eating a piece of bread.", "The girl is carrying a baby.",
+             "A man is riding a horse."]
+    data = TextDataset(texts, torch.tensor([0, 1, 0, 1]), ["a", "b"], "sts")
+    minilm.eval()
+    with torch.no_grad():
+        e = F.normalize(minilm.forward_features(model_inputs(data, minilm).x), dim=1)
+    sim = e @ e.T
+    assert sim[0, 1] > 0.6
+    assert sim[0, 1] > sim[0, 2] + 0.3 and sim[0, 1] > sim[0, 3]
+
+
+def test_minilm_blocks_sizes_and_layerwise_rates(minilm):
+    names = [n for n, _ in backbone_blocks(minilm)]
+    assert names == ["backbone.model.embeddings", *(f"backbone.model.encoder.layer.{i}" for i in range(6))]
+    assert minilm.info.feature_dim == 384 and minilm.info.input_size == (128,)
+    assert minilm.info.text == {"tokenizer": "minilm", "pad_token_id": 0, "pooling": "mean"}
+    backbone = sum(p.numel() for p in minilm.backbone.parameters())
+    assert 22_700_000 < backbone < 22_800_000  # all-MiniLM-L6-v2: 22.7M
+    groups = build_param_groups(minilm, TrainConfig(lr=1e-3, backbone_lr_scale=1.0, layer_decay=0.5))
+    rates = {g["name"]: g["lr"] for g in groups}
+    assert rates["backbone.model.encoder.layer.5"] == pytest.approx(1e-3)
+    assert rates["backbone.model.encoder.layer.4"] == pytest.approx(5e-4)
+    assert rates["backbone.model.embeddings"] == pytest.approx(1e-3 * 0.5**6)
+
+
+# ----------------------------------------------------------------------------- hf: and saving
+def test_hf_text_folder_loads_model_and_tokenizer_and_round_trips(tiny_bert, tmp_path):
+    model = create_model(f"hf:{tiny_bert}", num_classes=3, pretrained=True, pooling="cls", max_length=32)
+    assert model.info.text["tokenizer"] == f"hf:{tiny_bert}" and model.backbone.pooling == "cls"
+    assert model.info.input_size == (32,) and model.info.feature_dim == 32
+    ids = model_inputs(_sentiment(6, 2, "s"), model).x
+    model.eval()
+    save_model(model, tmp_path / "m")
+    back = load_model(tmp_path / "m")
+    back.eval()
+    assert back.info.text == model.info.text and back.tokenizer is not None
+    with torch.no_grad():
+        assert torch.equal(model(ids), back(ids))
+
+
+def test_malformed_text_field_of_a_saved_config_is_refused():
+    good = {"arch": "minilm", "num_classes": 2, "input_size": [128], "text": {"tokenizer": "minilm"}}
+    assert ModelInfo.from_dict(good).text == {"tokenizer": "minilm"}
+    with pytest.raises(CheckpointError, match="field 'text' must be null or an object with a 'tokenizer'"):
+        ModelInfo.from_dict({**good, "text": {"tokenizer": 3}}, origin="x.json")
+
+
+def test_probe_check_confirms_a_copied_encoder_and_skips_another_tokenizer(minilm, tiny_bert):
+    target = create_model("minilm", num_classes=5, pretrained=False)
+    report = transfer_parameters(minilm, target)
+    check = check_copied_function(minilm, target, report)
+    assert check.checked and check.ok and check.max_abs_diff == 0.0
+    other = create_model(f"hf:{tiny_bert}", num_classes=2)
+    student = create_model("text_transformer", num_classes=2, tokenizer=f"hf:{tiny_bert}", hidden=32,
+                           heads=2, layers=2)
+    report = transfer_parameters(other, student)
+    check = check_copied_function(minilm, student, report)
+    assert not check.checked and "read their inputs differently" in check.reason
+
+
+# ----------------------------------------------------------------------------- training
+def _splits(seed: int = 0) -> DataSplits:
+    return DataSplits(_sentiment(64, seed, "train"), _sentiment(32, seed + 100, "val"),
+                      _sentiment(200, seed + 200, "test"))
+
+
+@pytest.mark.parametrize("strategy", ["full", "lora", "gradual"])
+def test_text_transformer_learns_sentiment_words_through_the_engine(tiny_bert, strategy):
+    torch.manual_seed(0)
+    model = create_model("text_transformer", num_classes=2, tokenizer=f"hf:{tiny_bert}", hidden=32, heads=2,
+                         layers=2, dropout=0.0)
+    data = _splits()
+    cfg = TrainConfig(epochs=25, lr=3e-3, batch_size=16, backbone_lr_scale=1.0, strategy=strategy,
+                      unfreeze_every=2, seed=0)
+    trainer = Trainer(model, cfg)
+    history = trainer.fit(data.train, data.val)
+    assert history.epochs[-1]["train_accuracy"] > 0.9
+    assert trainer.evaluate(data.test)[1] > 0.85  # the TextDataset is tokenised for the model here too
+
+
+def test_cached_embeddings_train_a_linear_probe_on_minilm(minilm):
+    data = _splits(3)
+    model = create_model("minilm", num_classes=2, pretrained=True)
+    cfg = TrainConfig(epochs=30, lr=1e-2, batch_size=16, strategy="linear_probe", seed=0)
+    start = time.perf_counter()
+    Trainer(model, cfg).fit(data.train, data.val)
+    assert time.perf_counter() - start < 60
+    assert Trainer(model, cfg).evaluate(data.test)[1] > 0.9
+
+
+def test_slow_checkpoints_are_spaced_and_the_last_epoch_always_saves():
+    from transferkit.engine.history import History
+
+    trainer = Trainer(create_model("mlp", num_classes=2, in_features=4), TrainConfig(epochs=10))
+    trainer._last_save, trainer._save_cost = time.perf_counter(), 2.0  # a 2 s write just now
+    assert not trainer._checkpoint_due(3, History())
+    assert trainer._checkpoint_due(9, History())  # the last epoch
+    trainer._last_save -= 25.0  # 25 s later: more than 10x the write's time
+    assert trainer._checkpoint_due(4, History())
+    trainer._save_cost = 0.01  # a cheap write: every epoch
+    assert trainer._checkpoint_due(5, History())
+
+
+# ----------------------------------------------------------------------------- CLI
+def test_finetune_on_a_text_file_compares_with_scratch_and_tfidf(tiny_bert, tmp_path):
+    path = tmp_path / "reviews.csv"
+    data = _sentiment(300, 5, "reviews")
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["text", "label"])
+        w.writerows((t, data.classes[int(y)]) for t, y in zip(data.texts, data.y, strict=True))
+    result = run("finetune", "--source", f"hf:{tiny_bert}", "--data", path, "--shots", 8, "--epochs", 3,
+                 "--seeds", "0,1", "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    table = result.stdout
+    assert "tfidf+lr" in table and "TF-IDF + logistic regression" in table
+    assert "(reference, no model transferred)" in table
+    assert "finetune/scratch" in table and "(baseline)" in table
+    import json
+
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    rows = {r["name"]: r for r in metrics["summary"]}
+    assert rows["tfidf+lr"]["n_seeds"] == 2 and rows["tfidf+lr"]["negative_transfer"] is False
+    scratch_runs = [r for r in metrics["runs"] if r["name"] == "finetune/scratch"]
+    assert {r["arch"] for r in scratch_runs} == {"text_transformer"}
+    assert (tmp_path / "out" / "model" / "config.json").is_file()
+    back = load_model(tmp_path / "out" / "model")
+    assert back.tokenizer is not None
