@@ -357,3 +357,32 @@ def test_write_report(tmp_path) -> None:
     assert "Confusion matrix of the best run: full fine-tune (t/full, seed 0)" in text
     with pytest.raises(ConfigError, match="baseline 'zzz'"):
         write_report(tmp_path / "o2", runs, "zzz")
+
+
+def test_gain_in_macro_f1_for_classes_of_different_sizes(tmp_path) -> None:
+    def run(name: str, acc: float, f1: float, seed: int) -> RunResult:
+        m = Metrics(accuracy=acc, macro_f1=f1, per_class_f1=[f1, f1], confusion=[[5, 1], [2, 4]], n=12,
+                    class_names=["cat", "dog"])
+        return RunResult(name=name, method=name, metrics=m, seconds=1.0, seed=seed)
+
+    # the baseline predicts the large class: high accuracy, low macro-F1
+    runs = [run("scratch", 0.80, 0.30, 0), run("scratch", 0.78, 0.32, 1),
+            run("transfer", 0.70, 0.60, 0), run("transfer", 0.72, 0.62, 1),
+            run("tfidf", 0.50, 0.20, 0), run("tfidf", 0.50, 0.20, 1)]
+    runs[4].extra["reference"] = runs[5].extra["reference"] = True
+    by_acc = {r["name"]: r for r in summarize(runs, "scratch")}
+    assert by_acc["transfer"]["gain"] == pytest.approx(-0.08) and by_acc["transfer"]["negative_transfer"]
+    rows = summarize(runs, "scratch", "macro_f1")
+    by_f1 = {r["name"]: r for r in rows}
+    assert by_f1["transfer"]["gain"] == pytest.approx(0.30) and not by_f1["transfer"]["negative_transfer"]
+    assert by_f1["transfer"]["significant"] is True and by_f1["transfer"]["gain_metric"] == "macro_f1"
+    assert by_f1["tfidf"]["gain"] == pytest.approx(-0.11) and not by_f1["tfidf"]["negative_transfer"]
+    table = format_table(rows)
+    assert "gain vs baseline (macro-F1)" in table and "+30.0 pp" in table
+    assert "-11.0 pp  (reference, no model transferred)" in table
+    write_metrics_json(tmp_path / "m.json", runs, "scratch", metric="macro_f1")
+    assert json.loads((tmp_path / "m.json").read_text())["summary"][1]["gain"] == pytest.approx(0.30)
+    html_text = write_report(tmp_path, runs, "scratch", metric="macro_f1").read_text()
+    assert "gain vs baseline (macro-F1)" in html_text and "difference in mean macro-F1" in html_text
+    with pytest.raises(ConfigError, match="gain metric must be one of accuracy, macro_f1, got 'f1'"):
+        summarize(runs, "scratch", "f1")

@@ -326,7 +326,8 @@ def test_hf_text_model_and_tokenizer_loaders_get_explicit_trust(tmp_path, monkey
         return types.SimpleNamespace(from_pretrained=load)
 
     fake = types.ModuleType("transformers")
-    fake.AutoModel, fake.AutoConfig, fake.AutoTokenizer = (loader(k) for k in ("model", "config", "tokenizer"))
+    fake.AutoModel, fake.AutoConfig, fake.AutoTokenizer = (
+        loader(k) for k in ("model", "config", "tokenizer"))
     monkeypatch.setitem(sys.modules, "transformers", fake)
     monkeypatch.setattr("transferkit.models.hub.check_downloadable", lambda spec, where: None)
     model = create_model(f"hf:{tmp_path}", num_classes=2, pretrained=True)
@@ -336,7 +337,8 @@ def test_hf_text_model_and_tokenizer_loaders_get_explicit_trust(tmp_path, monkey
     calls.clear()
     with allow_remote_code():
         create_model("hf:org/text-model", num_classes=2, pretrained=True)
-    assert calls and all(kw["trust_remote_code"] is True and "local_files_only" not in kw for _, _, kw in calls)
+    assert calls and all(kw["trust_remote_code"] is True and "local_files_only" not in kw
+                         for _, _, kw in calls)
 
 
 # ------------------------------------------------------------------------------------- YAML config

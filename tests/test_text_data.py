@@ -164,3 +164,18 @@ def test_text_files_load_through_load_dataset(tmp_path):
     assert a.val.texts != b.val.texts
     t = load_dataset(tsv_file, text_column="body", label_column="sentiment")
     assert sorted(t.test.texts) == sorted(a.test.texts)
+
+
+def test_classes_keeps_and_relabels_the_named_classes_in_every_split():
+    full = load_dataset("20newsgroups")
+    d = load_dataset("20newsgroups", classes=["sci.space", "comp.graphics"])
+    assert d.train.classes == d.test.classes == ["sci.space", "comp.graphics"]
+    space = full.classes.index("sci.space")
+    assert int((d.test.y == 0).sum()) == int((full.test.y == space).sum()) == 394
+    assert d.test.texts[0] in full.test.texts and set(d.val.y.tolist()) == {0, 1}
+    digits = load_dataset("digits", classes=["8", "3"])
+    assert digits.train.classes == ["8", "3"] and digits.train.x.shape[1:] == (1, 8, 8)
+    with pytest.raises(DataError, match="has no class 'sci.spase'; did you mean 'sci.space'"):
+        load_dataset("20newsgroups", classes=["sci.spase", "comp.graphics"])
+    with pytest.raises(DataError, match="at least two different classes"):
+        load_dataset("digits", classes=["3", "3"])

@@ -37,6 +37,7 @@ class DataConfig(_Strict):
         shots: Labelled training examples per class (few-shot target); ``None`` uses all.
         val_shots: Validation examples per class; ``None`` uses the same number as ``shots``
             (a realistic few-label setting) or the whole validation split when ``shots`` is ``None``.
+        classes: Keep only these classes of the dataset (train and test), relabelled in this order.
         source_dataset: The *source* task's data (built-in name or path). When given, every run
             reports the source-task accuracy before and after fine-tuning (source retention), and
             regularisers that need source data (EWC) use its training split.
@@ -48,6 +49,7 @@ class DataConfig(_Strict):
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     shots: int | None = Field(None, ge=1)
     val_shots: int | None = Field(None, ge=1)
+    classes: list[str] | None = Field(None, min_length=2)
     source_dataset: str | None = None
     source_root: str | None = None
 
@@ -469,11 +471,14 @@ class DomainDataConfig(_Strict):
         root: Folder holding the dataset's files, for built-ins that read from disk.
         val_fraction: Share of the training split held out (source: DEV's validation set; target:
             only the oracle baseline's validation set).
+        classes: Keep only these classes (train and test), relabelled in this order; give the same
+            list for both domains.
     """
 
     dataset: str
     root: str | None = None
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    classes: list[str] | None = Field(None, min_length=2)
 
 
 def _default_adapt_methods() -> list[dict[str, Any]]:

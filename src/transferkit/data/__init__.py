@@ -8,7 +8,7 @@ Text data is a :class:`TextDataset` (``texts``, int64 ``y``): ``load_dataset("20
 """
 
 from transferkit.data.base import DataSplits, TensorDataset
-from transferkit.data.builtin import DATASETS, available_datasets, load_dataset
+from transferkit.data.builtin import DATASETS, available_datasets, load_dataset, select_classes
 from transferkit.data.sampling import few_shot, match_shape, split_train_val
 from transferkit.data.sources import from_arrays, from_torch_dataset, read_idx
 from transferkit.data.text import (
@@ -29,6 +29,7 @@ __all__ = [
     "from_arrays",
     "from_torch_dataset",
     "load_dataset",
+    "select_classes",
     "load_text_file",
     "load_tweets",
     "match_shape",

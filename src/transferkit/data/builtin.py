@@ -17,7 +17,7 @@ import difflib
 import importlib.util
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -348,6 +348,33 @@ def _not_found_message(text: str, path: Path) -> str:
     return f"no file or folder {text!r}{looked}; {fix}"
 
 
+def select_classes(data: Any, classes: Sequence[str]) -> Any:
+    """The examples of ``data`` whose class is one of ``classes``, relabelled ``0..len(classes)-1``
+    in the order given (an in-memory image or text dataset).
+
+    Raises:
+        DataError: a class name the data does not have (close names suggested), fewer than two
+            classes, a repeated name, or a dataset that is not in memory.
+    """
+    names = [str(c) for c in classes]
+    if len(names) < 2 or len(set(names)) != len(names):
+        raise DataError(f"classes must name at least two different classes, got {names}")
+    have = list(getattr(data, "classes", []) or [])
+    for name in names:
+        if name not in have:
+            close = difflib.get_close_matches(name, have, n=2, cutoff=0.5)
+            hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else f"; it has {have[:20]}"
+            raise DataError(f"{getattr(data, 'name', '') or 'the dataset'} has no class {name!r}{hint}")
+    if not hasattr(data, "subset") or not isinstance(getattr(data, "y", None), torch.Tensor):
+        raise DataError(f"classes= selects classes of in-memory datasets, not of {type(data).__name__}")
+    keep = torch.tensor([have.index(n) for n in names])
+    part = data.subset(torch.nonzero(torch.isin(data.y, keep)).flatten())
+    remap = torch.full((len(have),), -1, dtype=torch.long)
+    remap[keep] = torch.arange(len(names))
+    part.y, part.classes = remap[part.y], names
+    return part
+
+
 def load_dataset(
     name_or_path: str | os.PathLike,
     *,
@@ -366,8 +393,9 @@ def load_dataset(
         val_fraction: Fraction of the training split held out (stratified) for validation,
             in ``[0, 1)``.
         seed: Seed of the validation split. The test split never depends on it.
-        **kwargs: ``label_column`` for csv files; ``download`` and dataset arguments for
-            torchvision.
+        **kwargs: ``classes`` (keep only these classes, relabelled in that order: see
+            :func:`select_classes`); ``label_column`` (and ``text_column``) for csv files;
+            ``download`` and dataset arguments for torchvision.
 
     Returns:
         :class:`DataSplits` whose parts are named ``"<name>/train"``, ``"/val"``, ``"/test"``.
@@ -382,6 +410,7 @@ def load_dataset(
         raise ConfigError(
             f"val_fraction must be in [0, 1), got {val_fraction!r}; use e.g. 0.1 for 10% validation"
         )
+    classes = kwargs.pop("classes", None)
     text = os.fspath(name_or_path)
     if isinstance(name_or_path, str) and text in DATASETS:
         train, test = DATASETS.get(text)(root=root, **kwargs)
@@ -392,6 +421,8 @@ def load_dataset(
         if not path.exists():
             raise DataNotFoundError(_not_found_message(text, path))
         train, test = _load_path(path, **kwargs)
+    if classes is not None:
+        train, test = select_classes(train, classes), select_classes(test, classes)
     train, val = split_train_val(train, val_fraction, seed)
     logger.info(
         "loaded %s: %d train, %d val, %d test, input %s, %d classes",

@@ -106,9 +106,13 @@ def first_rows(x: Inputs, n: int) -> Inputs:
 
 
 def concat(a: Inputs, b: Inputs) -> Inputs:
-    """Two batches of inputs, one after the other (same keys for dicts)."""
+    """Two batches of inputs, one after the other (same keys for dicts); token ids of different
+    lengths (texts of two domains) are right-padded with -1 to the longer."""
     if isinstance(a, dict):
         return {k: torch.cat([a[k], b[k]]) for k in a}
+    if a.ndim == b.ndim == 2 and not a.is_floating_point() and a.shape[1] != b.shape[1]:
+        width = max(a.shape[1], b.shape[1])
+        a, b = (torch.nn.functional.pad(t, (0, width - t.shape[1]), value=-1) for t in (a, b))
     return torch.cat([a, b])
 
 

@@ -94,7 +94,12 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     return float(arr.mean()), std
 
 
-def summarize(runs: Sequence[RunResult], baseline: str | None) -> list[dict[str, Any]]:
+GAIN_METRICS = ("accuracy", "macro_f1")
+
+
+def summarize(
+    runs: Sequence[RunResult], baseline: str | None, metric: str = "accuracy"
+) -> list[dict[str, Any]]:
     """Average runs over seeds and compare every configuration with the baseline.
 
     Runs are grouped by ``name`` in first-seen order. Each row holds ``name``, ``method`` (of the
@@ -102,8 +107,8 @@ def summarize(runs: Sequence[RunResult], baseline: str | None) -> list[dict[str,
     ``macro_f1_std`` (sample std, ddof=1; 0.0 for one seed), ``seconds_mean`` and ``is_baseline``,
     and:
 
-    * ``gain``: mean accuracy minus the baseline's mean accuracy, as a fraction (0.213 = +21.3
-      percentage points); ``None`` on the baseline row;
+    * ``gain``: mean ``metric`` (accuracy by default) minus the baseline's, as a fraction (0.213 =
+      +21.3 percentage points); ``None`` on the baseline row; ``gain_metric`` names the metric;
     * ``gain_macro_f1``: the same for macro-F1;
     * ``negative_transfer``: ``gain < 0`` (``False`` on the baseline row and on ``reference`` rows);
     * ``reference``: the runs are a reference method that transfers nothing (``extra["reference"]``:
@@ -119,6 +124,8 @@ def summarize(runs: Sequence[RunResult], baseline: str | None) -> list[dict[str,
         runs: The runs, any number of seeds per name.
         baseline: The ``name`` of the baseline (usually from-scratch) configuration; ``None`` when
             the run has none (every gain is ``None``).
+        metric: What the gain is measured in: ``"accuracy"`` or ``"macro_f1"`` (for classes of
+            very different sizes, where predicting the largest class scores a high accuracy).
 
     Returns:
         One dict per configuration.
@@ -128,6 +135,8 @@ def summarize(runs: Sequence[RunResult], baseline: str | None) -> list[dict[str,
     """
     if not runs:
         raise ConfigError("summarize() got no runs; pass at least the baseline run")
+    if metric not in GAIN_METRICS:
+        raise ConfigError(f"the gain metric must be one of {', '.join(GAIN_METRICS)}, got {metric!r}")
     groups: dict[str, list[RunResult]] = {}
     for run in runs:
         groups.setdefault(run.name, []).append(run)
@@ -148,6 +157,7 @@ def summarize(runs: Sequence[RunResult], baseline: str | None) -> list[dict[str,
                 "macro_f1_std": f1_std,
                 "seconds_mean": float(np.mean([r.seconds for r in group])),
                 "is_baseline": name == baseline,
+                "gain_metric": metric,
                 "reference": any(bool(r.extra.get("reference")) for r in group),
                 **_retention(group),
                 **_fit(group),
@@ -161,7 +171,7 @@ def summarize(runs: Sequence[RunResult], baseline: str | None) -> list[dict[str,
         if row["is_baseline"]:
             row.update(gain=None, gain_macro_f1=None, negative_transfer=False, significant=None)
             continue
-        gain = row["accuracy_mean"] - base["accuracy_mean"]
+        gain = row[f"{metric}_mean"] - base[f"{metric}_mean"]
         row["gain"] = gain
         row["gain_macro_f1"] = row["macro_f1_mean"] - base["macro_f1_mean"]
         row["negative_transfer"] = bool(gain < 0) and not row["reference"]  # a reference transfers nothing
@@ -169,8 +179,8 @@ def summarize(runs: Sequence[RunResult], baseline: str | None) -> list[dict[str,
             row["significant"] = None
         else:
             se = math.sqrt(
-                row["accuracy_std"] ** 2 / row["n_seeds"]
-                + base["accuracy_std"] ** 2 / base["n_seeds"]
+                row[f"{metric}_std"] ** 2 / row["n_seeds"]
+                + base[f"{metric}_std"] ** 2 / base["n_seeds"]
             )
             row["significant"] = bool(abs(gain) > 2 * se)
     return rows
@@ -263,7 +273,8 @@ def format_table(summary: list[dict[str, Any]]) -> str:
     retention = any("source_after_mean" in row for row in summary)
     header = ["method", "name", "seeds", "accuracy", "macro-F1", "seconds"]
     header += ["source acc. before -> after"] if retention else []
-    header += ["gain vs baseline"]
+    metric = summary[0].get("gain_metric", "accuracy") if summary else "accuracy"
+    header += ["gain vs baseline" + ("" if metric == "accuracy" else " (macro-F1)")]
     body = []
     for row in summary:
         cells = [

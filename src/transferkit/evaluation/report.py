@@ -33,6 +33,7 @@ def write_metrics_json(
     runs: Sequence[RunResult],
     baseline: str | None,
     extra: dict[str, Any] | None = None,
+    metric: str = "accuracy",
 ) -> Path:
     """Write ``{"runs": [...], "baseline": ..., "summary": [...], **extra}`` atomically.
 
@@ -42,6 +43,7 @@ def write_metrics_json(
         baseline: Name of the baseline configuration (see :func:`summarize`).
         extra: More top-level JSON-serialisable keys (e.g. the config); must not reuse
             ``runs``/``baseline``/``summary``.
+        metric: The metric gains are measured in (see :func:`summarize`).
 
     Returns:
         The path written.
@@ -56,7 +58,7 @@ def write_metrics_json(
             f"extra reuses reserved key(s) {clash} of metrics.json; rename them "
             f"(reserved: {', '.join(_JSON_KEYS)})"
         )
-    summary = summarize(runs, baseline)
+    summary = summarize(runs, baseline, metric)
     obj = {"runs": [r.to_dict() for r in runs], "baseline": baseline, "summary": summary, **extra}
     out = atomic_write_json(path, obj)
     logger.info("wrote %s (%d runs)", out, len(runs))
@@ -251,7 +253,8 @@ def _summary_html(summary: list[dict[str, Any]]) -> str:
     retention = any("source_after_mean" in r for r in summary)
     head = ["method", "name", "seeds", "accuracy", "macro-F1", "seconds"]
     head += ["source accuracy before &rarr; after"] if retention else []
-    head += ["gain vs baseline"]
+    head += ["gain vs baseline" + (" (macro-F1)" if summary and summary[0].get("gain_metric") == "macro_f1"
+                                   else "")]
     lines = ['<table class="summary">', "<tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
     for r in summary:
         cls = "baseline" if r["is_baseline"] else ("negative" if r["negative_transfer"] else "")
@@ -291,6 +294,7 @@ def write_report(
     title: str = "transferkit report",
     notes: Sequence[str] = (),
     tables: Sequence[tuple[str, str]] = (),
+    metric: str = "accuracy",
 ) -> Path:
     """Write a self-contained ``out_dir/report.html`` plus its plots as PNG files.
 
@@ -308,6 +312,7 @@ def write_report(
         title: Page title.
         notes: Free-text notes shown as a list (escaped).
         tables: More ``(title, preformatted text)`` sections, shown after the summary.
+        metric: The metric gains are measured in (see :func:`summarize`).
 
     Returns:
         Path of ``report.html``.
@@ -316,7 +321,7 @@ def write_report(
         ConfigError: No runs or unknown baseline.
     """
     out = Path(out_dir)
-    summary = summarize(runs, baseline)
+    summary = summarize(runs, baseline, metric)
     groups: dict[str, list[RunResult]] = {}
     for run in runs:
         groups.setdefault(run.name, []).append(run)
@@ -354,8 +359,9 @@ def write_report(
         f"<p>{len(runs)} run(s) in {len(summary)} configuration(s); {compared}"
         f"{n_negative} configuration(s) with negative transfer.</p>",
         '<p class="howto">How to read this: accuracy and macro-F1 are on the test set, mean '
-        "&plusmn; std over seeds; <i>gain</i> is the difference in mean accuracy from the baseline "
-        "in percentage points (pp); a negative gain (red) means the transferred knowledge hurt "
+        f"&plusmn; std over seeds; <i>gain</i> is the difference in mean "
+        f"{'macro-F1' if metric == 'macro_f1' else metric} from "
+        "the baseline in percentage points (pp); a negative gain (red) means the transferred knowledge hurt "
         "(negative transfer); <i>(n.s.)</i> marks a gain within two standard errors of the "
         "difference, i.e. not clearly different from the baseline.</p>",
         "<h2>Summary</h2>",

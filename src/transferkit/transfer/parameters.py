@@ -29,6 +29,7 @@ from torch import nn
 from transferkit.errors import CheckpointError, ConfigError
 from transferkit.transfer.dataflow import INPUT, Dataflow, trace_dataflow
 from transferkit.transfer.layouts import adapt_input_channels, reshape_compatible, resize_position_embedding
+from transferkit.transfer.vocabulary import token_row_map
 
 if TYPE_CHECKING:
     from transferkit.transfer.verify import ProbeCheck
@@ -1011,6 +1012,10 @@ def transfer_parameters(
       tensor of both models) from C to 1 input channels gets the sum over the C channels, from 1
       to C the weight repeated C times divided by C, so a gray image replicated to C channels
       gives the same output -> ``"partial"``;
+    * the input embeddings of two text models whose tokenizers differ (``tokenizer`` attributes,
+      :mod:`transferkit.models.text`): rows moved by token string, each target token getting its
+      own vector from the source (:mod:`transferkit.transfer.vocabulary`); ``"partial"`` with the
+      count of tokens found, whatever the two vocabularies' sizes;
     * same ndim, other sizes -> with ``shape_mismatch="slice"`` the overlapping region is copied
       (leading slice in each dim; centred crop/pad for the spatial dims of ``weight`` tensors with
       >= 3 dims, i.e. conv kernels) -> ``"partial"``. A slice is only copied into a layer whose
@@ -1130,6 +1135,20 @@ def transfer_parameters(
 
     def open_sources() -> list[int]:
         return [i for i in range(len(sources)) if i not in s_unused and i not in paired_s]
+
+    vocab = token_row_map(source, target)  # text models with different tokenizers
+    if vocab is not None:
+        i_s = next((i for i, s in enumerate(sources) if s.name == vocab.source_name), None)
+        j_t = next((j for j, t in enumerate(targets) if t.name == vocab.target_name), None)
+        if i_s is not None and j_t is not None and j_t not in excluded:
+            s, t = sources[i_s], targets[j_t]
+            with torch.no_grad():
+                t.value[vocab.target_rows] = s.value[vocab.source_rows].to(t.value.dtype)
+            status: Status = "copied" if vocab.shared == t.shape[0] else "partial"
+            t_entries[j_t] = TransferEntry(t.name, s.name, status, "name", t.shape, s.shape, vocab.reason(),
+                                           t.is_parameter, vocab.shared * t.shape[1])
+            paired_s.add(i_s)
+            paired_t.add(j_t)
 
     def open_targets(with_excluded: bool) -> list[int]:
         return [

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from transferkit.config import AdaptConfig, DomainDataConfig, adapt_method_name, build_config
-from transferkit.data import DataSplits, TensorDataset, load_dataset, match_shape
+from transferkit.data import DataSplits, TensorDataset, TextDataset, load_dataset, match_shape
 from transferkit.engine import OBJECTIVES, CrossEntropy, Objective, build_objectives, check_coefficient
 from transferkit.errors import ConfigError, LabelError, ShapeError
 from transferkit.evaluation import RunResult
@@ -33,7 +33,8 @@ CHOICES: dict[str, tuple[str, str]] = {**CRITERIA, "oracle": ("oracle_accuracy",
 
 
 def _load_domain(cfg: DomainDataConfig, seed: int) -> DataSplits:
-    return load_dataset(cfg.dataset, root=cfg.root, val_fraction=cfg.val_fraction, seed=seed)
+    return load_dataset(cfg.dataset, root=cfg.root, val_fraction=cfg.val_fraction, seed=seed,
+                        **({"classes": cfg.classes} if cfg.classes else {}))
 
 
 def _to_shape(splits: DataSplits, shape: tuple[int, ...]) -> DataSplits:
@@ -69,8 +70,11 @@ def prepare_domains(
     return _to_shape(source, shape), _to_shape(target, shape)
 
 
-def _unlabelled(data: TensorDataset) -> TensorDataset:
+def _unlabelled(data: TensorDataset | TextDataset) -> TensorDataset | TextDataset:
     """The inputs alone: labels replaced by zeros so no training code can read them."""
+    if isinstance(data, TextDataset):
+        return TextDataset(list(data.texts), torch.zeros(len(data), dtype=torch.long), list(data.classes),
+                           f"{data.name} (unlabelled)")
     return TensorDataset(data.x, torch.zeros(len(data), dtype=torch.long), list(data.classes),
                          f"{data.name} (unlabelled)")
 
@@ -214,7 +218,8 @@ def adapt(cfg: AdaptConfig | dict[str, Any]) -> WorkflowResult:
     shape = source.train.input_shape
     spec = cfg.model.source_spec()
     start = load_source(spec) if spec is not None else None
-    arch = cfg.model.arch or (start.info.arch if start is not None else "small_cnn")
+    default = "text_transformer" if isinstance(source.train, TextDataset) else "small_cnn"
+    arch = cfg.model.arch or (start.info.arch if start is not None else default)
     kwargs = _model_kwargs(arch, cfg.model.kwargs if start is None else start.info.kwargs, shape)
     # the criterion's epoch-row key and its declared direction, never guessed from the name
     select_key, select_mode = CRITERIA.get(cfg.select)

@@ -209,6 +209,7 @@ def run_arms(
     kind: str = "run",
     output: OutputFolder | None = None,
     classical: bool = True,
+    gain_metric: str = "accuracy",
 ) -> WorkflowResult:
     """Train and evaluate every arm on every seed, then write metrics.json, report.html and the best model.
 
@@ -241,6 +242,8 @@ def run_arms(
             ``fingerprints`` are then not used.
         classical: On text data, also fit TF-IDF + logistic regression on every seed's examples (C
             chosen on validation), a row of the comparison named :data:`TFIDF_NAME`.
+        gain_metric: What gains over the baseline are measured in: ``"accuracy"`` or ``"macro_f1"``
+            (classes of very different sizes in the test split).
 
     Raises:
         ConfigError: repeated arm names, or the output folder can't be used (see ``open_output``).
@@ -329,7 +332,7 @@ def run_arms(
             runs.append(_tfidf_run(splits, seed, data))
             if on_run is not None:
                 on_run(runs[-1])
-    summary = summarize(runs, baseline)
+    summary = summarize(runs, baseline, gain_metric)
     best, export_rule = choose_export(runs, arms)
     best_model = first_models[best]
     if adapted_layers(best_model):  # lora with save: adapters: the base folder + the adapter files
@@ -351,8 +354,8 @@ def run_arms(
         **(extra or {}),
         **finalize_info,
     }
-    write_metrics_json(out / "metrics.json", runs, baseline, extra=info)
-    write_report(out, runs, baseline, title=title, notes=notes, tables=tables)
+    write_metrics_json(out / "metrics.json", runs, baseline, extra=info, metric=gain_metric)
+    write_report(out, runs, baseline, title=title, notes=notes, tables=tables, metric=gain_metric)
     if output is None:
         folder.commit()
     return WorkflowResult(runs, summary, baseline, folder.root, best, reports)

@@ -38,7 +38,8 @@ def load_source(cfg: FinetuneConfig) -> TransferNet | None:
 
 def load_target_data(cfg: DataConfig, seed: int = 0) -> DataSplits:
     """The target dataset's splits (validation carved from training with ``seed``)."""
-    return load_dataset(cfg.dataset, root=cfg.root, val_fraction=cfg.val_fraction, seed=seed)
+    return load_dataset(cfg.dataset, root=cfg.root, val_fraction=cfg.val_fraction, seed=seed,
+                        **({"classes": cfg.classes} if cfg.classes else {}))
 
 
 def finetune(cfg: FinetuneConfig | dict[str, Any]) -> WorkflowResult:
@@ -111,8 +112,8 @@ def finetune(cfg: FinetuneConfig | dict[str, Any]) -> WorkflowResult:
         if cfg.model.baseline_arch is not None and not same:  # the user's baseline, fitted to the data
             base_kwargs = fitted_kwargs(base_arch, data.train.input_shape)
         if text_source and base_arch == TEXT_BASELINE:  # the source's tokenizer and length, new weights
-            base_kwargs = {"tokenizer": source.info.text["tokenizer"],  # type: ignore[union-attr]
-                           "max_length": source.info.input_size[0]}  # type: ignore[union-attr]
+            length = {**cfg.model.kwargs, **entries[0].kwargs}.get("max_length", source.info.input_size[0])  # type: ignore[union-attr]
+            base_kwargs = {"tokenizer": source.info.text["tokenizer"], "max_length": length}  # type: ignore[union-attr]
         check_model_args(base_arch, base_kwargs)
         if same and cfg.model.baseline_arch is None and source is not None:
             size = sum(p.numel() for p in source.parameters())

@@ -6,6 +6,10 @@ eval mode under ``torch.no_grad`` and computes its outputs once per training ste
 objectives (logit KD, hints, attention, ...) ask for them. When nothing but its logits is needed and
 the data pipeline is deterministic, it computes them once for the whole training set
 (``precompute=True``) and looks them up by ``batch.index``.
+
+A text teacher whose tokenizer differs from the student's reads the same examples tokenised its own
+way: in :meth:`Teacher.setup` the training texts are tokenised for it (cached like every
+tokenisation), and each batch's ids are looked up by ``batch.index``.
 """
 
 from __future__ import annotations
@@ -41,6 +45,17 @@ class TeacherOutput:
 
     logits: torch.Tensor
     taps: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def _own_tokens(model: nn.Module, data: Any) -> Any:
+    """``data`` (token ids of the student's tokenizer) tokenised for a text teacher with another
+    tokenizer, or ``None`` when the teacher reads the student's inputs as they are."""
+    from transferkit.data.tokens import TokenDataset, model_inputs
+
+    if getattr(model, "tokenizer", None) is None or not isinstance(data, TokenDataset):
+        return None
+    own = model_inputs(data, model)
+    return None if own is data else own
 
 
 class Teacher:
@@ -80,6 +95,7 @@ class Teacher:
         self._cache: TeacherOutput | None = None
         self._table: torch.Tensor | None = None
         self._table_for: weakref.ref | None = None
+        self._own: Any = None  # the training texts as this teacher's own token ids
         self.request(layers)
 
     def request(self, layers: Iterable[str]) -> None:
@@ -108,13 +124,17 @@ class Teacher:
         self.model.to(self.device).eval()
         self._cache_key, self._cache = None, None
         data = ctx.train_data
+        self._own = _own_tokens(self.model, data)
         if not self.precompute or self.layers or data is None:
             return
         if self._table is not None and self._table_for is not None and self._table_for() is data:
             return  # the same dataset object (a weak reference: a new object never matches)
         outs = []
+        batches = ctx.input_batches() if self._own is None else (
+            self._own.x[s : s + ctx.config.eval_batch_size] for s in range(0, len(self._own),
+                                                                           ctx.config.eval_batch_size))
         with torch.no_grad():
-            for x in ctx.input_batches():
+            for x in batches:
                 outs.append(self.model(move(x, self.device)).float().cpu())
         self._table = torch.cat(outs)
         try:
@@ -132,14 +152,22 @@ class Teacher:
         if self._table is not None and batch.index is not None and not self.layers and not batch.augmented:
             out = TeacherOutput(self._table[batch.index].to(batch.x.device))
         else:
+            x = batch.x
+            if self._own is not None:  # the same texts, in this teacher's own token ids
+                if batch.index is None:
+                    raise ConfigError(
+                        f"{self.name} tokenises text its own way and looks its ids up by the batch's "
+                        "dataset positions, which this batch lacks; pass the data as a TextDataset"
+                    )
+                x = self._own.x[batch.index.cpu()].to(self.device)
             self.model.eval()
             with torch.no_grad():
                 if self.layers:
                     with LayerTap(self.model, self.layers, detach=True) as tap:
-                        logits = self.model(batch.x)
+                        logits = self.model(x)
                     out = TeacherOutput(logits.detach(), dict(tap.features))
                 else:
-                    out = TeacherOutput(self.model(batch.x).detach())
+                    out = TeacherOutput(self.model(x).detach())
         self._cache_key, self._cache = key, out
         return out
 
