@@ -339,3 +339,42 @@ def test_a_text_teacher_with_its_own_tokenizer_distils_into_another_vocabulary(t
     assert trainer.evaluate(data.test)[1] > 0.85
     own = kd.teachers[0]._own
     assert own is not None and own.tokenizer_key == tokenizer_key(teacher.tokenizer)
+
+
+def test_rank_scores_text_encoders_and_prefers_minilm_on_newsgroups(tmp_path):
+    import json
+
+    result = run("rank", "--source", "minilm", "--source", "text_transformer", "--data", "20newsgroups",
+                 "--shots", 5, "--out", tmp_path / "rank.json")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("scored on 20newsgroups: 100 labelled training examples, 5 per class")
+    described = "minilm: minilm; preprocessing: text: tokenizer minilm, first 128 tokens, mean pooling"
+    assert described in result.stdout
+    ranking = json.loads((tmp_path / "rank.json").read_text())
+    rows = {r["name"]: r for r in ranking["rows"]}
+    assert rows["minilm"]["logme"] > rows["text_transformer"]["logme"]
+
+
+def test_distill_cli_on_text_compares_the_student_with_itself_from_scratch(tiny_bert, tmp_path):
+    import json
+
+    data = _sentiment(300, 11, "reviews")
+    path = tmp_path / "reviews.csv"
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["text", "label"])
+        w.writerows((t, data.classes[int(y)]) for t, y in zip(data.texts, data.y, strict=True))
+    torch.manual_seed(0)
+    teacher = create_model("text_transformer", num_classes=2, hidden=32, heads=2, layers=2, dropout=0.0)
+    splits = _splits(12)
+    Trainer(teacher, TrainConfig(epochs=20, lr=3e-3, batch_size=16, backbone_lr_scale=1.0, seed=0)).fit(
+        splits.train, splits.val)
+    save_model(teacher, tmp_path / "teacher")
+    result = run("distill", "--teacher", tmp_path / "teacher", "--student", f"hf:{tiny_bert}", "--data", path,
+                 "--shots", 8, "-m", "cross_entropy:weight=0.5", "-m", "kd:weight=0.5,temperature=2",
+                 "--epochs", 3, "--seeds", "0", "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    names = [r["name"] for r in metrics["summary"]]
+    assert len(names) == 3 and "tfidf+lr" in names and any(n.endswith("/scratch") for n in names)
+    assert metrics["about"]["student"]["arch"] == f"hf:{tiny_bert}"

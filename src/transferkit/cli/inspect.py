@@ -94,7 +94,12 @@ def inspect(
 
 
 def describe_preprocessing(info: object) -> str:
-    """One line: the input adapter's size, normalisation, resizing and crop."""
+    """One line: the input adapter's size, normalisation, resizing and crop; for a text model its
+    tokenizer, the tokens it reads and its pooling."""
+    text = getattr(info, "text", None)
+    if text is not None:
+        return (f"text: tokenizer {text['tokenizer']}, first {info.input_size[0]} tokens, "  # type: ignore[attr-defined]
+                f"{text.get('pooling', 'mean')} pooling")
     pre = info.preprocessing  # type: ignore[attr-defined]
     size = "x".join(map(str, pre["input_size"]))
     if pre["mean"] is None:
