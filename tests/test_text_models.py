@@ -378,3 +378,66 @@ def test_distill_cli_on_text_compares_the_student_with_itself_from_scratch(tiny_
     names = [r["name"] for r in metrics["summary"]]
     assert len(names) == 3 and "tfidf+lr" in names and any(n.endswith("/scratch") for n in names)
     assert metrics["about"]["student"]["arch"] == f"hf:{tiny_bert}"
+
+
+def test_layer_hints_pair_each_student_layer_with_the_teacher_layer_at_its_depth(minilm):
+    from transferkit.engine import CrossEntropy
+    from transferkit.transfer.distill import LayerHints, Teacher, uniform_layer_map
+
+    assert uniform_layer_map(["s1", "s2", "s3", "s4"], [f"t{i}" for i in range(1, 13)]) == [
+        ("s1", "t3"), ("s2", "t6"), ("s3", "t9"), ("s4", "t12")]  # TinyBERT's 4-of-12 mapping
+    data = _splits(2)
+    student = create_model("text_transformer", num_classes=2, hidden=64, heads=2, layers=2)
+    hints = LayerHints(Teacher(minilm))
+    trainer = Trainer(student, TrainConfig(epochs=4, lr=1e-3, batch_size=16, backbone_lr_scale=1.0, seed=0),
+                      objectives=[CrossEntropy(), hints])
+    history = trainer.fit(data.train, data.val)
+    assert hints.pairs == [("backbone.model.encoder.layer.0", "backbone.model.encoder.layer.2"),
+                           ("backbone.model.encoder.layer.1", "backbone.model.encoder.layer.5")]
+    assert [a.student_shape[1] for a in hints.adapters] == [64, 64]
+    assert [a.teacher_shape[1] for a in hints.adapters] == [384, 384]
+    losses = [row["loss_layer_hints"] for row in history.epochs]
+    assert losses[-1] < 0.8 * losses[0]  # the student's layers move towards the teacher's
+
+
+def test_token_hints_between_two_tokenizers_are_refused(tiny_bert):
+    from transferkit.transfer.distill import Hint, Teacher
+
+    teacher = create_model("text_transformer", num_classes=2, hidden=32, heads=2, layers=2)
+    student = create_model(f"hf:{tiny_bert}", num_classes=2, pretrained=False)
+    hint = Hint(Teacher(teacher), student_layer="backbone.model.encoder.layer.1",
+                teacher_layer="backbone.model.encoder.layer.1")
+    with pytest.raises(ShapeError, match="tokenise differently, so their tokens do not correspond"):
+        Trainer(student, TrainConfig(epochs=1), objectives=[hint]).fit(_splits(0).train)
+
+
+@pytest.mark.parametrize("regularizer", ["l2sp", "ewc", "lwf"])
+def test_finetune_on_text_that_keeps_the_source_reports_its_retention(tiny_bert, tmp_path, regularizer):
+    import json
+
+    def write(path, data, labels):
+        with path.open("w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["text", "label"])
+            w.writerows(zip(data.texts, labels, strict=True))
+
+    source_task = _sentiment(300, 13, "sentiment")
+    write(tmp_path / "sentiment.csv", source_task, [source_task.classes[int(y)] for y in source_task.y])
+    topic = _sentiment(300, 14, "topic")  # another task on the same kind of texts: which word comes first
+    write(tmp_path / "topic.csv", topic,
+          ["early" if t.split()[0] in WORDS[:6] else "late" for t in topic.texts])
+    torch.manual_seed(0)
+    source = create_model("text_transformer", num_classes=2, tokenizer=f"hf:{tiny_bert}", hidden=32, heads=2,
+                          layers=2, dropout=0.0)
+    splits = _splits(15)
+    Trainer(source, TrainConfig(epochs=20, lr=3e-3, batch_size=16, backbone_lr_scale=1.0, seed=0)).fit(
+        splits.train, splits.val)
+    save_model(source, tmp_path / "source")
+    result = run("finetune", "--source", tmp_path / "source", "--data", tmp_path / "topic.csv", "--shots", 8,
+                 "--regularizer", regularizer, "--source-data", tmp_path / "sentiment.csv", "--epochs", 3,
+                 "--seeds", "0", "--no-baseline", "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    run_row = json.loads((tmp_path / "out" / "metrics.json").read_text())["runs"][0]
+    assert run_row["source_accuracy_before"] > 0.9  # the sentiment source on its own test texts
+    assert 0.0 <= run_row["source_accuracy_after"] <= 1.0
+    assert "source acc. before -> after" in result.stdout

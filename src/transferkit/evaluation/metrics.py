@@ -324,4 +324,5 @@ def evaluate_with_head(
     if not isinstance(model, TransferNet):
         raise ConfigError(f"evaluate_with_head needs a TransferNet, got {type(model).__name__}")
     view = TransferNet(model.backbone, head, model.info, model.input_adapter)
+    view.tokenizer = model.tokenizer  # a text model's texts are tokenised as for the model
     return evaluate(view, data, batch_size=batch_size, device=device)

@@ -16,7 +16,7 @@ checkpoints, one forward per step shared by all objectives, logits precomputed w
 
 from transferkit.transfer.distill.adapters import build_adapter
 from transferkit.transfer.distill.attention import AttentionTransfer, at_loss, attention_map
-from transferkit.transfer.distill.features import Hint, hint_loss
+from transferkit.transfer.distill.features import Hint, LayerHints, hint_loss, uniform_layer_map
 from transferkit.transfer.distill.logits import LogitKD, kd_loss
 from transferkit.transfer.distill.relations import (
     FSP,
@@ -33,6 +33,7 @@ __all__ = [
     "RKD",
     "AttentionTransfer",
     "Hint",
+    "LayerHints",
     "LogitKD",
     "Teacher",
     "TeacherOutput",
@@ -42,6 +43,7 @@ __all__ = [
     "fsp_loss",
     "fsp_matrix",
     "hint_loss",
+    "uniform_layer_map",
     "kd_loss",
     "rkd_angle_loss",
     "rkd_distance_loss",

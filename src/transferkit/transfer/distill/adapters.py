@@ -14,7 +14,8 @@ student -> teacher        ``kind="auto"`` builds
 ``(C, H, W) -> (E,)``     global average pooling to ``(C,)``, then ``Linear(C, E)``
 ``(D,) -> (K, P, Q)``     ``Linear(D, K*P*Q)``, reshaped to ``(K, P, Q)``
 ``(L, D) -> (M, E)``      tokens: ``Linear(D, E)`` on every token, token count matched by linear
-                          interpolation when ``L != M``
+                          interpolation when ``L != M``; with ``L == M`` any token count passes
+                          (text batches are as long as their longest text)
 ========================  ==============================================================
 
 ``kind="mlp"`` puts ``Linear-ReLU-Linear`` (or ``conv1x1-ReLU-conv1x1`` between maps) where ``auto``
@@ -107,6 +108,8 @@ class FeatureAdapter(nn.Module):
         self.student_shape = tuple(student_shape)
         self.teacher_shape = tuple(teacher_shape)
         self.kind = kind
+        # tokens mapped one by one: the count may change from batch to batch (dynamic padding)
+        self.any_length = len(self.student_shape) == 2 and self.student_shape[0] == self.teacher_shape[0]
 
     def extra_repr(self) -> str:
         return f"{self.student_shape} -> {self.teacher_shape}, kind={self.kind!r}"
@@ -117,6 +120,8 @@ class FeatureAdapter(nn.Module):
         Raises:
             ShapeError: ``x`` does not have the student shape the adapter was built for.
         """
+        if self.any_length and x.ndim == 3 and x.shape[-1] == self.student_shape[1]:
+            return self.net(x)
         if tuple(x.shape[1:]) != self.student_shape:
             raise ShapeError(
                 f"adapter built for student features of shape (N, {_dims(self.student_shape)}) "

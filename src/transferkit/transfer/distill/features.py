@@ -12,6 +12,7 @@ Several teachers: use one :class:`Hint` per teacher (each builds its own adapter
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -178,9 +179,11 @@ class Hint(Objective):
             raise ConfigError("Hint.setup needs ctx.train_data to probe layer shapes; call fit")
         probe = first_input(data)
         s_shape = _probe_shape(model, self.student_layer, probe, ctx.device, "student")
+        t_probe = probe if self.teacher._own is None else first_input(self.teacher._own)
         t_shape = _probe_shape(
-            self.teacher.model, self.teacher_layer, probe, self.teacher.device, "teacher"
+            self.teacher.model, self.teacher_layer, t_probe, self.teacher.device, "teacher"
         )
+        _same_tokens(self.teacher, s_shape, t_shape, self.student_layer, self.teacher_layer)
         old = self.adapter
         if old is not None and (old.student_shape, old.teacher_shape) == (s_shape, t_shape):
             self.adapter = old.to(ctx.device)
@@ -211,6 +214,18 @@ class Hint(Objective):
         return hint_loss(self.adapter(student), teacher, normalize=self.normalize)
 
 
+def _same_tokens(teacher: Teacher, s_shape: tuple[int, ...], t_shape: tuple[int, ...], s_layer: str,
+                 t_layer: str) -> None:
+    """Refuse token-by-token hints between text models that tokenise differently (their tokens
+    do not correspond); pooled features (the backbones' outputs) still compare."""
+    if teacher._own is not None and (len(s_shape) == 2 or len(t_shape) == 2):
+        raise ShapeError(
+            f"student layer {s_layer!r} and teacher layer {t_layer!r} give one vector per token, but the "
+            "two models tokenise differently, so their tokens do not correspond; hint the pooled "
+            "features instead (student_layer='backbone', teacher_layer='backbone') or use one tokenizer"
+        )
+
+
 def _probe_shape(
     model: nn.Module, layer: str, probe: torch.Tensor, device: torch.device, who: str
 ) -> tuple[int, ...]:
@@ -231,6 +246,90 @@ def _probe_shape(
     return tuple(out.shape[1:])
 
 
-OBJECTIVES.register("hint", Hint)
+def layer_names(model: nn.Module) -> list[str]:
+    """The model's layers in forward order for layer-to-layer distillation: a text encoder's
+    transformer layers (``backbone.model.encoder.layer.0`` ...), else its backbone blocks."""
+    layers = getattr(getattr(model, "backbone", None), "layers", None)
+    names = [f"backbone.{n}" for n in layers()] if callable(layers) else []
+    return names or [name for name, _ in backbone_blocks(model)]
 
-__all__ = ["Hint", "hint_loss", "last_block_name"]
+
+def uniform_layer_map(student: Sequence[str], teacher: Sequence[str]) -> list[tuple[str, str]]:
+    """Student layer ``i`` (1-based, of ``S``) paired with teacher layer ``round(i * T / S)``: every
+    student layer learns from the teacher layer at the same relative depth, the last from the last
+    (TinyBERT's uniform mapping, Jiao et al., 2020: a 4-layer student of a 12-layer teacher mimics
+    layers 3, 6, 9 and 12)."""
+    if not student or not teacher:
+        raise ConfigError("layer mapping needs at least one layer on each side")
+    s, t = len(student), len(teacher)
+    return [(student[i - 1], teacher[max(1, round(i * t / s)) - 1]) for i in range(1, s + 1)]
+
+
+class LayerHints(Objective):
+    """Hints at every student layer from the teacher layer at the same relative depth: the hidden-state
+    distillation of TinyBERT (Jiao et al., 2020), one trainable adapter per pair.
+
+    Loss: the mean over pairs of ``mse(adapter_k(student_layer_k), teacher_layer_g(k))`` with the
+    uniform mapping :func:`uniform_layer_map` over :func:`layer_names` of both models (for text
+    encoders their transformer layers; token by token, so both must use one tokenizer).
+
+    Args:
+        teacher: The :class:`Teacher`.
+        adapter: Adapter kind of every pair.
+        weight: Multiplier of this term in the total loss.
+        normalize: Compare L2-normalised per-example features.
+    """
+
+    class Options(ObjectiveOptions):
+        """Layer-mapped hints' options."""
+
+        adapter: AdapterKind = Field("auto", description="Kind of every pair's trainable adapter.")
+        normalize: bool = Field(False, description="Compare L2-normalised per-example features.")
+
+    def __init__(self, teacher: Teacher, adapter: str = "auto", weight: float = 1.0,
+                 normalize: bool = False) -> None:
+        super().__init__(weight, adapter=adapter, normalize=normalize)
+        if not isinstance(teacher, Teacher):
+            raise ConfigError(f"LayerHints needs a Teacher, got a {type(teacher).__name__}; wrap the model")
+        self.teacher = teacher
+        self.teacher_layers = layer_names(teacher.model)
+        teacher.request(self.teacher_layers)
+        self.pairs: list[tuple[str, str]] = []
+        self.adapters = torch.nn.ModuleList()
+        self.taps: tuple[str, ...] = ()
+        self.name = "layer_hints"
+
+    def setup(self, ctx: FitContext) -> None:
+        """Pair the layers, probe their shapes and build one adapter per pair."""
+        model = ctx.model
+        self.pairs = uniform_layer_map(layer_names(model), self.teacher_layers)
+        self.taps = tuple(s for s, _ in self.pairs)
+        self.teacher.setup(ctx)
+        data = ctx.train_data
+        if data is None or len(data) == 0:
+            raise ConfigError("LayerHints.setup needs ctx.train_data to probe layer shapes; call fit")
+        probe = first_input(data)
+        t_probe = probe if self.teacher._own is None else first_input(self.teacher._own)
+        adapters = []
+        for s_layer, t_layer in self.pairs:
+            s_shape = _probe_shape(model, s_layer, probe, ctx.device, "student")
+            t_shape = _probe_shape(self.teacher.model, t_layer, t_probe, self.teacher.device, "teacher")
+            _same_tokens(self.teacher, s_shape, t_shape, s_layer, t_layer)
+            adapters.append(build_adapter(s_shape, t_shape, self.options.adapter))
+        self.adapters = torch.nn.ModuleList(adapters).to(ctx.device)
+        logger.info("layer hints: %s", ", ".join(f"{s} -> {t}" for s, t in self.pairs))
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """Mean MSE over the layer pairs, a scalar."""
+        if not self.pairs:
+            raise TrainingError("LayerHints.forward called before setup(ctx); train with a Trainer")
+        taps = self.teacher.outputs(batch).taps
+        losses = [hint_loss(adapter(batch.taps[s]), taps[t], normalize=self.options.normalize)
+                  for adapter, (s, t) in zip(self.adapters, self.pairs, strict=True)]
+        return torch.stack(losses).mean()
+
+
+OBJECTIVES.register("hint", Hint)
+OBJECTIVES.register("layer_hints", LayerHints)
+
+__all__ = ["Hint", "LayerHints", "hint_loss", "last_block_name", "layer_names", "uniform_layer_map"]

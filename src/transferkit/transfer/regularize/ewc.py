@@ -33,6 +33,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from transferkit.data.base import TensorDataset
+from transferkit.data.tokens import model_inputs
 from transferkit.engine.objectives import (
     OBJECTIVES,
     Batch,
@@ -423,7 +424,7 @@ class EWC(Objective):
         if self._fisher_arg is not None:
             return load_fisher(self._fisher_arg)
         source: nn.Module = self.__dict__["_source"]
-        data = self.source_data
+        data = model_inputs(self.source_data, source)  # texts: the source's token ids
         n = len(data) if self.max_examples is None else min(len(data), self.max_examples)
         key = fisher_key(source, data, n, self.kind)
         origin = getattr(getattr(source, "info", None), "source", "") or None
