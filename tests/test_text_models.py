@@ -4,6 +4,7 @@ training on text through the one engine, and finetune on a text file."""
 from __future__ import annotations
 
 import csv
+import math
 import time
 
 import pytest
@@ -378,6 +379,9 @@ def test_distill_cli_on_text_compares_the_student_with_itself_from_scratch(tiny_
     names = [r["name"] for r in metrics["summary"]]
     assert len(names) == 3 and "tfidf+lr" in names and any(n.endswith("/scratch") for n in names)
     assert metrics["about"]["student"]["arch"] == f"hf:{tiny_bert}"
+    assert metrics["student"]["params"] < metrics["teacher"]["params"]
+    assert metrics["student"]["examples_per_second"] > 0 and metrics["teacher"]["examples_per_second"] > 0
+    assert "examples/s, student" in (tmp_path / "out" / "report.html").read_text()
 
 
 def test_layer_hints_pair_each_student_layer_with_the_teacher_layer_at_its_depth(minilm):
@@ -441,3 +445,43 @@ def test_finetune_on_text_that_keeps_the_source_reports_its_retention(tiny_bert,
     assert run_row["source_accuracy_before"] > 0.9  # the sentiment source on its own test texts
     assert 0.0 <= run_row["source_accuracy_after"] <= 1.0
     assert "source acc. before -> after" in result.stdout
+
+
+def test_attention_distributions_match_the_transformers_own_attention_probabilities(minilm):
+    from transferkit.models.surgery import LayerTap
+    from transferkit.transfer.distill.self_attention import attention_distributions, projections
+
+    data = model_inputs(_sentiment(4, 3, "s"), minilm)  # texts of different lengths: padding masked
+    layer = "backbone.model.encoder.layer.5"
+    q_name, k_name = projections(minilm, layer)
+    assert (q_name, k_name) == (f"{layer}.attention.self.query", f"{layer}.attention.self.key")
+    minilm.eval()
+    inputs = minilm.input_adapter(data.x)
+    with torch.no_grad(), LayerTap(minilm, [q_name, k_name], detach=True) as tap:
+        minilm(data.x)
+        ours = attention_distributions(tap.features[q_name], tap.features[k_name],
+                                       inputs["attention_mask"], heads=12).exp()
+        minilm.backbone.model.set_attn_implementation("eager")
+        try:
+            reference = minilm.backbone.model(**inputs, output_attentions=True).attentions[5]
+        finally:
+            minilm.backbone.model.set_attn_implementation("sdpa")
+    real = inputs["attention_mask"].bool()
+    for i in range(len(data)):  # rows of real query tokens
+        n = int(real[i].sum())
+        assert torch.allclose(ours[i, :, :n, :n], reference[i, :, :n, :n], atol=1e-5)
+
+
+def test_self_attention_distillation_pulls_the_students_attention_to_the_teachers(minilm):
+    from transferkit.engine import CrossEntropy
+    from transferkit.transfer.distill import SelfAttentionKD, Teacher
+
+    data = _splits(5)
+    student = create_model("text_transformer", num_classes=2, hidden=64, heads=2, layers=2)
+    kd = SelfAttentionKD(Teacher(minilm))
+    trainer = Trainer(student, TrainConfig(epochs=4, lr=2e-3, batch_size=16, backbone_lr_scale=1.0, seed=0),
+                      objectives=[CrossEntropy(), kd])
+    history = trainer.fit(data.train, data.val)
+    assert kd.heads == 2 and kd.student_qk[0] == "backbone.model.encoder.layer.1.attention.self.query"
+    losses = [row["loss_self_attention"] for row in history.epochs]
+    assert all(math.isfinite(v) for v in losses) and losses[-1] < 0.7 * losses[0]

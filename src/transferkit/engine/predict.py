@@ -116,4 +116,34 @@ def evaluate(
     return total / n, correct / n
 
 
-__all__ = ["EVAL_BUDGET", "evaluate", "memory_batch_size", "predict_features"]
+def examples_per_second(model: nn.Module, data: object, max_examples: int = 512, batch_size: int = 64,
+                        device: str | torch.device | None = None) -> float:
+    """Inference speed of ``model``: examples per second of eval-mode forward passes over the first
+    ``max_examples`` examples of ``data`` (after one warm-up batch), on ``device`` (the model's own
+    by default). Texts are tokenised for the model first, outside the timing."""
+    import time
+
+    data = model_inputs(data, model)
+    n = min(len(data), int(max_examples))  # type: ignore[arg-type]
+    if n == 0:
+        return 0.0
+    part = data.subset(torch.arange(n)) if hasattr(data, "subset") else data
+    if device is None:
+        first = next(model.parameters(), None)
+        device = first.device if first is not None else torch.device("cpu")
+    batches = [ex.x for ex in labelled_batches(part, batch_size)]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(move(batches[0], torch.device(device)))
+            start = time.perf_counter()
+            for x in batches:
+                model(move(x, torch.device(device)))
+            seconds = time.perf_counter() - start
+    finally:
+        model.train(was_training)
+    return n / max(seconds, 1e-9)
+
+
+__all__ = ["EVAL_BUDGET", "evaluate", "examples_per_second", "memory_batch_size", "predict_features"]

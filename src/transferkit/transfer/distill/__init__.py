@@ -26,6 +26,7 @@ from transferkit.transfer.distill.relations import (
     rkd_angle_loss,
     rkd_distance_loss,
 )
+from transferkit.transfer.distill.self_attention import SelfAttentionKD
 from transferkit.transfer.distill.teacher import Teacher, TeacherOutput
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "AttentionTransfer",
     "Hint",
     "LayerHints",
+    "SelfAttentionKD",
     "LogitKD",
     "Teacher",
     "TeacherOutput",
