@@ -31,15 +31,17 @@ import torch
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from transferkit.data import TensorDataset
+from test_text_models import _sentiment
+from transferkit.data import TensorDataset, TextDataset
 from transferkit.engine import OBJECTIVES, TrainConfig, Trainer
 from transferkit.engine.objectives import Batch, CrossEntropy, Objective
 from transferkit.models import create_model
 from transferkit.transfer.adapt import CDAN, CDANE, CORAL, DAN, DANN, JAN, MCD
 from transferkit.transfer.distill.attention import AttentionTransfer
-from transferkit.transfer.distill.features import Hint
+from transferkit.transfer.distill.features import Hint, LayerHints
 from transferkit.transfer.distill.logits import LogitKD
 from transferkit.transfer.distill.relations import FSP, RKD
+from transferkit.transfer.distill.self_attention import SelfAttentionKD
 from transferkit.transfer.distill.teacher import Teacher
 from transferkit.transfer.regularize import BSS, DELTA, EWC, L2SP, LwF
 
@@ -87,6 +89,9 @@ class Env:
         teacher_net: A wider small CNN (widths 8, 16; 32 features) trained on ``train``: every
             distillation row's teacher (the widths differ from the student's, so FSP and the hint
             need adapters).
+        text_train: 128 labelled short texts (a sentiment word among filler words, 2 classes) for
+            the rows that need a text transformer (:data:`STUDENTS`).
+        text_teacher_net: A 2-layer, 64-wide text transformer trained on ``text_train``.
         source_net: A small CNN of the student's architecture trained on 256 examples of the
             source task (5 classes): the source model of L2-SP, EWC, DELTA and LwF. The student starts from a
             fresh initialisation, so the regularisers' pull toward the source is active from the
@@ -98,10 +103,16 @@ class Env:
     source_data: TensorDataset
     teacher_net: nn.Module
     source_net: nn.Module
+    text_train: TextDataset
+    text_teacher_net: nn.Module
 
     def teacher(self, **kw) -> Teacher:
         """A :class:`Teacher` on a private copy of the teacher net (runs stay independent)."""
         return Teacher(copy.deepcopy(self.teacher_net), **kw)
+
+    def text_teacher(self, **kw) -> Teacher:
+        """A :class:`Teacher` on a private copy of the text teacher (for the text-only rows)."""
+        return Teacher(copy.deepcopy(self.text_teacher_net), **kw)
 
     def source(self) -> nn.Module:
         return copy.deepcopy(self.source_net).eval()
@@ -122,8 +133,12 @@ def env(digits) -> Env:
     torch.manual_seed(3)
     source = _cnn((4, 8), FEATURES, num_classes=5)
     Trainer(source, _config(3)).fit(source_data)
+    text_train = _sentiment(TRAIN_SIZE, 0, "sentiment")
+    torch.manual_seed(0)
+    text_teacher = create_model("text_transformer", num_classes=2, hidden=64, heads=4, layers=2, dropout=0.0)
+    Trainer(text_teacher, _config(4, lr=3e-3)).fit(text_train)
     return Env(train, target, TensorDataset(source_data.x[:64], source_data.y[:64], name="digits0-4"),
-               teacher.eval(), source.eval())
+               teacher.eval(), source.eval(), text_train, text_teacher.eval())
 
 
 # ----------------------------------------------------------------------------- the table
@@ -140,6 +155,9 @@ FACTORIES: dict[str, Factory] = {
     "kd": lambda env: [CrossEntropy(weight=0.1),
                        LogitKD(env.teacher(precompute=True), temperature=4.0, weight=0.9)],
     "hint": lambda env: [CrossEntropy(), Hint(env.teacher())],
+    "layer_hints": lambda env: [CrossEntropy(), LayerHints(env.teacher())],
+    # a text transformer student and teacher (STUDENTS): attention rows need transformers
+    "self_attention": lambda env: [CrossEntropy(), SelfAttentionKD(env.text_teacher())],
     # the reference code's beta / 2 = 500 for this mean-reduced loss; 100 is enough here
     "attention": lambda env: [CrossEntropy(), AttentionTransfer(env.teacher(), weight=100.0)],
     "rkd": lambda env: [CrossEntropy(), RKD(env.teacher())],
@@ -166,6 +184,14 @@ FACTORIES: dict[str, Factory] = {
     "coral": lambda env: [CrossEntropy(), CORAL(weight=1e4)],
     "mcd": lambda env: [CrossEntropy(), MCD(num_k=2)],
 }
+
+def _text_student() -> nn.Module:
+    torch.manual_seed(1)
+    return create_model("text_transformer", num_classes=2, hidden=32, heads=2, layers=2, dropout=0.0)
+
+
+#: Rows whose method needs another student than the small CNN, and train on ``env.text_train``.
+STUDENTS: dict[str, Callable[[], nn.Module]] = {"self_attention": _text_student}
 
 #: Adversarial terms: the discriminator minimises them and the features, through the gradient
 #: reversal, maximise them, so they are meant to hover near ln 2, neither fall nor rise. Test 4
@@ -250,7 +276,7 @@ def _fit(env: Env, name: str, epochs: int, *, run_dir=None, resume: bool = False
          record: bool = False, factory: Factory | None = None) -> Trace:
     """Train a fresh student with row ``name`` (or ``factory``) for ``epochs`` epochs of 4 steps;
     with ``record`` the terms' values and gradients are recorded along the way."""
-    model = _student()
+    model = STUDENTS.get(name, _student)()
     objectives = (factory or FACTORIES[name])(env)
     trainer = Trainer(model, _config(epochs), objectives, run_dir=run_dir, monitors=list(monitors))
     trace = Trace(model, objectives, list(trainer.term_names), None,
@@ -289,7 +315,8 @@ def _fit(env: Env, name: str, epochs: int, *, run_dir=None, resume: bool = False
         handles = [o.register_forward_hook(forward_hook(i)) for i, o in enumerate(objectives)]
         handles.append(register_optimizer_step_pre_hook(step_hook))
     try:
-        trace.history = trainer.fit(env.train, target=env.target if _uses_target(objectives) else None,
+        train = env.text_train if name in STUDENTS else env.train
+        trace.history = trainer.fit(train, target=env.target if _uses_target(objectives) else None,
                                     resume=resume)
     finally:
         for h in handles:
