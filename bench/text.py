@@ -5,21 +5,41 @@ logistic regression on the same examples (the rows every text report has), mean 
 Each setting is one ``finetune`` call per strategy; the scratch baseline and the TF-IDF row come with
 it. The table is what ``finetune`` printed, with the setting above it.
 
+``--part distill``: MiniLM as a linear-probe teacher (the few labels) distilled into the small text
+transformer on the rest of the training texts with their labels unused (logit KD; + layer hints; +
+self-attention), against that student trained on the few labels alone: accuracy, parameters and
+examples/s of each.
+
+``--part rank``: five text encoders scored by LogME (and the other scores) on the few labelled texts,
+against the accuracy of a linear probe on each encoder's features (the same examples, all test texts):
+Kendall's tau between the two rankings.
+
 Run (2 cores; the MiniLM test passes dominate):
     python bench/text.py --setting 20ng4 --strategies linear_probe,full,lora --out bench/results/text.md
     python bench/text.py --setting 20ng --strategies linear_probe --out bench/results/text.md
+    python bench/text.py --part distill --out bench/results/text.md
+    python bench/text.py --part rank --out bench/results/text.md
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import platform
+import statistics
 import time
 from datetime import date
 from pathlib import Path
 
+import torch
+
 from transferkit import finetune
+from transferkit.data import DataSplits, few_shot, load_dataset
+from transferkit.engine import TrainConfig, Trainer
+from transferkit.engine.predict import examples_per_second
+from transferkit.evaluation import evaluate
+from transferkit.models import create_model, replace_head
 
 SETTINGS = {
     # four well-separated newsgroups (the text demo's target), first 64 tokens of each post
@@ -32,8 +52,119 @@ SETTINGS = {
 }
 
 
+def _pct(values: list[float]) -> str:
+    mean = 100 * statistics.fmean(values)
+    return f"{mean:.1f} ± {100 * statistics.stdev(values):.1f} %" if len(values) > 1 else f"{mean:.1f} %"
+
+
+def _splits(setting: dict, seed: int) -> tuple[DataSplits, DataSplits]:
+    """(all splits, few-shot splits) of a setting for one seed."""
+    data = load_dataset(setting["dataset"], val_fraction=0.1, seed=seed,
+                        **({"classes": setting["classes"]} if setting["classes"] else {}))
+    few = DataSplits(few_shot(data.train, setting["shots"], seed), few_shot(data.val, setting["shots"], seed),
+                     data.test)
+    return data, few
+
+
+def distill_part(setting: dict, seeds: list[int], epochs: int) -> str:
+    """Teacher (MiniLM linear probe on the few labels) -> small student on the unlabelled rest."""
+    from transferkit.engine import CrossEntropy
+    from transferkit.transfer.distill import LayerHints, LogitKD, SelfAttentionKD, Teacher
+
+    length = setting["max_length"]
+    student_kwargs = {"hidden": 128, "heads": 4, "layers": 2, "max_length": length}
+    rows: dict[str, dict[str, list[float]]] = {}
+    params: dict[str, int] = {}
+    speed: dict[str, float] = {}
+    for seed in seeds:
+        data, few = _splits(setting, seed)
+        torch.manual_seed(seed)
+        teacher = create_model("minilm", num_classes=data.num_classes, pretrained=True, max_length=length)
+        Trainer(teacher, TrainConfig(epochs=50, lr=1e-2, batch_size=16, strategy="linear_probe",
+                                     seed=seed)).fit(few.train, few.val)
+        arms = {"teacher: MiniLM linear probe": None}
+        arms["student, few labels only"] = lambda t: [CrossEntropy()]
+        arms["student, KD on the unlabelled rest"] = lambda t: [LogitKD(t, temperature=2.0)]
+        arms["student, KD + layer hints"] = lambda t: [LogitKD(t, temperature=2.0), LayerHints(t, weight=0.1)]
+        arms["student, KD + self-attention"] = lambda t: [LogitKD(t, temperature=2.0),
+                                                          SelfAttentionKD(t, weight=1.0)]
+        for name, make in arms.items():
+            start = time.perf_counter()
+            if make is None:
+                model = teacher
+            else:
+                torch.manual_seed(seed)
+                model = create_model("text_transformer", num_classes=data.num_classes, **student_kwargs)
+                unlabelled = make is not arms["student, few labels only"]
+                train, val = (data.train, few.val) if unlabelled else (few.train, few.val)
+                cfg = TrainConfig(epochs=epochs if unlabelled else 30, lr=1e-3, batch_size=32,
+                                  backbone_lr_scale=1.0, seed=seed)
+                Trainer(model, cfg, objectives=make(Teacher(teacher, precompute=True))).fit(train, val)
+            metrics = evaluate(model, data.test)
+            row = rows.setdefault(name, {"acc": [], "f1": [], "s": []})
+            row["acc"].append(metrics.accuracy)
+            row["f1"].append(metrics.macro_f1)
+            row["s"].append(time.perf_counter() - start)
+            params[name] = sum(p.numel() for p in model.parameters())
+            speed[name] = examples_per_second(model, data.test)
+            print(name, seed, metrics.accuracy, flush=True)
+    lines = ["| arm | accuracy | macro-F1 | parameters | examples/s (CPU, batches of 64) | seconds a seed |",
+             "|---|---|---|---|---|---|"]
+    for name, row in rows.items():
+        lines.append(f"| {name} | {_pct(row['acc'])} | {_pct(row['f1'])} | {params[name]:,} | "
+                     f"{speed[name]:,.0f} | {statistics.fmean(row['s']):.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def rank_part(setting: dict, seed: int) -> str:
+    """LogME (and the other scores) of five text encoders against a linear probe's accuracy."""
+    from scipy.stats import kendalltau
+
+    from transferkit.selection import rank
+
+    length = setting["max_length"]
+    data, few = _splits(setting, seed)
+    n = data.num_classes
+    torch.manual_seed(seed)
+    trained = create_model("text_transformer", num_classes=n, max_length=length)
+    Trainer(trained, TrainConfig(epochs=30, lr=1e-3, batch_size=16, backbone_lr_scale=1.0, seed=seed)).fit(
+        few.train, few.val)
+    candidates = {
+        "minilm (mean pooling)": create_model("minilm", num_classes=n, pretrained=True, max_length=length),
+        "minilm (CLS pooling)": create_model("minilm", num_classes=n, pretrained=True, max_length=length,
+                                             pooling="cls"),
+        "minilm, random weights": create_model("minilm", num_classes=n, pretrained=False,
+                                               max_length=length),
+        "text_transformer, random weights": create_model("text_transformer", num_classes=n,
+                                                         max_length=length),
+        "text_transformer trained on the few labels": trained,
+    }
+    result = rank(candidates, few.train, scores=("logme", "h_score_shrinkage", "knn"))
+    probe_acc = {}
+    for name, model in candidates.items():
+        model = copy.deepcopy(model)
+        replace_head(model, n)
+        probe = TrainConfig(epochs=50, lr=1e-2, batch_size=16, strategy="linear_probe", seed=seed)
+        Trainer(model, probe).fit(few.train, few.val)
+        probe_acc[name] = evaluate(model, data.test).accuracy
+        print(name, probe_acc[name], flush=True)
+    lines = ["| encoder | LogME | H-score (shrinkage) | k-NN | linear-probe test accuracy |",
+             "|---|---|---|---|---|"]
+    for row in result.rows:
+        lines.append(f"| {row['name']} | {row['logme']:.3f} | {row['h_score_shrinkage']:.3f} | "
+                     f"{row['knn']:.3f} | {100 * probe_acc[row['name']]:.1f} % |")
+    names = [r["name"] for r in result.rows]
+    taus = {s: kendalltau([r[s] for r in result.rows], [probe_acc[nm] for nm in names])[0]
+            for s in ("logme", "h_score_shrinkage", "knn")}
+    lines.append("")
+    lines.append("Kendall's tau with the linear probe's accuracy: "
+                 + ", ".join(f"{s} {t:+.2f}" for s, t in taus.items()) + ".")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=("finetune", "distill", "rank"), default="finetune")
     parser.add_argument("--setting", choices=sorted(SETTINGS), default="20ng4")
     parser.add_argument("--strategies", default="linear_probe,full,lora")
     parser.add_argument("--seeds", default="0,1,2")
@@ -42,6 +173,20 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/results/text.md"))
     args = parser.parse_args()
     s = SETTINGS[args.setting]
+    if args.part != "finetune":
+        start = time.perf_counter()
+        seeds = [int(x) for x in args.seeds.split(",")]
+        body = distill_part(s, seeds, args.epochs or 10) if args.part == "distill" else rank_part(s, seeds[0])
+        classes = ", ".join(s["classes"]) if s["classes"] else "all 20"
+        head = (f"## {args.part}: {s['dataset']} ({classes}), {s['shots']} labels per class, first "
+                f"{s['max_length']} tokens, seeds {args.seeds if args.part == 'distill' else seeds[0]}\n\n"
+                f"`python bench/text.py --part {args.part} --setting {args.setting}` on {os.cpu_count()} "
+                "cores, "
+                f"{date.today().isoformat()}, {(time.perf_counter() - start) / 60:.1f} min in all.\n\n")
+        print(head + body, flush=True)
+        with args.out.open("a") as fh:
+            fh.write(head + body + "\n")
+        return
     blocks = []
     for strategy in args.strategies.split(","):
         start = time.perf_counter()

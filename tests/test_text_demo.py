@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import csv
 import json
 
 from cli_helpers import assert_one_line_error, run
-from test_text_models import _sentiment
+from test_text_models import _sentiment, write_csv
 from transferkit.demo import TextDemoSettings, run_text_demo
 
 
 def test_text_demo_compares_minilm_with_scratch_and_tfidf(tmp_path):
     path = tmp_path / "reviews.csv"
     data = _sentiment(160, 7, "reviews")
-    with path.open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["text", "label"])
-        w.writerows((t, data.classes[int(y)]) for t, y in zip(data.texts, data.y, strict=True))
+    write_csv(path, data.texts, [data.classes[int(y)] for y in data.y])
     lines: list[str] = []
     result = run_text_demo(tmp_path / "out", TextDemoSettings(seeds=(0,), shots=4, epochs=2, data=str(path),
                                                                      classes=None),

@@ -43,6 +43,18 @@ def _sentiment(n: int, seed: int, name: str) -> TextDataset:
     return TextDataset(texts, torch.tensor(labels), ["neg", "pos"], name)
 
 
+def write_csv(path, texts, labels) -> None:
+    """A text file in the on-disk format users bring: a header ``text,label`` and one row each."""
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["text", "label"])
+        w.writerows(zip(texts, labels, strict=True))
+
+
+def _labels_of(data: TextDataset) -> list[str]:
+    return [data.classes[int(y)] for y in data.y]
+
+
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory):
     """A 2-layer, 32-wide BERT with its own 30-word WordPiece vocabulary, saved as a local folder."""
@@ -260,10 +272,7 @@ def test_slow_checkpoints_are_spaced_and_the_last_epoch_always_saves():
 def test_finetune_on_a_text_file_compares_with_scratch_and_tfidf(tiny_bert, tmp_path):
     path = tmp_path / "reviews.csv"
     data = _sentiment(300, 5, "reviews")
-    with path.open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["text", "label"])
-        w.writerows((t, data.classes[int(y)]) for t, y in zip(data.texts, data.y, strict=True))
+    write_csv(path, data.texts, _labels_of(data))
     result = run("finetune", "--source", f"hf:{tiny_bert}", "--data", path, "--shots", 8, "--epochs", 3,
                  "--seeds", "0,1", "--out", tmp_path / "out")
     assert result.exit_code == 0, result.output
@@ -287,12 +296,9 @@ def test_adapt_between_two_text_domains_without_target_labels(tiny_bert, tmp_pat
     import json
 
     def write(path, data, filler):
-        with path.open("w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(["text", "label"])
-            for t, y in zip(data.texts, data.y, strict=True):
-                words = [filler[len(word) % len(filler)] if word in WORDS else word for word in t.split()]
-                w.writerow((" ".join(words), data.classes[int(y)]))
+        texts = [" ".join(filler[len(word) % len(filler)] if word in WORDS else word for word in t.split())
+                 for t in data.texts]
+        write_csv(path, texts, _labels_of(data))
 
     write(tmp_path / "source.csv", _sentiment(200, 8, "s"), WORDS[:6])
     write(tmp_path / "target.csv", _sentiment(200, 9, "t"), WORDS[6:])
@@ -361,10 +367,7 @@ def test_distill_cli_on_text_compares_the_student_with_itself_from_scratch(tiny_
 
     data = _sentiment(300, 11, "reviews")
     path = tmp_path / "reviews.csv"
-    with path.open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["text", "label"])
-        w.writerows((t, data.classes[int(y)]) for t, y in zip(data.texts, data.y, strict=True))
+    write_csv(path, data.texts, _labels_of(data))
     torch.manual_seed(0)
     teacher = create_model("text_transformer", num_classes=2, hidden=32, heads=2, layers=2, dropout=0.0)
     splits = _splits(12)
@@ -384,18 +387,24 @@ def test_distill_cli_on_text_compares_the_student_with_itself_from_scratch(tiny_
     assert "examples/s, student" in (tmp_path / "out" / "report.html").read_text()
 
 
-def test_layer_hints_pair_each_student_layer_with_the_teacher_layer_at_its_depth(minilm):
+def _distil_into_small_student(objective, seed: int, lr: float):
+    """A 2-layer, 64-wide text transformer trained 4 epochs with cross-entropy and ``objective``."""
     from transferkit.engine import CrossEntropy
+
+    data = _splits(seed)
+    student = create_model("text_transformer", num_classes=2, hidden=64, heads=2, layers=2)
+    trainer = Trainer(student, TrainConfig(epochs=4, lr=lr, batch_size=16, backbone_lr_scale=1.0, seed=0),
+                      objectives=[CrossEntropy(), objective])
+    return trainer.fit(data.train, data.val)
+
+
+def test_layer_hints_pair_each_student_layer_with_the_teacher_layer_at_its_depth(minilm):
     from transferkit.transfer.distill import LayerHints, Teacher, uniform_layer_map
 
     assert uniform_layer_map(["s1", "s2", "s3", "s4"], [f"t{i}" for i in range(1, 13)]) == [
         ("s1", "t3"), ("s2", "t6"), ("s3", "t9"), ("s4", "t12")]  # TinyBERT's 4-of-12 mapping
-    data = _splits(2)
-    student = create_model("text_transformer", num_classes=2, hidden=64, heads=2, layers=2)
     hints = LayerHints(Teacher(minilm))
-    trainer = Trainer(student, TrainConfig(epochs=4, lr=1e-3, batch_size=16, backbone_lr_scale=1.0, seed=0),
-                      objectives=[CrossEntropy(), hints])
-    history = trainer.fit(data.train, data.val)
+    history = _distil_into_small_student(hints, seed=2, lr=1e-3)
     assert hints.pairs == [("backbone.model.encoder.layer.0", "backbone.model.encoder.layer.2"),
                            ("backbone.model.encoder.layer.1", "backbone.model.encoder.layer.5")]
     assert [a.student_shape[1] for a in hints.adapters] == [64, 64]
@@ -420,10 +429,7 @@ def test_finetune_on_text_that_keeps_the_source_reports_its_retention(tiny_bert,
     import json
 
     def write(path, data, labels):
-        with path.open("w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(["text", "label"])
-            w.writerows(zip(data.texts, labels, strict=True))
+        write_csv(path, data.texts, labels)
 
     source_task = _sentiment(300, 13, "sentiment")
     write(tmp_path / "sentiment.csv", source_task, [source_task.classes[int(y)] for y in source_task.y])
@@ -473,15 +479,10 @@ def test_attention_distributions_match_the_transformers_own_attention_probabilit
 
 
 def test_self_attention_distillation_pulls_the_students_attention_to_the_teachers(minilm):
-    from transferkit.engine import CrossEntropy
     from transferkit.transfer.distill import SelfAttentionKD, Teacher
 
-    data = _splits(5)
-    student = create_model("text_transformer", num_classes=2, hidden=64, heads=2, layers=2)
     kd = SelfAttentionKD(Teacher(minilm))
-    trainer = Trainer(student, TrainConfig(epochs=4, lr=2e-3, batch_size=16, backbone_lr_scale=1.0, seed=0),
-                      objectives=[CrossEntropy(), kd])
-    history = trainer.fit(data.train, data.val)
+    history = _distil_into_small_student(kd, seed=5, lr=2e-3)
     assert kd.heads == 2 and kd.student_qk[0] == "backbone.model.encoder.layer.1.attention.self.query"
     losses = [row["loss_self_attention"] for row in history.epochs]
     assert all(math.isfinite(v) for v in losses) and losses[-1] < 0.7 * losses[0]
