@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cli_helpers import run
+from cli_helpers import assert_one_line_error, run
 from transferkit.data import DataSplits, TextDataset
 from transferkit.data import tokens as tokens_mod
 from transferkit.data.tokens import PAD, TokenDataset, model_inputs, tokenize, tokenizer_key
@@ -486,3 +486,10 @@ def test_self_attention_distillation_pulls_the_students_attention_to_the_teacher
     assert kd.heads == 2 and kd.student_qk[0] == "backbone.model.encoder.layer.1.attention.self.query"
     losses = [row["loss_self_attention"] for row in history.epochs]
     assert all(math.isfinite(v) for v in losses) and losses[-1] < 0.7 * losses[0]
+
+
+def test_exporting_a_text_model_to_onnx_says_it_is_not_supported(tmp_path):
+    save_model(create_model("text_transformer", num_classes=2, hidden=32, heads=2, layers=1), tmp_path / "m")
+    result = run("export", tmp_path / "m", "--out", tmp_path / "m.onnx")
+    assert_one_line_error(result, "ONNX export of text models (text_transformer) is not supported yet")
+    assert not (tmp_path / "m.onnx").exists()

@@ -76,6 +76,7 @@ CHEAP_CHECKPOINT_S = 0.25
 #: Otherwise the next write waits until this many times the last write's duration has passed.
 CHECKPOINT_SPACING = 10.0
 
+
 class Trainer:
     """Trains a TransferNet on the sum of its objectives' losses.
 

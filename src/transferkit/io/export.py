@@ -222,6 +222,12 @@ def export_onnx(
         raise ConfigError(
             f"export_onnx takes a torch module or a model path or name, got {type(model).__name__}"
         )
+    if getattr(model, "tokenizer", None) is not None:
+        raise ConfigError(
+            f"ONNX export of text models ({model.info.arch}) is not supported yet: their tokenizer "  # type: ignore[union-attr]
+            "and per-batch trimming have no ONNX form here; export the transformers encoder with "
+            "transformers' own ONNX tools, or use the model folder"
+        )
 
     data_name = "random"
     if inputs is not None:
