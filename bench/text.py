@@ -187,8 +187,21 @@ def main() -> None:
         with args.out.open("a") as fh:
             fh.write(head + body + "\n")
         return
-    blocks = []
-    for strategy in args.strategies.split(","):
+    shots = f"{s['shots']} labels per class" if s["shots"] else "all training examples"
+    classes = ", ".join(s["classes"]) if s["classes"] else "all 20"
+    header = (
+        f"## {args.setting}: {s['dataset']} ({classes}), {shots}, first {s['max_length']} tokens, "
+        f"seeds {args.seeds}\n\n"
+        f"`python bench/text.py --setting {args.setting} --strategies {args.strategies}"
+        f"{f' --epochs {args.epochs}' if args.epochs else ''}` on {os.cpu_count()} cores "
+        f"({platform.processor() or platform.machine()}), {date.today().isoformat()}. Training settings: "
+        "the recipe the workflow picks (few-shot / linear-probe / lora); baseline: text_transformer with "
+        "MiniLM's tokenizer, new weights; TF-IDF + logistic regression on the same examples.\n\n"
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with args.out.open("a") as fh:
+        fh.write(header)
+    for strategy in args.strategies.split(","):  # each strategy's table is kept as soon as it is done
         start = time.perf_counter()
         data = {"dataset": s["dataset"], "shots": s["shots"]}
         if s["classes"]:
@@ -205,23 +218,11 @@ def main() -> None:
         }
         result = finetune(cfg)
         minutes = (time.perf_counter() - start) / 60
-        blocks.append(f"### {args.setting}, strategy {strategy} ({minutes:.1f} min in all)\n\n```\n"
-                      f"{result.table()}\n```\n")
-        print(blocks[-1], flush=True)
-    shots = f"{s['shots']} labels per class" if s["shots"] else "all training examples"
-    classes = ", ".join(s["classes"]) if s["classes"] else "all 20"
-    header = (
-        f"## {args.setting}: {s['dataset']} ({classes}), {shots}, first {s['max_length']} tokens, "
-        f"seeds {args.seeds}\n\n"
-        f"`python bench/text.py --setting {args.setting} --strategies {args.strategies}"
-        f"{f' --epochs {args.epochs}' if args.epochs else ''}` on {os.cpu_count()} cores "
-        f"({platform.processor() or platform.machine()}), {date.today().isoformat()}. Training settings: "
-        "the recipe the workflow picks (few-shot / linear-probe / lora); baseline: text_transformer with "
-        "MiniLM's tokenizer, new weights; TF-IDF + logistic regression on the same examples.\n\n"
-    )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with args.out.open("a") as fh:
-        fh.write(header + "\n".join(blocks) + "\n")
+        block = (f"### {args.setting}, strategy {strategy} ({minutes:.1f} min in all)\n\n```\n"
+                 f"{result.table()}\n```\n\n")
+        print(block, flush=True)
+        with args.out.open("a") as fh:
+            fh.write(block)
 
 
 if __name__ == "__main__":

@@ -38,11 +38,18 @@ def _cnn(num_classes: int = 10):
                         widths=(4, 8), feature_dim=16)
 
 
-def _context() -> dict[str, object]:
-    """The objects workflows pass: a teacher, a source model with its head, source data."""
+#: Objectives whose teacher must be a text transformer (they read its attention projections).
+TEXT_TEACHER = ("self_attention",)
+
+
+def _context(name: str = "") -> dict[str, object]:
+    """The objects workflows pass: a teacher (a small text transformer for :data:`TEXT_TEACHER`,
+    else a CNN), a source model with its head, source data."""
     torch.manual_seed(0)
     data = TensorDataset(torch.rand(8, 1, 8, 8), torch.arange(8) % 5, name="tiny-source")
-    return {"teacher": Teacher(_cnn()), "source": _cnn(5), "source_data": data}
+    teacher = (create_model("text_transformer", num_classes=5, hidden=32, heads=2, layers=1)
+               if name in TEXT_TEACHER else _cnn())
+    return {"teacher": Teacher(teacher), "source": _cnn(5), "source_data": data}
 
 
 def _params(cls: type) -> dict[str, inspect.Parameter]:
@@ -90,7 +97,7 @@ def test_defaults_build_the_objective(name):
     cls = OBJECTIVES.get(name)
     assert validate_method_spec({"name": name}) == {"name": name}
     needs = [k for k in _params(cls) if k in CONTEXT_ARGS]
-    context = _context() if needs else {}
+    context = _context(name) if needs else {}
     (built,) = build_objectives([{"name": name}], **context)
     assert type(built) is cls and built.name == name
     assert built.options == cls.Options() and built.weight == cls.Options().weight

@@ -493,3 +493,12 @@ def test_exporting_a_text_model_to_onnx_says_it_is_not_supported(tmp_path):
     result = run("export", tmp_path / "m", "--out", tmp_path / "m.onnx")
     assert_one_line_error(result, "ONNX export of text models (text_transformer) is not supported yet")
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_self_attention_needs_a_transformer_teacher():
+    from transferkit.errors import ConfigError
+    from transferkit.transfer.distill import SelfAttentionKD, Teacher
+
+    cnn = create_model("small_cnn", num_classes=2, in_channels=1, image_size=8)
+    with pytest.raises(ConfigError, match="has no query / key projection"):
+        SelfAttentionKD(Teacher(cnn))
