@@ -502,3 +502,26 @@ def test_self_attention_needs_a_transformer_teacher():
     cnn = create_model("small_cnn", num_classes=2, in_channels=1, image_size=8)
     with pytest.raises(ConfigError, match="has no query / key projection"):
         SelfAttentionKD(Teacher(cnn))
+
+
+@pytest.mark.parametrize("direction", ["bert->distilbert", "distilbert->bert"])
+def test_bert_and_distilbert_exchange_weights_and_compute_the_same_function(tmp_path, direction):
+    from transformers import BertConfig, BertModel, BertTokenizer, DistilBertConfig, DistilBertModel
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *(f"w{i}" for i in range(40))]
+    for name in ("bert", "distilbert"):
+        BertTokenizer(vocab={w: i for i, w in enumerate(vocab)}).save_pretrained(tmp_path / name)
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=64)).save_pretrained(tmp_path / "bert")
+    DistilBertModel(DistilBertConfig(vocab_size=len(vocab), dim=32, n_layers=2, n_heads=2, hidden_dim=64,
+                                     max_position_embeddings=64)).save_pretrained(tmp_path / "distilbert")
+    src_name, tgt_name = direction.split("->")
+    source = create_model(f"hf:{tmp_path / src_name}", num_classes=2, pretrained=True)
+    target = create_model(f"hf:{tmp_path / tgt_name}", num_classes=2, pretrained=True)
+    report = transfer_parameters(source, target)
+    assert all(e.status == "copied" for e in report.entries  # all but BERT's token types and unused pooler
+               if "token_type" not in e.target_name and ".pooler." not in e.target_name)
+    assert {u.source_name.rsplit(".", 2)[-2] for u in report.unused} <= {"dense"}  # BERT's unused pooler
+    check = check_copied_function(source, target, report)
+    assert check.checked and check.ok and check.relative_diff < 1e-5  # the same function

@@ -939,6 +939,40 @@ def _flag_upstream_new(entries: list[TransferEntry], deliberate: set[int], flows
                     e.upstream_new = names
 
 
+_TOKEN_TYPES = "embeddings.token_type_embeddings.weight"
+_POSITIONS = "embeddings.position_embeddings.weight"
+
+
+def _fold_token_types(sources: list[_Tensor], targets: list[_Tensor], t_entries: dict[int, TransferEntry],
+                      s_unused: dict[int, TransferEntry], paired_s: set[int]) -> None:
+    """A BERT-style source adds a token-type (segment) embedding to every token, row 0 for
+    single-segment text; a target without token types (DistilBERT) gets that row added to its copied
+    position embeddings, so it computes what the source computed on single-segment text. The other
+    way round, a target's token-type table that no source tensor filled is set to zeros."""
+    tt = next((i for i, s in enumerate(sources) if s.name.endswith(_TOKEN_TYPES)), None)
+    t_tt = next((j for j, t in enumerate(targets) if t.name.endswith(_TOKEN_TYPES)), None)
+    if tt is None and t_tt is not None and t_tt not in t_entries and any(
+            s.name.endswith(_POSITIONS) for s in sources):
+        with torch.no_grad():
+            targets[t_tt].value.zero_()
+        t_entries[t_tt] = _new_entry(targets[t_tt], "set to zeros: the source adds no token-type embedding")
+        return
+    if tt is None or t_tt is not None:
+        return
+    j = next((j for j, t in enumerate(targets) if t.name.endswith(_POSITIONS) and j in t_entries
+              and t_entries[j].status == "copied"), None)
+    if j is None or sources[tt].shape[-1] != targets[j].shape[-1]:
+        return
+    with torch.no_grad():
+        targets[j].value += sources[tt].value[0].to(targets[j].value.dtype)
+    entry = t_entries[j]
+    why = (f"; plus the source's token-type-0 (segment) embedding {sources[tt].name!r}, which the target "
+           "has no table for")
+    t_entries[j] = TransferEntry(**{**asdict(entry), "reason": entry.reason + why})
+    s_unused.pop(tt, None)
+    paired_s.add(tt)
+
+
 def transfer_parameters(
     source: nn.Module | Mapping[str, torch.Tensor],
     target: nn.Module,
@@ -1181,6 +1215,7 @@ def transfer_parameters(
                 t_entries[j] = e
             for i, u in zip(plan.src, unused_here, strict=False):
                 s_unused[i] = u
+        _fold_token_types(sources, targets, t_entries, s_unused, paired_s)
 
     stages_run = ", ".join(m for m in STAGES if m in match_list)
     no_source = f"no matching source tensor (stages: {stages_run})"
