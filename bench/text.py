@@ -59,8 +59,7 @@ def _pct(values: list[float]) -> str:
 
 def _splits(setting: dict, seed: int) -> tuple[DataSplits, DataSplits]:
     """(all splits, few-shot splits) of a setting for one seed."""
-    data = load_dataset(setting["dataset"], val_fraction=0.1, seed=seed,
-                        **({"classes": setting["classes"]} if setting["classes"] else {}))
+    data = load_dataset(setting["dataset"], val_fraction=0.1, seed=seed, classes=setting["classes"])
     few = DataSplits(few_shot(data.train, setting["shots"], seed), few_shot(data.val, setting["shots"], seed),
                      data.test)
     return data, few

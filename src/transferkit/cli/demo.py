@@ -12,7 +12,7 @@ from transferkit.cli._common import console, handle_errors, setup_logging
 @handle_errors
 def demo(
     task: str = typer.Option("image", "--task", help="image (MNIST / ImageNet -> Fashion-MNIST) or text "
-                             "(MiniLM -> tweets about Apple)."),
+                             "(MiniLM -> four newsgroups)."),
     out: Path | None = typer.Option(None, "--out", help="Output folder (demo-out, or demo-text-out)."),
     seeds: int = typer.Option(3, "--seeds", min=1, help="Number of seeds to average over."),
     shots: int = typer.Option(10, "--shots", min=1, help="Labelled images per class."),

@@ -381,6 +381,7 @@ def load_dataset(
     root: str | os.PathLike | None = None,
     val_fraction: float = 0.1,
     seed: int = 0,
+    classes: Sequence[str] | None = None,
     **kwargs: Any,
 ) -> DataSplits:
     """Load a built-in dataset, a torchvision dataset or a dataset on disk as train/val/test.
@@ -393,8 +394,9 @@ def load_dataset(
         val_fraction: Fraction of the training split held out (stratified) for validation,
             in ``[0, 1)``.
         seed: Seed of the validation split. The test split never depends on it.
-        **kwargs: ``classes`` (keep only these classes, relabelled in that order: see
-            :func:`select_classes`); ``label_column`` (and ``text_column``) for csv files;
+        classes: Keep only these classes, relabelled in that order (see :func:`select_classes`);
+            ``None`` keeps all.
+        **kwargs: ``label_column`` (and ``text_column``) for csv files;
             ``download`` and dataset arguments for torchvision.
 
     Returns:
@@ -410,7 +412,6 @@ def load_dataset(
         raise ConfigError(
             f"val_fraction must be in [0, 1), got {val_fraction!r}; use e.g. 0.1 for 10% validation"
         )
-    classes = kwargs.pop("classes", None)
     text = os.fspath(name_or_path)
     if isinstance(name_or_path, str) and text in DATASETS:
         train, test = DATASETS.get(text)(root=root, **kwargs)

@@ -177,13 +177,7 @@ class Hint(Objective):
         data = ctx.train_data
         if data is None or len(data) == 0:
             raise ConfigError("Hint.setup needs ctx.train_data to probe layer shapes; call fit")
-        probe = first_input(data)
-        s_shape = _probe_shape(model, self.student_layer, probe, ctx.device, "student")
-        t_probe = probe if self.teacher._own is None else first_input(self.teacher._own)
-        t_shape = _probe_shape(
-            self.teacher.model, self.teacher_layer, t_probe, self.teacher.device, "teacher"
-        )
-        _same_tokens(self.teacher, s_shape, t_shape, self.student_layer, self.teacher_layer)
+        s_shape, t_shape = _layer_shapes(ctx, self.teacher, self.student_layer, self.teacher_layer)
         old = self.adapter
         if old is not None and (old.student_shape, old.teacher_shape) == (s_shape, t_shape):
             self.adapter = old.to(ctx.device)
@@ -214,16 +208,23 @@ class Hint(Objective):
         return hint_loss(self.adapter(student), teacher, normalize=self.normalize)
 
 
-def _same_tokens(teacher: Teacher, s_shape: tuple[int, ...], t_shape: tuple[int, ...], s_layer: str,
-                 t_layer: str) -> None:
-    """Refuse token-by-token hints between text models that tokenise differently (their tokens
-    do not correspond); pooled features (the backbones' outputs) still compare."""
+def _layer_shapes(ctx: FitContext, teacher: Teacher, s_layer: str, t_layer: str
+                  ) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Output shapes (without the batch dimension) of a student and a teacher layer on the first
+    training example (a text teacher with another tokenizer reads its own ids of it). Token-by-token
+    pairs between text models that tokenise differently are refused (their tokens do not
+    correspond); pooled features (the backbones' outputs) still compare."""
+    probe = first_input(ctx.train_data)
+    t_probe = probe if teacher._own is None else first_input(teacher._own)
+    s_shape = _probe_shape(ctx.model, s_layer, probe, ctx.device, "student")
+    t_shape = _probe_shape(teacher.model, t_layer, t_probe, teacher.device, "teacher")
     if teacher._own is not None and (len(s_shape) == 2 or len(t_shape) == 2):
         raise ShapeError(
             f"student layer {s_layer!r} and teacher layer {t_layer!r} give one vector per token, but the "
             "two models tokenise differently, so their tokens do not correspond; hint the pooled "
             "features instead (student_layer='backbone', teacher_layer='backbone') or use one tokenizer"
         )
+    return s_shape, t_shape
 
 
 def _probe_shape(
@@ -308,14 +309,8 @@ class LayerHints(Objective):
         data = ctx.train_data
         if data is None or len(data) == 0:
             raise ConfigError("LayerHints.setup needs ctx.train_data to probe layer shapes; call fit")
-        probe = first_input(data)
-        t_probe = probe if self.teacher._own is None else first_input(self.teacher._own)
-        adapters = []
-        for s_layer, t_layer in self.pairs:
-            s_shape = _probe_shape(model, s_layer, probe, ctx.device, "student")
-            t_shape = _probe_shape(self.teacher.model, t_layer, t_probe, self.teacher.device, "teacher")
-            _same_tokens(self.teacher, s_shape, t_shape, s_layer, t_layer)
-            adapters.append(build_adapter(s_shape, t_shape, self.options.adapter))
+        adapters = [build_adapter(*_layer_shapes(ctx, self.teacher, s, t), self.options.adapter)
+                    for s, t in self.pairs]
         self.adapters = torch.nn.ModuleList(adapters).to(ctx.device)
         logger.info("layer hints: %s", ", ".join(f"{s} -> {t}" for s, t in self.pairs))
 
