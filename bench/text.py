@@ -14,11 +14,17 @@ examples/s of each.
 against the accuracy of a linear probe on each encoder's features (the same examples, all test texts):
 Kendall's tau between the two rankings.
 
+``--part adapt``: tweet sentiment from airline tweets (labelled) to Apple tweets (unlabelled) through
+``transferkit.adapt``: a small text transformer trained on the airline tweets is the source model; every
+arm starts from it (source only, each adaptation method at each trade-off weight, the target oracle);
+checkpoint and weight chosen without target labels (DEV) next to the oracle choice.
+
 Run (2 cores; the MiniLM test passes dominate):
     python bench/text.py --setting 20ng4 --strategies linear_probe,full,lora --out bench/results/text.md
     python bench/text.py --setting 20ng --strategies linear_probe --out bench/results/text.md
     python bench/text.py --part distill --out bench/results/text.md
     python bench/text.py --part rank --out bench/results/text.md
+    python bench/text.py --part adapt --out bench/results/text_adapt.md
 """
 
 from __future__ import annotations
@@ -161,13 +167,58 @@ def rank_part(setting: dict, seed: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+ADAPT_METHODS = ["dann", "cdan", "cdan_e", "dan", "jan", "coral", "mcd"]
+
+
+def adapt_part(seeds: list[int], epochs: int, weights: list[float], work: Path) -> str:
+    """tweets:airline -> tweets:apple with every adaptation method; model choice without target labels."""
+    from transferkit.models import save_model
+    from transferkit.workflows import adapt
+
+    kwargs = {"hidden": 128, "heads": 4, "layers": 2, "max_length": 48}
+    folder = work / "source-airline"
+    start = time.perf_counter()
+    if not (folder / "model.safetensors").is_file():
+        data = load_dataset("tweets:airline", val_fraction=0.1, seed=0)
+        torch.manual_seed(0)
+        model = create_model("text_transformer", num_classes=data.num_classes, **kwargs)
+        Trainer(model, TrainConfig(epochs=3, lr=1e-3, batch_size=64, backbone_lr_scale=1.0, seed=0)).fit(
+            data.train, data.val)
+        save_model(model, folder)
+    source_s = time.perf_counter() - start
+    out = work / "airline-to-apple"
+    result = adapt({
+        "name": "airline-to-apple", "out": str(out),
+        "source_data": {"dataset": "tweets:airline"}, "target_data": {"dataset": "tweets:apple"},
+        "model": {"source": str(folder)},
+        "methods": [{"name": m} for m in ADAPT_METHODS], "weights": weights, "seeds": seeds,
+        "select": "dev", "resume": True,
+        "train": {"epochs": epochs, "batch_size": 64, "lr": 3e-4, "backbone_lr_scale": 1.0,
+                  "scheduler": "none"},
+    })
+    choice = (out / "report.html").read_text().split("Model choice without target labels</h2>\n<pre>")[1]
+    choice = choice.split("</pre>")[0].replace("&amp;", "&").replace("&#x27;", "'").replace("&gt;", ">")
+    test = load_dataset("tweets:apple", val_fraction=0.1, seed=0).test
+    counts = test.class_counts().tolist()
+    spread = ", ".join(f"{c} {n}" for c, n in zip(test.classes, counts, strict=True))
+    return (
+        f"Source model: text_transformer {kwargs} trained 3 epochs on the airline tweets ({source_s:.0f} s, "
+        f"cached in {folder}). Every arm: {epochs} epochs from it, batch 64, AdamW lr 3e-4, trade-off "
+        f"weights {weights}. Apple test tweets: {len(test)} ({spread};"
+        f" always predicting the largest class scores {100 * max(counts) / len(test):.1f} %).\n\n"
+        f"### Model choice (target test accuracy, %)\n\n```\n{choice}\n```\n\n"
+        f"### Every arm, checkpoint chosen by DEV\n\n```\n{result.table()}\n```\n"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=("finetune", "distill", "rank"), default="finetune")
+    parser.add_argument("--part", choices=("finetune", "distill", "rank", "adapt"), default="finetune")
     parser.add_argument("--setting", choices=sorted(SETTINGS), default="20ng4")
     parser.add_argument("--strategies", default="linear_probe,full,lora")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--epochs", type=int, default=None, help="default: the recipe's")
+    parser.add_argument("--weights", default="0.3,1", help="--part adapt: trade-off weights")
     parser.add_argument("--work", type=Path, default=Path("bench-out/text"))
     parser.add_argument("--out", type=Path, default=Path("bench/results/text.md"))
     args = parser.parse_args()
@@ -175,6 +226,17 @@ def main() -> None:
     if args.part != "finetune":
         start = time.perf_counter()
         seeds = [int(x) for x in args.seeds.split(",")]
+        if args.part == "adapt":
+            body = adapt_part(seeds, args.epochs or 3, [float(w) for w in args.weights.split(",")],
+                              args.work / "adapt")
+            head = (f"## adapt: tweets:airline -> tweets:apple, seeds {args.seeds}\n\n"
+                    f"`python bench/text.py --part adapt --seeds {args.seeds} --weights {args.weights}"
+                    f"{f' --epochs {args.epochs}' if args.epochs else ''}` on {os.cpu_count()} cores, "
+                    f"{date.today().isoformat()}, {(time.perf_counter() - start) / 60:.1f} min in all.\n\n")
+            print(head + body, flush=True)
+            with args.out.open("a") as fh:
+                fh.write(head + body + "\n")
+            return
         body = distill_part(s, seeds, args.epochs or 10) if args.part == "distill" else rank_part(s, seeds[0])
         classes = ", ".join(s["classes"]) if s["classes"] else "all 20"
         head = (f"## {args.part}: {s['dataset']} ({classes}), {s['shots']} labels per class, first "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import math
+import shutil
 import time
 
 import pytest
@@ -185,9 +186,45 @@ def test_hf_text_folder_loads_model_and_tokenizer_and_round_trips(tiny_bert, tmp
     save_model(model, tmp_path / "m")
     back = load_model(tmp_path / "m")
     back.eval()
-    assert back.info.text == model.info.text and back.tokenizer is not None
+    assert back.info.arch == model.info.arch and back.tokenizer is not None
+    assert back.info.text == {**model.info.text, "tokenizer": f"hf:{tmp_path / 'm' / 'hf'}"}
     with torch.no_grad():
         assert torch.equal(model(ids), back(ids))
+
+
+@pytest.mark.parametrize("arch", ["hf", "text_transformer"])
+def test_a_saved_text_model_carries_its_tokenizer_and_loads_after_its_origin_is_gone(tiny_bert, tmp_path,
+                                                                                     arch):
+    origin = tmp_path / "origin"
+    shutil.copytree(tiny_bert, origin)
+    if arch == "hf":
+        model = create_model(f"hf:{origin}", num_classes=2, pretrained=True, max_length=24)
+    else:
+        model = create_model("text_transformer", num_classes=2, tokenizer=f"hf:{origin}", hidden=32, heads=2,
+                             layers=1, max_length=24)
+    model.eval()
+    ids = model_inputs(_sentiment(6, 3, "s"), model).x
+    save_model(model, tmp_path / "m")
+    save_model(model, tmp_path / "m")  # saving again replaces the copy whole
+    files = sorted(p.name for p in (tmp_path / "m" / "hf").iterdir())
+    assert "tokenizer_config.json" in files and not any(f.endswith(".safetensors") for f in files)
+    assert ("config.json" in files) == (arch == "hf")  # the encoder's config, for hf: models only
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "hf", "model.safetensors"]
+    shutil.rmtree(origin)
+    back = load_model(tmp_path / "m")
+    back.eval()
+    assert back.info.arch == model.info.arch
+    assert back.tokenizer("good airline").input_ids == model.tokenizer("good airline").input_ids
+    with torch.no_grad():
+        assert torch.equal(model(ids), back(ids))
+    save_model(back, tmp_path / "again")  # and the copy is copied on
+    assert load_model(tmp_path / "again").info.text["tokenizer"] == f"hf:{tmp_path / 'again' / 'hf'}"
+
+
+def test_minilm_folders_hold_no_tokenizer_copy(minilm, tmp_path):
+    save_model(minilm, tmp_path / "m")  # its files ship in a package
+    assert not (tmp_path / "m" / "hf").exists()
+    assert load_model(tmp_path / "m").info.text["tokenizer"] == "minilm"
 
 
 def test_malformed_text_field_of_a_saved_config_is_refused():
@@ -488,11 +525,53 @@ def test_self_attention_distillation_pulls_the_students_attention_to_the_teacher
     assert all(math.isfinite(v) for v in losses) and losses[-1] < 0.7 * losses[0]
 
 
-def test_exporting_a_text_model_to_onnx_says_it_is_not_supported(tmp_path):
-    save_model(create_model("text_transformer", num_classes=2, hidden=32, heads=2, layers=1), tmp_path / "m")
-    result = run("export", tmp_path / "m", "--out", tmp_path / "m.onnx")
-    assert_one_line_error(result, "ONNX export of text models (text_transformer) is not supported yet")
-    assert not (tmp_path / "m.onnx").exists()
+def test_a_text_model_exports_to_onnx_with_its_tokenizer_and_runs_on_texts_of_any_length(tiny_bert, tmp_path):
+    import numpy as np
+    import onnxruntime as ort
+    from transformers import AutoTokenizer
+
+    model = create_model(f"hf:{tiny_bert}", num_classes=2, pretrained=True, max_length=24)
+    Trainer(model, TrainConfig(epochs=2, lr=1e-3, batch_size=16, seed=0)).fit(_sentiment(32, 0, "t"))
+    save_model(model, tmp_path / "m")
+    file = tmp_path / "sentiment.onnx"
+    with open(tmp_path / "texts.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["text", "label"])
+        data = _sentiment(40, 1, "csv")
+        writer.writerows((t, data.classes[int(y)]) for t, y in zip(data.texts, data.y, strict=True))
+    result = run("export", tmp_path / "m", "--out", file, "--data", tmp_path / "texts.csv")
+    assert result.exit_code == 0, result.output
+    assert "inputs input_ids and attention_mask (batch, sequence <= 24)" in result.output
+    assert "checked with onnxruntime on 8 texts/test inputs (batch sizes 8 and 1)" in result.output  # 20 %
+    assert "predictions agree on 8/8" in result.output
+    # the file and the tokenizer beside it are all a user needs: no transferkit, no torch model
+    tok = AutoTokenizer.from_pretrained(tmp_path / "sentiment.tokenizer")
+    session = ort.InferenceSession(str(file), providers=["CPUExecutionProvider"])
+    texts = ["good airline", "bad bad apple delay rude", "the service was great and the seats were good"]
+    enc = tok(texts, padding=True, return_tensors="np")
+    got = session.run(None, {"input_ids": enc["input_ids"].astype(np.int64),
+                             "attention_mask": enc["attention_mask"].astype(np.int64)})[0]
+    model.eval()
+    with torch.no_grad():
+        want = model(model_inputs(TextDataset(texts, torch.zeros(3, dtype=torch.long), ["a", "b"]), model).x)
+    assert got.shape == (3, 2) and np.abs(got - want.numpy()).max() < 1e-4
+    again = run("export", tmp_path / "m", "--out", file)
+    assert_one_line_error(again, "already exists; pass --overwrite")
+
+
+def test_text_export_refuses_an_input_shape_and_image_data(tmp_path):
+    from transferkit.errors import ConfigError, ShapeError
+    from transferkit.io.export import export_onnx
+
+    model = create_model("text_transformer", num_classes=2, hidden=32, heads=2, layers=1, max_length=16)
+    with pytest.raises(ConfigError, match="takes token ids of any length up to its max_length"):
+        export_onnx(model, tmp_path / "m.onnx", input_shape=(16,))
+    with pytest.raises(ShapeError, match="a text model is checked on texts"):
+        export_onnx(model, tmp_path / "m.onnx", inputs=torch.rand(4, 16))
+    report = export_onnx(model, tmp_path / "m.onnx", samples=5)  # random token ids of random lengths
+    assert report.verified and report.max_abs_diff < 1e-4 and report.batch_sizes == (5, 1)
+    assert (tmp_path / "m.tokenizer" / "tokenizer_config.json").is_file()
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())
 
 
 def test_self_attention_needs_a_transformer_teacher():

@@ -90,9 +90,16 @@ def export(
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2))
         return
+    if getattr(net, "tokenizer", None) is not None:
+        from transferkit.io.export import tokenizer_folder
+
+        inputs = (f"inputs input_ids and attention_mask (batch, sequence <= {report.input_shape[0]}); "
+                  f"tokenizer files in {tokenizer_folder(report.path)}")
+    else:
+        inputs = f"input (batch, {', '.join(map(str, report.input_shape))})"
     console.print(
-        f"exported {model} to {report.path} (ONNX opset {report.opset}, input "
-        f"(batch, {', '.join(map(str, report.input_shape))}), {report.export_seconds:.1f} s)",
+        f"exported {model} to {report.path} (ONNX opset {report.opset}, {inputs}, "
+        f"{report.export_seconds:.1f} s)",
         soft_wrap=True,
     )
     if not report.verified:

@@ -14,6 +14,11 @@ nor the antialiased bilinear resize the input adapter uses when it shrinks image
 (efficientnet_lite0). Weights are stored inside the one ``.onnx`` file (no external-data files), so
 the file can be written atomically; this limits a model to ONNX's 2 GiB protobuf size.
 
+A text model's file takes what its tokenizer gives, ``input_ids`` and ``attention_mask`` (int64,
+``(batch, sequence)``, both axes dynamic, sequence up to the model's ``max_length``), and returns the
+logits; the tokenizer's files are written beside it (``<stem>.tokenizer/``), so the two together run
+with onnxruntime and transformers' ``AutoTokenizer`` alone.
+
 The file is first written to a temporary file beside the target; onnxruntime then runs it on a batch
 of inputs (and on a batch of one, which exercises the dynamic axis) and its outputs are compared with
 PyTorch's. Only a file that passes is renamed onto the target: a failed export or check leaves the
@@ -29,6 +34,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import time
 import warnings
 from collections.abc import Sequence
@@ -45,7 +51,7 @@ from transferkit.errors import ConfigError, ExportError, MissingDependencyError,
 from transferkit.io.files import atomic_write
 
 if TYPE_CHECKING:
-    from transferkit.data import TensorDataset
+    from transferkit.data import TensorDataset, TextDataset
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +63,7 @@ __all__ = [
     "export_onnx",
     "parse_input_shape",
     "require_export_packages",
+    "tokenizer_folder",
 ]
 
 EXPORT_HINT = "pip install 'transferkit[export]'"
@@ -172,7 +179,7 @@ def export_onnx(
     path: str | os.PathLike,
     *,
     input_shape: str | Sequence[int] | None = None,
-    inputs: torch.Tensor | TensorDataset | None = None,
+    inputs: torch.Tensor | TensorDataset | TextDataset | None = None,
     verify: bool = True,
     atol: float = DEFAULT_ATOL,
     samples: int = 16,
@@ -189,7 +196,8 @@ def export_onnx(
             Defaults to the shape of ``inputs``, else the model's ``info.data_shape`` or
             ``info.input_size``.
         inputs: Real examples to check the file on, ``(N, *input_shape)`` in ``[0, 1]`` (a tensor or
-            a :class:`~transferkit.data.TensorDataset`); the first ``samples`` are used. Without
+            a :class:`~transferkit.data.TensorDataset`; texts, a :class:`~transferkit.data.TextDataset`,
+            for a text model); the first ``samples`` are used. Without
             them, ``samples`` uniform random inputs in ``[0, 1]`` (seeded by ``seed``) are used.
         verify: Run the file with onnxruntime and compare with PyTorch before keeping it.
         atol: Largest absolute difference allowed between the two.
@@ -223,11 +231,13 @@ def export_onnx(
             f"export_onnx takes a torch module or a model path or name, got {type(model).__name__}"
         )
     if getattr(model, "tokenizer", None) is not None:
-        raise ConfigError(
-            f"ONNX export of text models ({model.info.arch}) is not supported yet: their tokenizer "  # type: ignore[union-attr]
-            "and per-batch trimming have no ONNX form here; export the transformers encoder with "
-            "transformers' own ONNX tools, or use the model folder"
-        )
+        if input_shape is not None:
+            raise ConfigError(
+                "a text model's ONNX file takes token ids of any length up to its max_length; leave out "
+                "--input-shape (input_shape)"
+            )
+        return _export_text(model, path, inputs=inputs, verify=verify, atol=atol, samples=samples,
+                            overwrite=overwrite, seed=seed)
 
     data_name = "random"
     if inputs is not None:
@@ -296,6 +306,109 @@ def export_onnx(
     return report
 
 
+class _TokenLogits(nn.Module):
+    """A text model as ``(input_ids, attention_mask) -> logits``: what its ONNX file takes."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model({"input_ids": input_ids, "attention_mask": attention_mask})
+
+
+def tokenizer_folder(path: Path) -> Path:
+    """Where :func:`export_onnx` writes a text model's tokenizer: ``<file stem>.tokenizer`` beside it."""
+    return path.with_name(f"{path.stem}.tokenizer")
+
+
+def _export_text(
+    model: nn.Module, path: Path, *, inputs: Any, verify: bool, atol: float, samples: int, overwrite: bool,
+    seed: int,
+) -> ExportReport:
+    """A text model's ONNX file: inputs ``input_ids`` and ``attention_mask`` (int64, ``(batch,
+    sequence)``, both axes dynamic, sequence up to the model's ``max_length``), output the logits; its
+    tokenizer's files in :func:`tokenizer_folder`. Checked on the given texts or on random token ids."""
+    from transferkit.data import TextDataset
+    from transferkit.data.tokens import PAD, TokenDataset, model_inputs
+
+    info = model.info  # type: ignore[union-attr]
+    length = int(info.input_size[0])
+    tokenizer = model.tokenizer  # type: ignore[union-attr]
+    folder = tokenizer_folder(path)
+    if folder.exists() and not overwrite:
+        raise ConfigError(f"{str(folder)!r} already exists; pass --overwrite (overwrite=True) to replace it")
+    if inputs is not None:
+        if not isinstance(inputs, (TextDataset, TokenDataset)):
+            raise ShapeError(
+                f"a text model is checked on texts (a TextDataset such as a text file's test split), got "
+                f"{type(inputs).__name__}"
+            )
+        data_name = inputs.name or "texts"
+        n = min(samples, len(inputs))
+        ids = model_inputs(inputs, model).x[:n]
+    else:
+        data_name = "random token-id"
+        gen = torch.Generator().manual_seed(seed)
+        ids = torch.randint(0, len(tokenizer), (samples, length), generator=gen)
+        lengths = torch.randint(1, length + 1, (samples,), generator=gen)
+        ids[torch.arange(length)[None, :] >= lengths[:, None]] = PAD
+    adapter = model.input_adapter  # type: ignore[union-attr]
+    wrapper = _TokenLogits(model)
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    gen = torch.Generator().manual_seed(seed + 1)
+    # batch 2 and 3 tokens: torch.export specialises axes of size 1 and ties axes of equal size
+    example = (torch.randint(0, len(tokenizer), (2, 3), generator=gen).to(device),
+               torch.ones(2, 3, dtype=torch.long, device=device))
+    batch = torch.export.Dim(BATCH_AXIS, min=1)
+    sequence = torch.export.Dim("sequence", min=1, max=length)
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        program, seconds = _export(wrapper, example, ("input_ids", "attention_mask"),
+                                   ({0: batch, 1: sequence}, {0: batch, 1: sequence}))
+        opset = int(program.model.opset_imports.get("", 0))
+        _add_metadata(program, model, (length,))
+        program.model.metadata_props["transferkit.input"] = (
+            f"input_ids and attention_mask, int64 ({BATCH_AXIS}, sequence), sequence <= {length}, from the "
+            f"tokenizer in {folder.name}/ ({info.text['tokenizer']}); output: logits ({BATCH_AXIS}, classes)"
+        )
+        result: dict[str, Any] = {}
+
+        def write(tmp: str) -> None:
+            program.save(tmp, external_data=False)
+            if verify:
+                batches = [ids, ids[:1]] if len(ids) > 1 else [ids]
+                feeds = [({k: v.numpy() for k, v in adapter(b).items()}, b) for b in batches]
+                result.update(_compare(tmp, feeds, lambda b: model(b.to(device)), atol,
+                                       f"{len(ids)} {data_name} inputs"))
+            if not overwrite:
+                check_output_path(path, overwrite)
+            _write_tokenizer(tokenizer, folder)
+
+        atomic_write(path, write)
+    finally:
+        for module, training in modes:
+            module.training = training
+    return ExportReport(
+        path=path, input_shape=(length,), opset=opset, export_seconds=seconds, verified=verify,
+        max_abs_diff=result.get("max_abs_diff"), atol=atol, checked=result.get("checked", 0),
+        batch_sizes=result.get("batch_sizes", ()), agree=result.get("agree"),
+        inputs=data_name if verify else "",
+    )
+
+
+def _write_tokenizer(tokenizer: Any, folder: Path) -> None:
+    """The tokenizer's files into ``folder``, replaced whole (a half-written folder is never left)."""
+    staging = folder.with_name(f".{folder.name}.partial")
+    if staging.exists():
+        shutil.rmtree(staging)
+    tokenizer.save_pretrained(str(staging))
+    if folder.exists():
+        shutil.rmtree(folder)
+    staging.rename(folder)
+
+
 def check_output_path(path: Path, overwrite: bool) -> None:
     """Refuse a folder, or an existing file unless ``overwrite``.
 
@@ -356,14 +469,22 @@ def _root_cause(exc: BaseException) -> BaseException:
     return exc
 
 
-def _export(model: nn.Module, example: torch.Tensor) -> tuple[Any, float]:
+def _export(
+    model: nn.Module,
+    example: torch.Tensor | tuple[torch.Tensor, ...],
+    input_names: Sequence[str] = (INPUT_NAME,),
+    dynamic_shapes: tuple[dict[int, Any], ...] | None = None,
+) -> tuple[Any, float]:
     """``torch.onnx.export`` (dynamo) to an in-memory ONNXProgram; returns it and the seconds taken.
+    One input with a dynamic batch axis unless ``input_names`` and ``dynamic_shapes`` say otherwise.
 
     What the exporter prints (progress, and graph dumps on failure) is captured and logged at DEBUG
     level, so a failure reaches the user as one error naming its cause.
     """
     start = time.perf_counter()
-    batch = torch.export.Dim(BATCH_AXIS, min=1)
+    args = example if isinstance(example, tuple) else (example,)
+    if dynamic_shapes is None:
+        dynamic_shapes = ({0: torch.export.Dim(BATCH_AXIS, min=1)},)
     captured = io.StringIO()
     try:
         with (
@@ -374,13 +495,13 @@ def _export(model: nn.Module, example: torch.Tensor) -> tuple[Any, float]:
             warnings.simplefilter("ignore")  # the exporter's deprecation/trace notes are noise here
             program = torch.onnx.export(
                 model,
-                (example,),
+                args,
                 None,
                 dynamo=True,
                 verbose=False,
-                input_names=[INPUT_NAME],
+                input_names=list(input_names),
                 output_names=[OUTPUT_NAME],
-                dynamic_shapes=({0: batch},),
+                dynamic_shapes=dynamic_shapes,
                 external_data=False,
                 optimize=True,
             )
@@ -438,6 +559,16 @@ def _verify(
     file: str, model: nn.Module, x: torch.Tensor, device: torch.device, atol: float, data_name: str
 ) -> dict[str, Any]:
     """Run ``file`` with onnxruntime on ``x`` and on ``x[:1]``; compare with the model."""
+    batches = [x, x[:1]] if len(x) > 1 else [x]
+    return _compare(file, [({INPUT_NAME: xb.numpy()}, xb) for xb in batches],
+                    lambda xb: model(xb.to(device)), atol, f"{len(x)} {data_name} inputs")
+
+
+def _compare(
+    file: str, batches: list[tuple[dict[str, np.ndarray], Any]], run_model: Any, atol: float, what: str
+) -> dict[str, Any]:
+    """Run ``file`` with onnxruntime on each batch's feeds and the model on its own input; the
+    largest difference, held to ``atol``."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -449,36 +580,33 @@ def _verify(
             f"onnxruntime cannot load the exported file ({type(exc).__name__}: {_first_line(exc)}); "
             "the file was not written"
         ) from exc
-    batches = [x, x[:1]] if len(x) > 1 else [x]
     worst = 0.0
     agree: int | None = None
-    for i, xb in enumerate(batches):
+    sizes = []
+    for i, (feeds, xb) in enumerate(batches):
+        size = len(next(iter(feeds.values())))
+        sizes.append(size)
         try:
-            got = session.run(None, {INPUT_NAME: xb.numpy()})
+            got = session.run(None, feeds)
         except Exception as exc:
             raise ExportError(
-                f"onnxruntime failed on a batch of {len(xb)} ({type(exc).__name__}: {_first_line(exc)}); "
+                f"onnxruntime failed on a batch of {size} ({type(exc).__name__}: {_first_line(exc)}); "
                 "the file was not written"
             ) from exc
         with torch.no_grad():
-            want = _outputs(model(xb.to(device)))
+            want = _outputs(run_model(xb))
         if len(got) != len(want) or any(g.shape != w.shape for g, w in zip(got, want, strict=False)):
             raise ExportError(
                 f"the ONNX file's outputs {[g.shape for g in got]} differ in shape from PyTorch's "
-                f"{[w.shape for w in want]} on a batch of {len(xb)}; the file was not written"
+                f"{[w.shape for w in want]} on a batch of {size}; the file was not written"
             )
         worst = max(worst, *(_max_diff(g, w) for g, w in zip(got, want, strict=True)))
         if i == 0 and want[0].ndim == 2:
             agree = int((got[0].argmax(1) == want[0].argmax(1)).sum())
     if not worst <= atol:
         raise ExportError(
-            f"the ONNX file's outputs differ from PyTorch's by up to {worst:.3g} on {len(x)} {data_name} "
-            f"inputs, above the tolerance {atol:g}; the file was not written: raise the tolerance "
+            f"the ONNX file's outputs differ from PyTorch's by up to {worst:.3g} on {what}, above the "
+            f"tolerance {atol:g}; the file was not written: raise the tolerance "
             "(--atol) if that is acceptable, or export without the check (--no-verify)"
         )
-    return {
-        "max_abs_diff": worst,
-        "checked": len(x),
-        "batch_sizes": tuple(len(b) for b in batches),
-        "agree": agree,
-    }
+    return {"max_abs_diff": worst, "checked": sizes[0], "batch_sizes": tuple(sizes), "agree": agree}

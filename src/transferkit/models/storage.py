@@ -6,6 +6,7 @@ from __future__ import annotations
 import difflib
 import logging
 import os
+import shutil
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -29,6 +30,10 @@ logger = logging.getLogger(__name__)
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 FORMAT = "transferkit"
+HF_FILES = "hf"
+"""Subfolder of a saved text model: its tokenizer's files and, for an ``hf:`` encoder, the encoder's
+transformers config, so the folder rebuilds without the model it came from (no weights there:
+``model.safetensors`` holds them)."""
 
 
 @dataclass(frozen=True)
@@ -103,10 +108,51 @@ def save_model(model: TransferNet, folder: str | os.PathLike) -> Path:
         raise CheckpointError(f"{str(folder)!r} is a file; save_model needs a folder path")
     folder.mkdir(parents=True, exist_ok=True)
     save_state_dict(model.state_dict(), folder / WEIGHTS_NAME, metadata={"format": "pt"})
+    _save_text_files(model, folder)
     config = {**model.info.to_dict(), "format": FORMAT, "version": transferkit.__version__}
     atomic_write_json(folder / CONFIG_NAME, config)
     logger.info("saved %s to %s", model.info.arch, folder)
     return folder
+
+
+def _save_text_files(model: TransferNet, folder: Path) -> None:
+    """A text model's tokenizer (and an ``hf:`` encoder's config) into ``folder/hf``, replaced as a
+    whole; nothing for ``minilm``, whose files ship in a package."""
+    text = model.info.text
+    tokenizer = getattr(model, "tokenizer", None)
+    if text is None or tokenizer is None or text.get("tokenizer") == "minilm":
+        return
+    staging = folder / f".{HF_FILES}.partial"
+    if staging.exists():
+        shutil.rmtree(staging)
+    tokenizer.save_pretrained(str(staging))
+    if model.info.arch.startswith("hf:"):
+        model.backbone.model.config.save_pretrained(str(staging))
+    target = folder / HF_FILES
+    if target.exists():
+        old = folder / f".{HF_FILES}.old"
+        if old.exists():
+            shutil.rmtree(old)
+        target.rename(old)
+        staging.rename(target)
+        shutil.rmtree(old)
+    else:
+        staging.rename(target)
+
+
+def _from_saved_text_files(info: ModelInfo, folder: Path) -> tuple[str | type, dict[str, Any]]:
+    """(architecture, arguments) that rebuild a saved text model from its ``hf`` subfolder; the
+    recorded tokenizer becomes that copy."""
+    files = folder / HF_FILES
+    if info.text is None or not files.is_dir():
+        return info.arch, info.kwargs
+    copy = f"hf:{files}"
+    info.text = {**info.text, "tokenizer": copy}
+    if info.arch.startswith("hf:"):
+        return copy, info.kwargs
+    if "tokenizer" in info.kwargs:
+        return info.arch, {**info.kwargs, "tokenizer": copy}
+    return info.arch, info.kwargs
 
 
 def load_model(
@@ -275,13 +321,17 @@ def _load_folder(folder: Path, arch: str | type | None, kwargs: dict[str, Any]) 
             "save the model again"
         )
     state = load_state_dict(weights)
-    model = _build(build_arch, info.num_classes, info.kwargs, info.growth)
+    if build_arch == info.arch:
+        build_arch, build_kwargs = _from_saved_text_files(info, folder)
+    else:
+        build_kwargs = info.kwargs
+    model = _build(build_arch, info.num_classes, build_kwargs, info.growth)
     info.source = str(folder)
     if not overridden:  # keep the saved metadata (it may have been edited after building)
         model.info = info
         model.input_adapter = info.adapter()
     else:
-        model.info.source = info.source
+        model.info.source, model.info.arch, model.info.text = info.source, info.arch, info.text
     _load_strict(model, state, weights)
     return model
 
