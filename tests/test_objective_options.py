@@ -121,7 +121,7 @@ def test_one_error_names_every_bad_option_at_once():
     assert "temperature=-1: must be > 0" in msg
     assert "does not take 'temprature' (did you mean 'temperature'?)" in msg
     assert "weight='big': must be a number" in msg
-    assert msg.endswith("known options: weight, temperature, teacher_weights")
+    assert msg.endswith("known options: weight, temperature, teacher_weights, unlabeled")
     assert "\n" not in msg
 
 

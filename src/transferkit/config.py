@@ -42,6 +42,12 @@ class DataConfig(_Strict):
             reports the source-task accuracy before and after fine-tuning (source retention), and
             regularisers that need source data (EWC) use its training split.
         source_root: Folder holding the source dataset's files.
+        unlabeled: Unlabelled target data for the methods that learn from it (``pseudo_label``,
+            ``fixmatch``, ``mean_teacher``; ``kd`` in ``distill``): ``"rest"``, the target's own
+            training split with its labels dropped (the labelled examples included, as in FixMatch;
+            never the validation or test split), or another dataset (built-in name or path) whose
+            training split's inputs are used, brought to the target's input shape.
+        unlabeled_size: Use this many unlabelled examples (drawn with the first seed); ``None``: all.
     """
 
     dataset: str = "digits"
@@ -52,6 +58,8 @@ class DataConfig(_Strict):
     classes: list[str] | None = Field(None, min_length=2)
     source_dataset: str | None = None
     source_root: str | None = None
+    unlabeled: str | None = None
+    unlabeled_size: int | None = Field(None, ge=1)
 
 
 class _SourceOptions(_Strict):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -50,6 +51,10 @@ def distill(
         help="Objective NAME[:key=value,...], repeatable, e.g. -m cross_entropy:weight=0.1 "
         "-m kd:weight=0.9,temperature=4 -m hint:student_layer=backbone.conv2",
     ),
+    unlabeled: str | None = typer.Option(
+        None, "--unlabeled", help="Unlabelled transfer set: kd distils on it too (pseudo_label, fixmatch, "
+        "mean_teacher learn from it): 'rest' (the training split without labels), a built-in name or a path."
+    ),
     epochs: int | None = typer.Option(None, "--epochs", help="Training budget in epochs."),
     shots: int | None = typer.Option(None, "--shots", help="Labelled examples per class."),
     seeds: str | None = typer.Option(None, "--seeds", help="Comma-separated seeds, e.g. 0,1,2."),
@@ -78,6 +83,7 @@ def distill(
         "teacher.model": teacher,
         "student.model": student,
         "data.dataset": data,
+        "data.unlabeled": json.dumps(unlabeled) if unlabeled is not None else None,
         "train.epochs": epochs,
         "data.shots": shots,
         "out": str(out) if out else None,

@@ -9,7 +9,7 @@ Text data is a :class:`TextDataset` (``texts``, int64 ``y``): ``load_dataset("20
 
 from transferkit.data.base import DataSplits, TensorDataset
 from transferkit.data.builtin import DATASETS, available_datasets, load_dataset, select_classes
-from transferkit.data.sampling import few_shot, match_shape, split_train_val
+from transferkit.data.sampling import few_shot, match_shape, split_train_val, without_labels
 from transferkit.data.sources import from_arrays, from_torch_dataset, read_idx
 from transferkit.data.text import (
     TextDataset,
@@ -37,4 +37,5 @@ __all__ = [
     "read_text_file",
     "split_train_val",
     "tfidf_baseline",
+    "without_labels",
 ]

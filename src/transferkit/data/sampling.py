@@ -15,7 +15,7 @@ from transferkit.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["few_shot", "match_shape", "split_train_val", "stratified_indices"]
+__all__ = ["few_shot", "match_shape", "split_train_val", "stratified_indices", "without_labels"]
 
 
 def stratified_indices(y: torch.Tensor, test_size: float | int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -161,3 +161,26 @@ def match_shape(data: TensorDataset, shape: tuple[int, ...], batch_size: int = 1
         parts = [adapter(data.x[i : i + batch_size]) for i in range(0, len(data), batch_size)]
     x = torch.cat(parts) if parts else torch.zeros((0, *target))
     return TensorDataset(x.contiguous(), data.y.clone(), list(data.classes), data.name)
+
+
+def without_labels(data, size: int | None = None, seed: int = 0):  # noqa: ANN001, ANN201 (any dataset)
+    """``data``'s inputs as an unlabelled pool: ``size`` examples drawn with ``seed`` (all when
+    ``None`` or larger), labels replaced by zeros in in-memory datasets (images, vectors, texts) so no
+    code can read them; the engine marks every unlabelled (target) example ``-1`` anyway.
+
+    Raises:
+        DataError: ``data`` is empty.
+    """
+    n = len(data)
+    if n == 0:
+        raise DataError(f"the unlabelled data {getattr(data, 'name', '')!r} is empty")
+    if size is not None and size < n:
+        gen = torch.Generator().manual_seed(seed)
+        data = data.subset(torch.sort(torch.randperm(n, generator=gen)[:size]).values)
+    name = f"{getattr(data, 'name', '') or 'data'} (unlabelled)"
+    zeros = torch.zeros(len(data), dtype=torch.long)
+    if isinstance(data, TensorDataset):
+        return TensorDataset(data.x, zeros, list(data.classes), name)
+    if hasattr(data, "texts"):  # a TextDataset (imported lazily: transferkit.data.text imports this module)
+        return type(data)(list(data.texts), zeros, list(data.classes), name)
+    return data

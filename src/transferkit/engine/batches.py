@@ -215,12 +215,15 @@ class EpochOrder:
         shuffle: ``False`` keeps the dataset order (evaluation).
         target_size: Size of the paired target set, or ``None``.
         rank, world_size: This process's share of every batch.
+        target_ratio: Target examples paired with every source example.
     """
 
     def __init__(self, n: int, batch_size: int, seed: int = 0, shuffle: bool = True,
-                 target_size: int | None = None, rank: int = 0, world_size: int = 1) -> None:
+                 target_size: int | None = None, rank: int = 0, world_size: int = 1,
+                 target_ratio: int = 1) -> None:
         self.n, self.batch_size, self.seed, self.shuffle = n, batch_size, seed, shuffle
         self.target_size, self.rank, self.world_size = target_size, rank, world_size
+        self.target_ratio = int(target_ratio)
         self.slices = batch_slices(n, batch_size) if n else []
         if world_size > 1 and any(s.stop - s.start < world_size for s in self.slices):
             raise ConfigError(
@@ -241,7 +244,7 @@ class EpochOrder:
         draw = TargetDraw(self.target_size, self.seed, epoch) if self.target_size else None
         for sl in self.slices:
             idx = order[sl]
-            idx_t = draw.take(len(idx)) if draw is not None else None
+            idx_t = draw.take(len(idx) * self.target_ratio) if draw is not None else None
             if self.world_size > 1:
                 idx = idx[self.rank :: self.world_size]
                 idx_t = None if idx_t is None else idx_t[self.rank :: self.world_size]
@@ -297,7 +300,10 @@ class TensorBatches:
         labelled = bool(len(y) == 0 or int(y.min()) >= 0)
         for idx, idx_t in self.order.batches(epoch):
             ex = Examples(x[idx] if self.inputs else x[:0], y[idx], idx, all_labelled=labelled)
-            yield ex if idx_t is None else _pair(ex, gather(self.target, idx_t), idx_t)
+            if idx_t is None:
+                yield ex
+            else:  # with cached features the target's inputs are not read either
+                yield _pair(ex, gather(self.target, idx_t) if self.inputs else x[:0], idx_t)
 
 
 class _OrderSampler(Sampler):
@@ -393,7 +399,7 @@ def make_batches(train: Dataset | DataLoader, target: Dataset | None, config: An
         return UserLoaderBatches(train, config.seed, target)
     order = EpochOrder(num_examples(train), config.batch_size, config.seed,
                        target_size=None if target is None else num_examples(target),
-                       rank=rank, world_size=world_size)
+                       rank=rank, world_size=world_size, target_ratio=config.unlabeled_ratio)
     if isinstance(train, TensorDataset) and (target is None or isinstance(target, TensorDataset)):
         return TensorBatches(train, order, target)
     return LoaderBatches(train, order, target, config.num_workers, config.pin_memory and cuda)

@@ -142,6 +142,9 @@ class TrainConfig(BaseModel):
         weak_augment, strong_augment: The two views of every unlabelled example given to
             objectives that ask for them (``Objective.needs_views``); ``None`` uses
             :data:`~transferkit.data.augment.WEAK` / :data:`~transferkit.data.augment.STRONG`.
+        unlabeled_ratio: Unlabelled (target) examples paired with every labelled one in a step:
+            the target batch is ``unlabeled_ratio * batch_size`` (FixMatch's ``mu``, 7 in the paper;
+            1 for domain adaptation).
         divergence_factor: Stop with a :class:`~transferkit.errors.TrainingError` when training
             diverges: a step's total loss is more than this many times its first step's (at least
             1 in magnitude), or the weights' norm grows to more than this many times its start.
@@ -182,6 +185,7 @@ class TrainConfig(BaseModel):
     augment: list[str | dict[str, Any]] = Field(default_factory=list)
     weak_augment: list[str | dict[str, Any]] | None = None
     strong_augment: list[str | dict[str, Any]] | None = None
+    unlabeled_ratio: int = Field(1, ge=1)
 
     @field_validator("augment", "weak_augment", "strong_augment")
     @classmethod

@@ -6,9 +6,10 @@ holding its hyper-parameters (and any trainable parts, such as distillation adap
 ``loss = sum(o.weight * o(batch) for o in objectives)``, logs every term, backpropagates and steps.
 Two methods at once is a list of two objectives, not new code.
 
-Domain adaptation adds unlabelled *target* examples: an objective with ``uses_target = True`` gets a
-target batch (same size as the source batch) forwarded with the source batch in one pass, in the
-``target_*`` fields of :class:`Batch`. A method that alternates updates of different parts of the
+Domain adaptation and semi-supervised methods add unlabelled *target* examples: an objective with
+``uses_target = True`` gets a target batch (``TrainConfig.unlabeled_ratio`` times the size of the
+source batch, 1 by default) forwarded with the source batch in one pass, in the ``target_*`` fields
+of :class:`Batch`. A method that alternates updates of different parts of the
 model (MCD's three steps) overrides :meth:`Objective.training_step` and composes the step's
 operations itself (:class:`~transferkit.engine.step.StepRunner`).
 
@@ -421,7 +422,8 @@ class CrossEntropy(Objective):
 # first lookup, so `-m kd -m l2sp` works whichever command built the objectives.
 OBJECTIVES: Registry[type[Objective]] = Registry(
     "objective",
-    modules=("transferkit.transfer.distill", "transferkit.transfer.regularize", "transferkit.transfer.adapt"),
+    modules=("transferkit.transfer.distill", "transferkit.transfer.regularize", "transferkit.transfer.adapt",
+             "transferkit.transfer.semi"),
 )
 OBJECTIVES.register("cross_entropy", CrossEntropy)
 

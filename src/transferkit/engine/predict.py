@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
+import weakref
 from collections.abc import Callable
 
 import torch
@@ -27,6 +29,40 @@ def memory_batch_size(model: nn.Module, requested: int) -> int:
     if not size:
         return requested
     return max(1, min(int(requested), EVAL_BUDGET // max(1, math.prod(size))))
+
+
+#: Features of unlabelled pools computed in this process, by (frozen backbone's weights, pool): the
+#: seeds and arms of a workflow that read the same pool through the same frozen backbone share one pass.
+_POOLS: dict[tuple[str, int], tuple[weakref.ref, torch.Tensor]] = {}
+
+
+def _backbone_digest(model: nn.Module) -> str:
+    """A digest of everything that computes the features: the input adapter's and backbone's state."""
+    h = hashlib.sha1()
+    for part in ("input_adapter", "backbone"):
+        module = getattr(model, part, None)
+        if module is None:
+            continue
+        for key, value in module.state_dict().items():
+            h.update(key.encode())
+            h.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def pool_features(model: nn.Module, data: object, batch_size: int = 512,
+                  device: str | torch.device | None = None) -> torch.Tensor:
+    """:func:`predict_features` of an unlabelled pool, remembered for the process: a later call with
+    the same dataset object and a backbone with the same weights returns the same features at once."""
+    key = (_backbone_digest(model), id(data))
+    hit = _POOLS.get(key)
+    if hit is not None and hit[0]() is data:
+        return hit[1].to(device) if device is not None else hit[1]
+    feats = predict_features(model, data, batch_size, device)
+    try:
+        _POOLS[key] = (weakref.ref(data), feats)
+    except TypeError:  # not weakly referenceable: not remembered
+        pass
+    return feats
 
 
 def predict_features(

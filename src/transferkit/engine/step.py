@@ -76,6 +76,7 @@ class StepRunner:
         self.head_params = {id(p) for p in model.head.parameters()} | extra
         self.backbone_params = {id(p) for p in model.parameters()} - self.head_params
         self.cached_features: torch.Tensor | None = None
+        self.cached_target_features: torch.Tensor | None = None
         self._params: list[torch.Tensor] | None = None
         self.strategy_applied = False
         self.epoch = self.step = 0
@@ -105,7 +106,14 @@ class StepRunner:
         with self.autocast():
             if self.cached_features is not None:
                 features = self.cached_features[ex.index.to(self.cached_features.device)]
-                return Batch(logits=model.head(features), features=features, **common)
+                if ex.target is None or self.cached_target_features is None:
+                    return Batch(logits=model.head(features), features=features, **common)
+                cache, t = self.cached_target_features, ex.target
+                target_features = cache[t.index.to(cache.device)]
+                logits = model.head(torch.cat([features, target_features]))
+                n = len(features)
+                return Batch(logits=logits[:n], features=features, target_x=t.x, target_logits=logits[n:],
+                             target_features=target_features, target_index=t.index, **common)
             x = ex.x if ex.target is None else concat(ex.x, ex.target.x)
             if self.tap is not None:
                 self.tap.features.clear()

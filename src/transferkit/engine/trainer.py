@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from transferkit.data.base import TensorDataset
 from transferkit.data.tokens import model_inputs
 from transferkit.engine import distributed
 from transferkit.engine.batches import (
@@ -54,7 +55,7 @@ from transferkit.engine.parameter_efficient import (
     check_targets,
     merge_adapters,
 )
-from transferkit.engine.predict import evaluate, predict_features
+from transferkit.engine.predict import evaluate, pool_features, predict_features
 from transferkit.engine.step import StepRunner
 from transferkit.engine.strategies import (
     apply_strategy,
@@ -196,7 +197,8 @@ class Trainer:
             val: Validation data for best-epoch selection and early stopping (same kinds).
             target: Unlabelled target-domain data for the objectives that use it (``uses_target``);
                 its labels are never read. Every step pairs the source batch with a target batch
-                of the same size; an epoch is one pass over ``train`` and the target set cycles.
+                ``config.unlabeled_ratio`` times its size (1: the same size); an epoch is one pass
+                over ``train`` and the target set cycles.
             resume: Continue after the last finished epoch of ``run_dir``'s checkpoint (starts
                 fresh, with a logged note, when there is none).
 
@@ -264,9 +266,12 @@ class Trainer:
         self.history = history
 
         # features are cached for a frozen backbone, unless augmentation changes the inputs every step
+        # (and of the unlabelled set, for objectives that read only its logits: pseudo-labelling)
+        paired = any(o.uses_target for o in self.objectives)
         cached = (cfg.cache_features and backbone_frozen_throughout(cfg) and not cfg.augment
                   and not isinstance(train, DataLoader)
-                  and all(o.head_only and not o.taps and not o.uses_target for o in self.objectives)
+                  and all(o.head_only and not o.taps and not o.needs_views for o in self.objectives)
+                  and (not paired or isinstance(target, TensorDataset))
                   and self.step_owner is None)
         train_feats = val_feats = None
         if cached and not history.stopped_early and len(history.epochs) < cfg.epochs:
@@ -284,6 +289,8 @@ class Trainer:
             views=view_maker(cfg, self.objectives, self.device),
         )
         runner.cached_features = train_feats
+        if train_feats is not None and paired:  # one pass over the pool, shared by the fits of a process
+            runner.cached_target_features = pool_features(model, target, cfg.eval_batch_size, self.device)
         # with cached features only the head trains: the rest of the state can't change in this fit
         head_keys = {f"head.{k}" for k in model.head.state_dict()}
         self._fixed = frozenset(k for k in model.state_dict() if cached and k not in head_keys)

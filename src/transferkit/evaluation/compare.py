@@ -112,7 +112,8 @@ def summarize(
     * ``gain_macro_f1``: the same for macro-F1;
     * ``negative_transfer``: ``gain < 0`` (``False`` on the baseline row and on ``reference`` rows);
     * ``reference``: the runs are a reference method that transfers nothing (``extra["reference"]``:
-      TF-IDF + logistic regression beside text arms);
+      ``True`` for TF-IDF + logistic regression beside text arms, or the text shown instead of
+      "reference, no model transferred", such as a from-scratch arm that learns from unlabelled data);
     * ``significant``: ``|gain| > 2 * sqrt(sa**2/na + sb**2/nb)`` (two standard errors of the
       difference of means, with sample stds ``s`` and seed counts ``n``); ``None`` when either
       side has a single seed (its spread is unknown) and on the baseline row;
@@ -158,7 +159,7 @@ def summarize(
                 "seconds_mean": float(np.mean([r.seconds for r in group])),
                 "is_baseline": name == baseline,
                 "gain_metric": metric,
-                "reference": any(bool(r.extra.get("reference")) for r in group),
+                "reference": next((r.extra["reference"] for r in group if r.extra.get("reference")), False),
                 **_retention(group),
                 **_fit(group),
             }
@@ -251,8 +252,9 @@ def format_gain(row: dict[str, Any]) -> str:
     if gain is None:
         return "(no baseline)"
     text = f"{100 * gain:+.1f} pp"
-    if row.get("reference"):
-        text += "  (reference, no model transferred)"
+    reference = row.get("reference")
+    if reference:
+        text += f"  ({reference if isinstance(reference, str) else 'reference, no model transferred'})"
     if row.get("negative_transfer"):
         text += "  NEGATIVE TRANSFER"
     if row.get("significant") is False:

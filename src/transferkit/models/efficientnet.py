@@ -98,9 +98,15 @@ def build_efficientnet_lite0(
     image_size: int = 224,
     dropout: float = 0.2,
     drop_connect_rate: float = 0.2,
+    features: str = "head",
 ) -> TransferNet:
     """EfficientNet-Lite0 as a :class:`TransferNet`: RGB ``(N, 3, image_size, image_size)`` ->
     features ``(N, 1280)`` -> logits ``(N, num_classes)``.
+
+    ``features`` cuts the backbone after an earlier stage (``"stage5"``: 112 features, ``"stage6"``:
+    192, ``"stage7"``: 320; global average pooling after it): intermediate ImageNet features are
+    more general than the last ones (Yosinski et al., 2014) and often transfer better to a distant
+    target; the cut is recorded in the model's arguments, so a saved model rebuilds the same way.
 
     Args:
         num_classes: Head size; with ``pretrained`` and 1000 the ImageNet classifier is kept.
@@ -108,6 +114,8 @@ def build_efficientnet_lite0(
         image_size: Side of the (square) input the backbone sees; smaller (e.g. 112) is faster.
         dropout: Dropout before the head.
         drop_connect_rate: Stochastic-depth rate of the last block (scaled linearly from 0).
+        features: Where the backbone ends: ``"head"`` (the 1280-wide head convolution, the whole
+            network) or ``"stage1"`` .. ``"stage7"``.
 
     Raises:
         MissingDependencyError: the packages are not installed.
@@ -117,6 +125,9 @@ def build_efficientnet_lite0(
     for name, value in (("dropout", dropout), ("drop_connect_rate", drop_connect_rate)):
         if not 0.0 <= float(value) < 1.0:
             raise ConfigError(f"{name} must be in [0, 1), got {value!r}")
+    cuts = ("head", *(f"stage{i}" for i in range(1, 8)))
+    if features not in cuts:
+        raise ConfigError(f"features must be one of {', '.join(cuts)}, got {features!r}")
     net = package_model(image_size, pretrained, float(dropout), float(drop_connect_rate))
     blocks: OrderedDict[str, nn.Module] = OrderedDict()
     blocks["stem"] = nn.Sequential(OrderedDict(conv=net._conv_stem, bn=net._bn0, act=nn.ReLU6()))
@@ -127,28 +138,34 @@ def build_efficientnet_lite0(
         if not stages or args.input_filters != args.output_filters:
             stages.append([])
         stages[-1].append(i)
+    feature_dim = FEATURE_DIM
     for s, idxs in enumerate(stages, start=1):
         rates = [float(drop_connect_rate) * i / n_blocks for i in idxs]
         blocks[f"stage{s}"] = MBConvStage([net._blocks[i] for i in idxs], rates)
-    blocks["head_conv"] = nn.Sequential(
-        OrderedDict(conv=net._conv_head, bn=net._bn1, act=nn.ReLU6())
-    )
+        if features == f"stage{s}":
+            feature_dim = int(net._blocks[idxs[-1]]._block_args.output_filters)
+            break
+    if features == "head":
+        blocks["head_conv"] = nn.Sequential(
+            OrderedDict(conv=net._conv_head, bn=net._bn1, act=nn.ReLU6())
+        )
     blocks["pool"] = nn.Sequential(
         OrderedDict(
             pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(), dropout=nn.Dropout(float(dropout))
         )
     )
-    keep_fc = pretrained and num_classes == IMAGENET_CLASSES
-    head = net._fc if keep_fc else nn.Linear(FEATURE_DIM, num_classes)
+    keep_fc = pretrained and num_classes == IMAGENET_CLASSES and features == "head"
+    head = net._fc if keep_fc else nn.Linear(feature_dim, num_classes)
     info = ModelInfo(
         arch="efficientnet_lite0",
         kwargs={
             "image_size": image_size,
             "dropout": float(dropout),
             "drop_connect_rate": float(drop_connect_rate),
+            **({"features": features} if features != "head" else {}),
         },
         num_classes=num_classes,
-        feature_dim=FEATURE_DIM,
+        feature_dim=feature_dim,
         input_size=(3, image_size, image_size),
         mean=MEAN,
         std=STD,

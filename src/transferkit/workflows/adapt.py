@@ -14,10 +14,8 @@ import math
 import statistics
 from typing import Any
 
-import torch
-
 from transferkit.config import AdaptConfig, DomainDataConfig, adapt_method_name, build_config
-from transferkit.data import DataSplits, TensorDataset, TextDataset, load_dataset, match_shape
+from transferkit.data import DataSplits, TextDataset, load_dataset, match_shape, without_labels
 from transferkit.engine import OBJECTIVES, CrossEntropy, Objective, build_objectives, check_coefficient
 from transferkit.errors import ConfigError, LabelError, ShapeError
 from transferkit.evaluation import RunResult
@@ -68,15 +66,6 @@ def prepare_domains(
     size = image_size or max(s[1], s[2], t[1], t[2])
     shape = (s[0], size, size)
     return _to_shape(source, shape), _to_shape(target, shape)
-
-
-def _unlabelled(data: TensorDataset | TextDataset) -> TensorDataset | TextDataset:
-    """The inputs alone: labels replaced by zeros so no training code can read them."""
-    if isinstance(data, TextDataset):
-        return TextDataset(list(data.texts), torch.zeros(len(data), dtype=torch.long), list(data.classes),
-                           f"{data.name} (unlabelled)")
-    return TensorDataset(data.x, torch.zeros(len(data), dtype=torch.long), list(data.classes),
-                         f"{data.name} (unlabelled)")
 
 
 def _model_kwargs(arch: str, given: dict[str, Any], shape: tuple[int, ...]) -> dict[str, Any]:
@@ -214,7 +203,7 @@ def adapt(cfg: AdaptConfig | dict[str, Any]) -> WorkflowResult:
     source, target = prepare_domains(
         _load_domain(cfg.source_data, seed0), _load_domain(cfg.target_data, seed0), cfg.image_size
     )
-    unlabelled = _unlabelled(target.train)
+    unlabelled = without_labels(target.train)
     shape = source.train.input_shape
     spec = cfg.model.source_spec()
     start = load_source(spec) if spec is not None else None

@@ -82,6 +82,8 @@ class Arm:
             labels a user would not have).
         lr_sweep: Learning rates to try for every seed; the run best on validation (the selection
             metric at its kept epoch) is kept, and the others are recorded. Empty: ``train.lr`` only.
+        reference: For an arm that transfers no model but is not the baseline either (from scratch
+            with unlabelled data): what its gain measures, shown instead of a negative-transfer flag.
     """
 
     name: str
@@ -98,6 +100,7 @@ class Arm:
     monitors: Callable[[], list[Callable[[Trainer], dict[str, Any]]]] | None = None
     export: bool = True
     lr_sweep: Sequence[float] = ()
+    reference: str | None = None
 
 
 @dataclass
@@ -322,6 +325,7 @@ def run_arms(
                     **({"lr": cfg.lr, "lr_sweep": tried} if tried else {}),
                     **_parameter_counts(history.epochs),
                     **retention,
+                    **({"reference": arm.reference} if arm.reference else {}),
                 },
             )
             runs.append(result)

@@ -10,6 +10,7 @@ import torch
 
 from transferkit.config import DistillConfig, build_config
 from transferkit.engine import (
+    OBJECTIVES,
     build_objectives,
 )
 from transferkit.engine.predict import examples_per_second
@@ -19,7 +20,7 @@ from transferkit.evaluation import (
 )
 from transferkit.models import TransferNet, create_model, load_model, load_source, narrow_model
 from transferkit.workflows.arms import Arm, WorkflowResult, run_arms
-from transferkit.workflows.finetune import load_target_data
+from transferkit.workflows.finetune import check_unlabelled, load_target_data, load_unlabelled
 from transferkit.workflows.output import (
     data_fingerprint,
     describe_lines,
@@ -71,7 +72,7 @@ def distill(cfg: DistillConfig | dict[str, Any]) -> WorkflowResult:
         ...                      {"name": "kd", "weight": 0.9, "temperature": 4}]})  # doctest: +SKIP
     """
     import transferkit.transfer.distill  # noqa: F401  (registers the distillation objectives)
-    from transferkit.transfer.distill import Teacher
+    from transferkit.transfer.distill import LogitKD, Teacher
 
     if not isinstance(cfg, DistillConfig):
         cfg = build_config(cfg, DistillConfig)
@@ -79,7 +80,15 @@ def distill(cfg: DistillConfig | dict[str, Any]) -> WorkflowResult:
     teacher_model = load_source(cfg.teacher.source_spec())
     arch, kwargs, start = _build_student(cfg, teacher_model, data.num_classes)
     teacher = Teacher(teacher_model, precompute=cfg.teacher.precompute)
-    build_objectives(cfg.methods, teacher=teacher)  # validate every method now, before training
+    unlabelled = load_unlabelled(cfg.data, data, cfg.seeds[0])
+    methods = list(cfg.methods)
+    if unlabelled is not None:  # logit KD distils on the unlabelled examples too (the transfer set)
+        methods = [{**m, "unlabeled": True} if OBJECTIVES.get(str(m["name"])) is LogitKD
+                   and "unlabeled" not in m else m for m in methods]
+    built = build_objectives(methods, teacher=teacher)  # validate every method now, before training
+    check_unlabelled([o.name for o in built if o.uses_target], unlabelled,
+                     "-m kd (distillation on them), pseudo_label, fixmatch or mean_teacher")
+    reads_unlabelled = any(o.uses_target for o in built)
     method_names = [str(m["name"]) for m in cfg.methods if m["name"] != "cross_entropy"]
     label = "+".join(method_names) or "cross_entropy"
     arms = [
@@ -90,7 +99,8 @@ def distill(cfg: DistillConfig | dict[str, Any]) -> WorkflowResult:
             train=cfg.train,
             source=start,
             kwargs=kwargs,
-            objectives=lambda: build_objectives(cfg.methods, teacher=teacher),
+            objectives=lambda: build_objectives(methods, teacher=teacher),
+            target=unlabelled if reads_unlabelled else None,
         )
     ]
     if cfg.baseline:
@@ -109,9 +119,14 @@ def distill(cfg: DistillConfig | dict[str, Any]) -> WorkflowResult:
         "teacher": model_fingerprint(teacher_model, cfg.teacher.model),
         "student_start": model_fingerprint(start, cfg.student.model),
     }
+    if unlabelled is not None:
+        fingerprints["unlabeled"] = data_fingerprint(unlabelled, cfg.data.unlabeled)
     t = cfg.train
     recipe = {"strategy": t.strategy, "epochs": t.epochs, "lr": t.lr, "batch_size": t.batch_size,
               "backbone_lr_scale": t.backbone_lr_scale, "methods": method_weights(cfg.methods)}
+    if unlabelled is not None:
+        recipe["unlabeled"] = (f"{len(unlabelled):,} examples of {cfg.data.unlabeled}, "
+                               f"{t.unlabeled_ratio} per labelled example in a step")
     origin = "from scratch" if start is None else f"from the same starting weights ({cfg.student.model})"
     if cfg.baseline:
         baseline_text = (f"the same student ({arch}) trained {origin} with cross-entropy only, on the same "

@@ -8,14 +8,15 @@ from pathlib import Path
 from typing import Any
 
 from transferkit.config import DataConfig, FinetuneConfig, build_config
-from transferkit.data import DataSplits, load_dataset
+from transferkit.data import DataSplits, TensorDataset, TextDataset, load_dataset, match_shape, without_labels
 from transferkit.engine import (
+    OBJECTIVES,
     CrossEntropy,
     Objective,
     TrainConfig,
     build_objectives,
 )
-from transferkit.errors import ConfigError
+from transferkit.errors import ConfigError, DataError
 from transferkit.models import TransferNet, check_model_args, fitted_kwargs
 from transferkit.models import load_source as load_source_model
 from transferkit.recipes import Recipe, apply_recipe, auto_recipe, load_recipe
@@ -40,6 +41,51 @@ def load_target_data(cfg: DataConfig, seed: int = 0) -> DataSplits:
     """The target dataset's splits (validation carved from training with ``seed``)."""
     return load_dataset(cfg.dataset, root=cfg.root, val_fraction=cfg.val_fraction, seed=seed,
                         classes=cfg.classes)
+
+
+#: ``data.unlabeled`` naming the target's own training split.
+REST = "rest"
+
+
+def load_unlabelled(cfg: DataConfig, data: DataSplits, seed: int = 0) -> Any:
+    """The unlabelled pool of ``cfg.unlabeled`` (``None`` when unset): the target's training split
+    (``"rest"``) or another dataset's training split at the target's input shape, labels dropped,
+    ``cfg.unlabeled_size`` of it drawn with ``seed``.
+
+    Raises:
+        DataError: the pool is empty, or is text for an image target (or the other way round).
+    """
+    if cfg.unlabeled is None:
+        return None
+    if cfg.unlabeled == REST:
+        return without_labels(data.train, cfg.unlabeled_size, seed)
+    pool = load_dataset(cfg.unlabeled, val_fraction=0.0, seed=seed).train
+    if isinstance(pool, TextDataset) != isinstance(data.train, TextDataset):
+        kinds = ("texts", "images or vectors")
+        have, want = (kinds[0], kinds[1]) if isinstance(pool, TextDataset) else (kinds[1], kinds[0])
+        raise DataError(f"unlabeled data {cfg.unlabeled!r} holds {have} but the target {cfg.dataset!r} "
+                        f"holds {want}; give unlabelled data of the target's kind, or 'rest'")
+    shape = data.train.input_shape
+    if isinstance(pool, TensorDataset) and pool.input_shape != shape:
+        pool = match_shape(pool, shape)
+    return without_labels(pool, cfg.unlabeled_size, seed)
+
+
+def check_unlabelled(users: list[str], unlabelled: Any, methods: str = "-m pseudo_label, fixmatch or "
+                     "mean_teacher") -> None:
+    """Unlabelled data is given exactly when some method (``users``) learns from it.
+
+    Raises:
+        ConfigError: methods that need unlabelled data without it, or unlabelled data no method reads.
+    """
+    if users and unlabelled is None:
+        verb = "learns" if len(users) == 1 else "learn"
+        raise ConfigError(f"{', '.join(users)} {verb} from unlabelled examples; give them with --unlabeled "
+                          "rest (the target's training split without labels) or --unlabeled DATASET "
+                          "(data.unlabeled)")
+    if not users and unlabelled is not None:
+        raise ConfigError(f"--unlabeled (data.unlabeled) is given but no method reads unlabelled data; add "
+                          f"one: {methods}")
 
 
 def finetune(cfg: FinetuneConfig | dict[str, Any]) -> WorkflowResult:
@@ -78,9 +124,12 @@ def finetune(cfg: FinetuneConfig | dict[str, Any]) -> WorkflowResult:
     )
     regs = cfg.regularizers
     reg_names = "+".join(str(r["name"]) for r in regs)
+    unlabelled = load_unlabelled(cfg.data, data, cfg.seeds[0])
+    semi = [r for r in regs if _reads_unlabelled(r)]
     entries = cfg.model.entries
     labels = _source_labels([e.label or e.model for e in entries])
     arms: list[Arm] = []
+    check_unlabelled([str(r["name"]) for r in semi], unlabelled)
     for src, label, entry in zip(sources, labels, entries, strict=True):
         arch = cfg.model.arch or src.info.arch
         kwargs = dict(src.info.kwargs) if cfg.model.arch is None else {}
@@ -98,6 +147,7 @@ def finetune(cfg: FinetuneConfig | dict[str, Any]) -> WorkflowResult:
                 exclude=cfg.transfer.exclude,
                 shape_mismatch=cfg.transfer.shape_mismatch,
                 objectives=_objectives(regs, src, source_splits) if regs else None,
+                target=unlabelled if semi else None,
                 lr_sweep=cfg.lr_sweep or (),
             )
         )
@@ -133,12 +183,29 @@ def finetune(cfg: FinetuneConfig | dict[str, Any]) -> WorkflowResult:
                 lr_sweep=cfg.lr_sweep or (),
             )
         )
+        if semi:  # what the unlabelled data brings without a source, beside plain scratch
+            semi_names = "+".join(str(r["name"]) for r in semi)
+            arms.append(
+                Arm(
+                    name=f"{scratch_name}+{semi_names}",
+                    method=f"from scratch + {semi_names}",
+                    arch=base_arch,
+                    train=base_train,
+                    kwargs=base_kwargs,
+                    objectives=_objectives(semi, None, None),
+                    target=unlabelled,
+                    lr_sweep=cfg.lr_sweep or (),
+                    reference="no source: what the unlabelled data brings",
+                )
+            )
     baseline = scratch_name if any(a.name == scratch_name for a in arms) else None
     fingerprints = {
         "data": data_fingerprint(data, cfg.data.dataset),
         "source": model_fingerprint(source, cfg.model.sources[0] if sources else None),
         "source_data": data_fingerprint(source_splits, cfg.data.source_dataset) if source_splits else None,
     }
+    if unlabelled is not None:
+        fingerprints["unlabeled"] = data_fingerprint(unlabelled, cfg.data.unlabeled)
     if len(sources) > 1:
         fingerprints["sources"] = [model_fingerprint(m, spec) for m, spec in zip(sources, cfg.model.sources,
                                                                                  strict=True)]
@@ -246,18 +313,22 @@ def _source_labels(specs: list[str]) -> list[str]:
     return labels
 
 
-def _objectives(regs: list[dict[str, Any]], source: TransferNet, source_splits: Any) -> Any:
+def _reads_unlabelled(spec: dict[str, Any]) -> bool:
+    """Whether the objective of a config entry learns from unlabelled (target) batches."""
+    return bool(getattr(OBJECTIVES.get(str(spec["name"])), "uses_target", False))
+
+
+def _objectives(regs: list[dict[str, Any]], source: TransferNet | None, source_splits: Any) -> Any:
     """A factory of the arm's objectives: cross-entropy plus the regularisers, with ``source`` as
-    the source (and frozen teacher); checked once here, before any training."""
-    import transferkit.transfer.distill  # noqa: F401  (registers objectives)
-    import transferkit.transfer.regularize  # noqa: F401
+    the source (and frozen teacher; ``None`` for the from-scratch arm's semi-supervised methods);
+    checked once here, before any training."""
     from transferkit.transfer.distill import Teacher
 
     context = {
         "source": source,
         "source_data": source_splits.train if source_splits else None,
         # the source as a frozen teacher, for hint / attention / rkd / kd regularisers
-        "teacher": Teacher(source, name="source"),
+        "teacher": Teacher(source, name="source") if source is not None else None,
     }
     build_objectives(regs, **context)
 

@@ -206,6 +206,10 @@ class LogitKD(Objective):
             None, min_length=1,
             description="One weight per teacher, normalised to sum to 1; None weighs them equally.",
         )
+        unlabeled: bool = Field(
+            False, description="Distil on the unlabelled examples paired with every batch too (a "
+            "transfer set: Trainer.fit(target=...), --unlabeled); the loss averages over both.",
+        )
 
         @field_validator("teacher_weights")
         @classmethod
@@ -220,8 +224,11 @@ class LogitKD(Objective):
         temperature: float = 4.0,
         weight: float = 1.0,
         teacher_weights: Sequence[float] | None = None,
+        unlabeled: bool = False,
     ) -> None:
-        super().__init__(weight, temperature=temperature, teacher_weights=teacher_weights)
+        super().__init__(weight, temperature=temperature, teacher_weights=teacher_weights,
+                         unlabeled=unlabeled)
+        self.uses_target = bool(self.options.unlabeled)
         teachers = [teacher] if isinstance(teacher, Teacher) else list(teacher)
         if not teachers:
             raise ConfigError("LogitKD needs at least one Teacher; pass teacher=Teacher(model)")
@@ -239,8 +246,9 @@ class LogitKD(Objective):
 
     @property
     def head_only(self) -> bool:  # type: ignore[override]
-        """True when every teacher answers from its precomputed table (needs only logits)."""
-        return all(t.precompute and not t.layers for t in self.teachers)
+        """True when every teacher answers from its precomputed table (needs only logits) and no
+        unlabelled batch is read."""
+        return not self.uses_target and all(t.precompute and not t.layers for t in self.teachers)
 
     def extra_repr(self) -> str:
         return (
@@ -272,12 +280,17 @@ class LogitKD(Objective):
     def forward(self, batch: Batch) -> torch.Tensor:
         """``T^2 * KL(mix of teachers' softened probabilities || softened student)``, a scalar."""
         outs = [t.outputs(batch).logits for t in self.teachers]
+        student = batch.logits
+        if self.uses_target and batch.target_logits is not None:  # the transfer set's examples too
+            student = torch.cat([student, batch.target_logits])
+            outs = [torch.cat([z, t.target_logits(batch).to(z.dtype)])
+                    for t, z in zip(self.teachers, outs, strict=True)]
         for t, z in zip(self.teachers, outs, strict=True):
-            _check_pair(batch.logits, z, f"teacher {t.name!r}")
+            _check_pair(student, z, f"teacher {t.name!r}")
         if len(outs) == 1:
-            return kd_loss(batch.logits, outs[0], self.temperature)
+            return kd_loss(student, outs[0], self.temperature)
         targets = soft_targets(outs, self.temperature, self.teacher_weights)
-        return kd_from_targets(batch.logits, targets, self.temperature)
+        return kd_from_targets(student, targets, self.temperature)
 
 
 def _num_classes(

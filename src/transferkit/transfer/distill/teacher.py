@@ -96,6 +96,9 @@ class Teacher:
         self._table: torch.Tensor | None = None
         self._table_for: weakref.ref | None = None
         self._own: Any = None  # the training texts as this teacher's own token ids
+        self._own_target: Any = None  # the same for the unlabelled (target) texts
+        self._target_table: torch.Tensor | None = None
+        self._target_for: weakref.ref | None = None
         self.request(layers)
 
     def request(self, layers: Iterable[str]) -> None:
@@ -125,6 +128,10 @@ class Teacher:
         self._cache_key, self._cache = None, None
         data = ctx.train_data
         self._own = _own_tokens(self.model, data)
+        self._own_target = _own_tokens(self.model, ctx.target_data)
+        if self.precompute and ctx.target_data is not None:
+            self._target_table, self._target_for = self._table_of(ctx, ctx.target_data, self._own_target,
+                                                                   self._target_table, self._target_for)
         if not self.precompute or self.layers or data is None:
             return
         if self._table is not None and self._table_for is not None and self._table_for() is data:
@@ -139,6 +146,40 @@ class Teacher:
         except TypeError:
             self._table_for = None
         logger.info("%s: precomputed logits of %d training examples", self.name, len(data))
+
+    def _table_of(self, ctx: FitContext, data: Any, own: Any, table: torch.Tensor | None,
+                  made_for: weakref.ref | None) -> tuple[torch.Tensor, weakref.ref | None]:
+        """The logits of every example of ``data`` (``own``: its ids in this teacher's tokens), kept
+        while ``data`` is the same object."""
+        if table is not None and made_for is not None and made_for() is data:
+            return table, made_for
+        with torch.no_grad():
+            table = torch.cat([self.model(move(x, self.device)).float().cpu()
+                               for x in ctx.input_batches(own if own is not None else data)])
+        logger.info("%s: precomputed logits of %d unlabelled examples", self.name, len(data))
+        try:
+            return table, weakref.ref(data)
+        except TypeError:
+            return table, None
+
+    def target_logits(self, batch: Batch) -> torch.Tensor:
+        """The teacher's logits for the batch's unlabelled (target) examples: looked up by
+        ``batch.target_index`` when precomputed, else one forward pass."""
+        if batch.target_x is None:
+            raise ConfigError(f"{self.name}: the batch has no unlabelled examples; pass "
+                              "Trainer.fit(..., target=<unlabelled dataset>)")
+        device = batch.target_logits.device if batch.target_logits is not None else self.device
+        if self._target_table is not None and batch.target_index is not None:
+            return self._target_table[batch.target_index.cpu()].to(device)
+        x = batch.target_x
+        if self._own_target is not None:
+            if batch.target_index is None:
+                raise ConfigError(f"{self.name} tokenises text its own way and needs the unlabelled "
+                                  "batch's dataset positions, which this batch lacks")
+            x = self._own_target.x[batch.target_index.cpu()].to(self.device)
+        self.model.eval()
+        with torch.no_grad():
+            return self.model(x).detach().float().to(device)
 
     def outputs(self, batch: Batch) -> TeacherOutput:
         """The teacher's logits (and requested layer outputs) for ``batch``, computed once per step."""
