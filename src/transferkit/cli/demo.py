@@ -16,7 +16,8 @@ def demo(
     out: Path | None = typer.Option(None, "--out", help="Output folder (demo-out, or demo-text-out)."),
     seeds: int = typer.Option(3, "--seeds", min=1, help="Number of seeds to average over."),
     shots: int = typer.Option(10, "--shots", min=1, help="Labelled images per class."),
-    epochs: int = typer.Option(30, "--epochs", min=1, help="Epochs of every target run."),
+    epochs: int = typer.Option(30, "--epochs", min=1, help="Epochs of the runs that train a network (the "
+                               "image demo's EfficientNet probes: 200 full-batch epochs, cached features)."),
     fashion_root: Path | None = typer.Option(
         None, "--fashion-root", help="Folder with Fashion-MNIST's IDX files."
     ),
@@ -44,6 +45,10 @@ def demo(
                           overwrite=overwrite)
     console.print()
     typer.echo(result.table())
+    best = next((r for r in result.summary if r["name"] == result.best_name), None)
+    if best is not None and best.get("gain") is not None:
+        console.print(f"\nbest arm on validation: {result.best_name}: {100 * best['accuracy_mean']:.1f} % on "
+                      f"the test set, {100 * best['gain']:+.1f} pp over scratch", soft_wrap=True)
     console.print(
         f"\nwrote {out / 'metrics.json'}, {out / 'report.html'} and the model best on validation "
         f"({result.best_name}) to {out / 'model'}"

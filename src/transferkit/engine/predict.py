@@ -36,7 +36,7 @@ def memory_batch_size(model: nn.Module, requested: int) -> int:
 _POOLS: dict[tuple[str, int], tuple[weakref.ref, torch.Tensor]] = {}
 
 
-def _backbone_digest(model: nn.Module) -> str:
+def backbone_digest(model: nn.Module) -> str:
     """A digest of everything that computes the features: the input adapter's and backbone's state."""
     h = hashlib.sha1()
     for part in ("input_adapter", "backbone"):
@@ -53,7 +53,7 @@ def pool_features(model: nn.Module, data: object, batch_size: int = 512,
                   device: str | torch.device | None = None) -> torch.Tensor:
     """:func:`predict_features` of an unlabelled pool, remembered for the process: a later call with
     the same dataset object and a backbone with the same weights returns the same features at once."""
-    key = (_backbone_digest(model), id(data))
+    key = (backbone_digest(model), id(data))
     hit = _POOLS.get(key)
     if hit is not None and hit[0]() is data:
         return hit[1].to(device) if device is not None else hit[1]

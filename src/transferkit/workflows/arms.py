@@ -28,6 +28,7 @@ from transferkit.engine import (
     predict_features,
 )
 from transferkit.engine.parameter_efficient import adapted_layers, save_adapters
+from transferkit.engine.predict import backbone_digest
 from transferkit.engine.strategies import ParameterCount
 from transferkit.errors import ConfigError
 from transferkit.evaluation import (
@@ -167,7 +168,7 @@ def build_target(arm: Arm, num_classes: int) -> tuple[TransferNet, TransferRepor
 def _frozen_test_metrics(
     model: TransferNet, test: TensorDataset, cache: dict[str, torch.Tensor], key: str, batch_size: int
 ) -> Metrics:
-    """Test metrics of a linear probe from backbone features computed once per source."""
+    """Test metrics of a linear probe from backbone features computed once per frozen backbone."""
     if key not in cache:
         cache[key] = predict_features(model.to("cpu"), test, batch_size=batch_size, device="cpu")
     feats = cache[key]
@@ -290,7 +291,9 @@ def run_arms(
             if report is not None and arm.name not in reports:
                 reports[arm.name] = report
             if cfg.strategy == "linear_probe" and arm.source is not None:
-                metrics = _frozen_test_metrics(model, data.test, feature_cache, arm.name, cfg.eval_batch_size)
+                # keyed by the frozen backbone's weights: arms reading the same features share one pass
+                metrics = _frozen_test_metrics(model, data.test, feature_cache, backbone_digest(model),
+                                               cfg.eval_batch_size)
             else:
                 metrics = evaluate(model.to("cpu"), data.test, batch_size=cfg.eval_batch_size)
             seconds = time.perf_counter() - start
