@@ -1,4 +1,5 @@
-"""Learning from unlabelled target images: the demo's settings chosen on validation data.
+"""Learning from unlabelled target images: the demo's settings chosen on validation data, every method on
+two targets, and the gain with the amount of unlabelled data.
 
 ``--part choose``: the settings of the demo's EfficientNet arms (where to cut the backbone, the linear
 probe's L2 strength, the pseudo-labels' confidence threshold) chosen on Fashion-MNIST *training-split*
@@ -9,8 +10,22 @@ each setting trains a linear probe through the engine (``Trainer.fit`` on the ca
 full-batch AdamW epochs, the last kept), with ``PseudoLabel`` on 5,000 unlabelled training images for
 the threshold sweep.
 
+``--part methods``: through the product's own arms (:func:`transferkit.workflows.run_arms`), 10 labels per
+class, 3 seeds, every test image: (a) Fashion-MNIST: the small CNN from scratch alone and with each
+method (pseudo-labels, FlexMatch thresholds, FixMatch, Mean Teacher) on 5,000 unlabelled training
+images, and the demo's EfficientNet stage-6 probe alone and with pseudo-labels (fixed / FlexMatch
+thresholds); (b) MNIST -> scikit-learn digits: the demo's MNIST CNN fine-tuned alone, with each method
+and with L2-SP + pseudo-labels, beside scratch with each method (the other training digits unlabelled).
+Methods that forward the unlabelled images through the network every step (FixMatch, Mean Teacher)
+run on the small CNN only: through EfficientNet they are GPU work.
+
+``--part amount``: the demo's best arm (EfficientNet stage-6 probe + pseudo-labels, tau 0.7) with 1,000,
+10,000 and all 54,000 unlabelled training images (settings fixed before; test accuracy reported).
+
 Run (2 cores):
     python bench/semi.py --part choose --out bench/results/semi.md
+    python bench/semi.py --part methods --out bench/results/semi.md
+    python bench/semi.py --part amount --out bench/results/semi.md
 """
 
 from __future__ import annotations
@@ -25,7 +40,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from transferkit.data import TensorDataset, load_dataset
+from transferkit.data import TensorDataset, load_dataset, without_labels
 from transferkit.engine import CrossEntropy, TrainConfig, Trainer
 from transferkit.evaluation import evaluate
 from transferkit.models import create_model, wrap_model
@@ -117,17 +132,121 @@ def choose(seeds: list[int], n: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _arms_table(result, minutes: float) -> str:
+    return f"({minutes:.1f} min)\n\n```\n{result.table()}\n```\n"
+
+
+def methods(seeds: list[int], work: Path) -> str:
+    from transferkit.demo import DemoSettings, train_mnist_source
+    from transferkit.models import load_model
+    from transferkit.transfer.regularize import L2SP
+    from transferkit.transfer.semi import FixMatch, MeanTeacher
+    from transferkit.workflows import Arm, run_arms
+
+    demo = DemoSettings()
+    small = TrainConfig(epochs=30, batch_size=32, lr=3e-3, backbone_lr_scale=1.0, seed=0)
+    semi = {
+        "pseudo_label": lambda: [CrossEntropy(), PseudoLabel(tau=0.7)],
+        "pseudo_label (flex)": lambda: [CrossEntropy(), PseudoLabel(tau=0.95, flex=True)],
+        "fixmatch": lambda: [CrossEntropy(), FixMatch(tau=0.95)],
+        "mean_teacher": lambda: [CrossEntropy(), MeanTeacher(weight=10.0)],
+    }
+    ratio = {"pseudo_label": 3, "pseudo_label (flex)": 3, "fixmatch": 3, "mean_teacher": 3}
+    out = []
+    # (a) Fashion-MNIST
+    t0 = time.perf_counter()
+    data = load_dataset("fashion-mnist", val_fraction=0.1, seed=0)
+    pool = without_labels(data.train, demo.unlabeled, seed=0)
+    effnet = load_model("efficientnet_lite0", pretrained=True)
+    probe = TrainConfig(strategy="linear_probe", lr=1e-2, epochs=demo.probe_epochs, batch_size=100,
+                        weight_decay=demo.probe_weight_decay, eval_batch_size=64, channels_last=True,
+                        unlabeled_ratio=10, seed=0)
+    effnet_args = {"image_size": demo.effnet_size, "features": demo.effnet_features}
+    arms = [Arm("scratch", "from scratch", "small_cnn", small)]
+    for name, make in semi.items():
+        arms.append(Arm(f"scratch+{name}", f"from scratch + {name}", "small_cnn",
+                        small.model_copy(update={"unlabeled_ratio": ratio[name]}), objectives=make,
+                        target=pool, reference="no source"))
+    arms.append(Arm("effnet/probe", "linear probe", "efficientnet_lite0", probe, source=effnet,
+                    kwargs=effnet_args))
+    for name in ("pseudo_label", "pseudo_label (flex)"):
+        arms.append(Arm(f"effnet/probe+{name}", f"linear probe + {name}", "efficientnet_lite0", probe,
+                        source=effnet, kwargs=effnet_args, objectives=semi[name], target=pool))
+    result = run_arms(arms, data, seeds=seeds, shots=10, out_dir=work / "fashion", baseline="scratch",
+                      title="semi: fashion-mnist", resume=True)
+    out.append(f"### Fashion-MNIST, 10 labels per class, {len(pool):,} unlabelled training images "
+               + _arms_table(result, (time.perf_counter() - t0) / 60))
+    print(out[-1], flush=True)
+    # (b) MNIST -> digits
+    t0 = time.perf_counter()
+    digits = load_dataset("digits", val_fraction=0.2, seed=0)
+    dpool = without_labels(digits.train)
+    source, _ = train_mnist_source(work, demo.source_epochs)
+    full = small.model_copy(update={"backbone_lr_scale": 0.3})
+    arms = [Arm("scratch", "from scratch", "small_cnn", small),
+            Arm("mnist/full", "full fine-tune", "small_cnn", full, source=source)]
+    for name, make in semi.items():
+        cfg = {"unlabeled_ratio": ratio[name]}
+        arms.append(Arm(f"scratch+{name}", f"from scratch + {name}", "small_cnn",
+                        small.model_copy(update=cfg), objectives=make, target=dpool, reference="no source"))
+        arms.append(Arm(f"mnist/full+{name}", f"full fine-tune + {name}", "small_cnn",
+                        full.model_copy(update=cfg), source=source, objectives=make, target=dpool))
+    src_state = {k: v.clone() for k, v in source.state_dict().items()}
+    arms.append(Arm("mnist/full+l2sp+pseudo_label", "full fine-tune + L2-SP + pseudo_label", "small_cnn",
+                    full.model_copy(update={"unlabeled_ratio": 3}), source=source,
+                    objectives=lambda: [CrossEntropy(), L2SP(alpha=0.01, beta=0.01, source=src_state),
+                                        PseudoLabel(tau=0.7)], target=dpool))
+    result = run_arms(arms, digits, seeds=seeds, shots=10, out_dir=work / "digits", baseline="scratch",
+                      title="semi: mnist -> digits", resume=True)
+    out.append(f"### MNIST CNN -> scikit-learn digits, 10 labels per class, {len(dpool):,} unlabelled "
+               "training digits " + _arms_table(result, (time.perf_counter() - t0) / 60))
+    print(out[-1], flush=True)
+    return "\n".join(out)
+
+
+def amount(seeds: list[int], work: Path) -> str:
+    from transferkit.demo import DemoSettings
+    from transferkit.models import load_model
+    from transferkit.workflows import Arm, run_arms
+
+    demo = DemoSettings()
+    data = load_dataset("fashion-mnist", val_fraction=0.1, seed=0)
+    effnet = load_model("efficientnet_lite0", pretrained=True)
+    probe = TrainConfig(strategy="linear_probe", lr=1e-2, epochs=demo.probe_epochs, batch_size=100,
+                        weight_decay=demo.probe_weight_decay, eval_batch_size=64, channels_last=True,
+                        unlabeled_ratio=10, seed=0)
+    effnet_args = {"image_size": demo.effnet_size, "features": demo.effnet_features}
+    arms = [Arm("effnet/probe", "linear probe (no unlabelled images)", "efficientnet_lite0", probe,
+                source=effnet, kwargs=effnet_args)]
+    for n in (1000, 10000, None):
+        pool = without_labels(data.train, n, seed=0)
+        arms.append(Arm(f"effnet/probe+pseudo_label/{len(pool)}", f"+ pseudo_label, {len(pool):,} unlabelled",
+                        "efficientnet_lite0", probe, source=effnet, kwargs=effnet_args, target=pool,
+                        objectives=lambda: [CrossEntropy(), PseudoLabel(tau=demo.tau)]))
+    t0 = time.perf_counter()
+    result = run_arms(arms, data, seeds=seeds, shots=10, out_dir=work / "amount", baseline="effnet/probe",
+                      title="semi: amount of unlabelled data", resume=True)
+    return ("### Fashion-MNIST, EfficientNet stage-6 probe + pseudo-labels (tau 0.7) by unlabelled images "
+            + _arms_table(result, (time.perf_counter() - t0) / 60))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--part", choices=("choose",), default="choose")
+    ap.add_argument("--part", choices=("choose", "methods", "amount"), default="choose")
+    ap.add_argument("--work", type=Path, default=Path("bench/.cache/semi"))
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--n", type=int, default=6000, help="training images sampled (choose)")
     ap.add_argument("--out", type=Path, default=Path("bench/results/semi.md"))
     args = ap.parse_args()
     start = time.perf_counter()
     seeds = [int(s) for s in args.seeds.split(",")]
-    body = choose(seeds, args.n)
-    head = (f"## {args.part}: the demo's EfficientNet settings, chosen on validation\n\n"
+    if args.part == "choose":
+        body, title = choose(seeds, args.n), "the demo's EfficientNet settings, chosen on validation"
+    elif args.part == "methods":
+        body, title = methods(seeds, args.work), "every method, 10 labels per class"
+    else:
+        body, title = amount(seeds, args.work), "the gain with the amount of unlabelled data"
+    head = (f"## {args.part}: {title}\n\n"
             f"`python bench/semi.py --part {args.part} --seeds {args.seeds} --n {args.n}` on "
             f"{os.cpu_count()} cores, {date.today().isoformat()}, "
             f"{(time.perf_counter() - start) / 60:.1f} min in all.\n\n")

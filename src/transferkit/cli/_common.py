@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import json
 import logging
 import os
 import sys
@@ -162,6 +163,19 @@ def augment_option() -> Any:
         "shift[:fraction=0.1], rotate, randaugment, trivialaugment, noise[:std=0.05], color, erase, "
         "mixup[:alpha=0.2], cutmix.",
     )
+
+
+def unlabeled_option(readers: str) -> Any:
+    """The ``--unlabeled DATA`` flag (sets ``data.unlabeled``); ``readers`` names the methods that read it."""
+    return typer.Option(
+        None, "--unlabeled", help=f"Unlabelled target data for {readers}: 'rest' (the target's training "
+        "split without labels), a built-in name or a path."
+    )
+
+
+def unlabeled_override(unlabeled: str | None) -> list[str]:
+    """``--unlabeled`` as a ``key=value`` override (none when not given)."""
+    return [] if unlabeled is None else [f"data.unlabeled={json.dumps(unlabeled)}"]
 
 
 def apply_augment(merged: dict[str, Any], augment: list[str] | None) -> dict[str, Any]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -24,6 +23,8 @@ from transferkit.cli._common import (
     source_overrides,
     std_option,
     trust_remote_code_option,
+    unlabeled_option,
+    unlabeled_override,
 )
 
 
@@ -51,10 +52,8 @@ def distill(
         help="Objective NAME[:key=value,...], repeatable, e.g. -m cross_entropy:weight=0.1 "
         "-m kd:weight=0.9,temperature=4 -m hint:student_layer=backbone.conv2",
     ),
-    unlabeled: str | None = typer.Option(
-        None, "--unlabeled", help="Unlabelled transfer set: kd distils on it too (pseudo_label, fixmatch, "
-        "mean_teacher learn from it): 'rest' (the training split without labels), a built-in name or a path."
-    ),
+    unlabeled: str | None = unlabeled_option("-m kd (a transfer set: KD on it too), pseudo_label, fixmatch, "
+                                             "mean_teacher"),
     epochs: int | None = typer.Option(None, "--epochs", help="Training budget in epochs."),
     shots: int | None = typer.Option(None, "--shots", help="Labelled examples per class."),
     seeds: str | None = typer.Option(None, "--seeds", help="Comma-separated seeds, e.g. 0,1,2."),
@@ -83,7 +82,6 @@ def distill(
         "teacher.model": teacher,
         "student.model": student,
         "data.dataset": data,
-        "data.unlabeled": json.dumps(unlabeled) if unlabeled is not None else None,
         "train.epochs": epochs,
         "data.shots": shots,
         "out": str(out) if out else None,
@@ -91,7 +89,7 @@ def distill(
         "resume": True if resume else None,
         "overwrite": True if overwrite else None,
     }
-    items = [f"{k}={v}" for k, v in pairs.items() if v is not None]
+    items = [f"{k}={v}" for k, v in pairs.items() if v is not None] + unlabeled_override(unlabeled)
     items += source_overrides("teacher.", "arch", arch=source_arch, head=head, input_size=input_size,
                               mean=mean, std=std, pretrained=pretrained)
     if progress if progress is not None else sys.stderr.isatty():

@@ -24,6 +24,8 @@ from transferkit.cli._common import (
     source_overrides,
     std_option,
     trust_remote_code_option,
+    unlabeled_option,
+    unlabeled_override,
 )
 
 
@@ -123,10 +125,7 @@ def finetune(
         help="Objective added to cross-entropy, NAME[:key=value,...], repeatable: regularisers l2sp, delta, "
         "bss, ewc, lwf; learning from --unlabeled data: pseudo_label, fixmatch, mean_teacher (or kd, ...).",
     ),
-    unlabeled: str | None = typer.Option(
-        None, "--unlabeled", help="Unlabelled target data for -m pseudo_label / fixmatch / mean_teacher: "
-        "'rest' (the target's training split without labels), a built-in name or a path."
-    ),
+    unlabeled: str | None = unlabeled_option("-m pseudo_label / fixmatch / mean_teacher"),
     reg_weight: float | None = typer.Option(
         None, "--reg-weight", help="Weight of each --regularizer that does not set its own."
     ),
@@ -163,8 +162,7 @@ def finetune(
                   if k != "name"]
     if source_data is not None:
         items.append(f"data.source_dataset={source_data}")
-    if unlabeled is not None:
-        items.append(f"data.unlabeled={json.dumps(unlabeled)}")
+    items += unlabeled_override(unlabeled)
     merged = apply_overrides(read_yaml(config) if config else {}, items + list(overrides or []))
     merged = apply_augment(merged, augment)
     if reg_weight is not None and not regularizer:

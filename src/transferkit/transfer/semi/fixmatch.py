@@ -15,18 +15,14 @@ prediction runs without gradient. Use beside ``cross_entropy``: ``[CrossEntropy(
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 
-from transferkit.engine.objectives import OBJECTIVES, Batch, Objective, ObjectiveOptions
+from transferkit.engine.objectives import OBJECTIVES, Batch
 from transferkit.errors import ConfigError
-from transferkit.transfer.semi.pseudo_label import ConfidenceMask, require_unlabelled
-
-if TYPE_CHECKING:
-    from transferkit.engine.context import FitContext
+from transferkit.transfer.semi.pseudo_label import PseudoLabel, require_unlabelled
 
 
 def require_views(batch: Batch, who: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -39,40 +35,25 @@ def require_views(batch: Batch, who: str) -> tuple[torch.Tensor, torch.Tensor]:
     return batch.target_views
 
 
-class FixMatch(Objective):
+class FixMatch(PseudoLabel):
     """``mean_j 1[max p_j >= T(argmax p_j)] * CE(f(strong_j), argmax p_j)``, ``p_j =
-    softmax(f(weak_j) / temperature)`` without gradient (Sohn et al., 2020)."""
+    softmax(f(weak_j) / temperature)`` without gradient (Sohn et al., 2020): pseudo-labelling
+    (:class:`~transferkit.transfer.semi.pseudo_label.PseudoLabel`, the same options and thresholds)
+    whose labels come from the weak view and train the strong one."""
 
-    class Options(ObjectiveOptions):
-        """FixMatch's options (the paper's defaults)."""
+    class Options(PseudoLabel.Options):
+        """FixMatch's options (the paper's defaults): ``tau`` is the confidence the weak view's
+        prediction needs to become the strong view's label."""
 
-        tau: float = Field(0.95, ge=0.0, le=1.0, description="Confidence the weak view's prediction "
-                           "needs to become the strong view's label.")
-        flex: bool = Field(False, description="FlexMatch's per-class thresholds (curriculum "
-                           "pseudo-labelling) instead of one tau.")
-        temperature: float = Field(1.0, gt=0.0, description="Softmax temperature of the weak view's "
-                                   "prediction.")
-
-    uses_target: ClassVar[bool] = True
+    head_only: ClassVar[bool] = False  # forwards the views through the whole model
     needs_views: ClassVar[bool] = True
-
-    def __init__(self, weight: float = 1.0, tau: float = 0.95, flex: bool = False,
-                 temperature: float = 1.0) -> None:
-        super().__init__(weight, tau=tau, flex=flex, temperature=temperature)
-        self.mask = ConfidenceMask(self.options.tau, self.options.flex)
-        self.mask_rate = 0.0
-
-    def setup(self, ctx: FitContext) -> None:
-        size = len(ctx.target_data) if ctx.target_data is not None else 0
-        self.mask.setup(size, ctx.device)
 
     def forward(self, batch: Batch) -> torch.Tensor:
         weak, strong = require_views(batch, self.name)
         model = batch.model
         with torch.no_grad():
-            probs = torch.softmax(model(weak).float() / self.options.temperature, dim=1)
-            labels, keep = self.mask(probs, batch.target_index)
-        self.mask_rate = float(keep.mean()) if len(keep) else 0.0
+            weak_logits = model(weak)
+        labels, keep = self.select(weak_logits, batch.target_index)
         return (F.cross_entropy(model(strong), labels, reduction="none") * keep).mean()
 
 

@@ -114,12 +114,17 @@ class PseudoLabel(Objective):
         size = len(ctx.target_data) if ctx.target_data is not None else 0
         self.mask.setup(size, ctx.device)
 
-    def forward(self, batch: Batch) -> torch.Tensor:
-        logits = require_unlabelled(batch, self.name)
+    def select(self, logits: torch.Tensor, index: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(pseudo-labels, keep mask)`` from the logits that give them (no gradient)."""
         with torch.no_grad():
             probs = torch.softmax(logits.detach().float() / self.options.temperature, dim=1)
-            labels, keep = self.mask(probs, batch.target_index)
+            labels, keep = self.mask(probs, index)
         self.mask_rate = float(keep.mean()) if len(keep) else 0.0
+        return labels, keep
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        logits = require_unlabelled(batch, self.name)
+        labels, keep = self.select(logits, batch.target_index)
         return (F.cross_entropy(logits, labels, reduction="none") * keep).mean()
 
 
