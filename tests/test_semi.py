@@ -227,3 +227,36 @@ def test_distill_unlabeled_distils_on_the_transfer_set(digits_source, tmp_path):
     assert metrics["about"]["recipe"]["unlabeled"].endswith("rest, 4 per labelled example in a step")
     saved = (out / "config.yaml").read_text()
     assert "unlabeled: rest" in saved
+
+
+def test_a_chained_arm_gets_the_models_its_seed_trained_before_it(digits, tmp_path):
+    from transferkit.workflows import Arm, run_arms
+
+    seen: list[tuple[list[str], float]] = []
+
+    def chained(earlier):
+        first = earlier.get("first")
+        seen.append((sorted(earlier), float(first.head.weight.sum()) if first is not None else math.nan))
+        return [CrossEntropy()]
+
+    cfg = TrainConfig(epochs=1, batch_size=16, lr=1e-2, backbone_lr_scale=1.0)
+    arms = [Arm("first", "first", "mlp", cfg, kwargs={"in_features": 64, "hidden": (8,)}),
+            Arm("second", "second", "mlp", cfg, kwargs={"in_features": 64, "hidden": (8,)},
+                objectives=chained, chained=True)]
+    result = run_arms(arms, digits, seeds=[0, 1], shots=3, out_dir=tmp_path / "o", baseline="first")
+    assert [names for names, _ in seen] == [[], ["first"], ["first"]]  # preflight, then one per seed
+    assert seen[1][1] != seen[2][1]  # each seed's own first model
+    assert {r.name for r in result.runs} == {"first", "second"}
+
+
+def test_distill_noisy_student_rounds_are_arms_of_the_report(digits_source, tmp_path):
+    out = tmp_path / "ns"
+    result = run("distill", "--teacher", digits_source, "--student", "narrow:2", "--data", "digits",
+                 "--shots", "3", "--epochs", "2", "--seeds", "0", "--unlabeled", "rest", "-m", "kd",
+                 "--out", out, "rounds=3", "train.augment=[noise]")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    names = [r["name"] for r in metrics["summary"]]
+    assert names == ["distill/kd", "distill/kd/round2", "distill/kd/round3", "distill/scratch"]
+    assert metrics["about"]["recipe"]["rounds"] == 3
+    assert "Noisy-student rounds: 3" in (out / "report.html").read_text()

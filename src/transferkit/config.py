@@ -446,6 +446,10 @@ class DistillConfig(_Strict):
             (names from ``transferkit.engine.OBJECTIVES``: ``cross_entropy``, ``kd``, ``hint``,
             ``attention``, ``rkd``, ``fsp``). Without ``cross_entropy`` the student learns from the
             teacher alone. Each entry's options are checked against the objective's ``Options``.
+        rounds: Noisy-student rounds (Xie et al., 2020): round 1 distils the teacher into a fresh
+            student; each later round distils the previous round's student into another fresh one
+            (the student's noise: ``train.augment`` and its dropout; the teacher reads clean inputs).
+            Every round is an arm of the report; useful with ``data.unlabeled``.
     """
 
     name: str = "distill"
@@ -458,6 +462,7 @@ class DistillConfig(_Strict):
     student: StudentConfig = Field(default_factory=StudentConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     methods: list[MethodSpec] = Field(default_factory=_default_methods)
+    rounds: int = Field(1, ge=1)
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(backbone_lr_scale=1.0))
 
     _seeds_not_empty = field_validator("seeds")(_check_seeds)

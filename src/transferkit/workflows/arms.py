@@ -85,6 +85,9 @@ class Arm:
             metric at its kept epoch) is kept, and the others are recorded. Empty: ``train.lr`` only.
         reference: For an arm that transfers no model but is not the baseline either (from scratch
             with unlabelled data): what its gain measures, shown instead of a negative-transfer flag.
+        chained: ``objectives`` takes one argument: the models the arms before this one trained for the
+            same seed, by arm name (``{}`` in the preflight check), e.g. a noisy-student round whose
+            teacher is the previous round's student.
     """
 
     name: str
@@ -102,6 +105,13 @@ class Arm:
     export: bool = True
     lr_sweep: Sequence[float] = ()
     reference: str | None = None
+    chained: bool = False
+
+    def build_objectives(self, earlier: dict[str, TransferNet] | None = None) -> list[Objective] | None:
+        """This arm's objectives (``None``: cross-entropy alone); ``earlier`` for a chained arm."""
+        if self.objectives is None:
+            return None
+        return self.objectives(earlier or {}) if self.chained else self.objectives()  # type: ignore[call-arg]
 
 
 @dataclass
@@ -185,8 +195,7 @@ def preflight(arms: Sequence[Arm], data: DataSplits, splits: DataSplits) -> None
     """
     for arm in arms:
         model, _ = build_target(arm, data.num_classes)
-        objectives = arm.objectives() if arm.objectives is not None else None
-        trainer = Trainer(model, arm.train, objectives=objectives)
+        trainer = Trainer(model, arm.train, objectives=arm.build_objectives())
         own = arm.data if arm.data is not None else splits
         trainer.check(own.train, own.val, target=arm.target)
 
@@ -271,6 +280,7 @@ def run_arms(
     source_before: dict[str, float] = {}
     for seed in seeds:
         splits = target_splits(data, shots, val_shots, seed)
+        trained: dict[str, TransferNet] = {}  # this seed's models, for chained arms
         for arm in arms:
             start = time.perf_counter()
             train_splits = arm.data if arm.data is not None else splits
@@ -281,13 +291,14 @@ def run_arms(
                 update = {"seed": seed} if lr is None else {"seed": seed, "lr": lr}
                 cfg = arm.train.model_copy(update=update)
                 trial = _train(arm, cfg, data, train_splits, run_dir if lr is None else run_dir / f"lr{lr:g}",
-                               out, resume, probe=arm.name not in reports)
+                               out, resume, probe=arm.name not in reports, earlier=trained)
                 if lr is not None:
                     tried[f"{lr:g}"] = trial[2].best_value
                 if best is None or _better(trial[2], best[2], cfg):
                     best = (*trial, cfg)
             assert best is not None
             model, report, history, objectives, cfg = best
+            trained[arm.name] = model
             if report is not None and arm.name not in reports:
                 reports[arm.name] = report
             if cfg.strategy == "linear_probe" and arm.source is not None:
@@ -386,7 +397,7 @@ def _tfidf_run(splits: DataSplits, seed: int, data: DataSplits) -> RunResult:
 
 def _train(
     arm: Arm, cfg: TrainConfig, data: DataSplits, splits: DataSplits, run_dir: Path, out: Path, resume: bool,
-    *, probe: bool,
+    *, probe: bool, earlier: dict[str, TransferNet] | None = None,
 ) -> tuple[TransferNet, TransferReport | None, Any, list[Objective] | None]:
     """Build, transfer into and train one arm's model for one seed and learning rate; with ``probe``
     (the run whose transfer report is kept: the first seed's) check the copy on a probe batch first."""
@@ -394,7 +405,7 @@ def _train(
     model, report = build_target(arm, data.num_classes)
     if probe and report is not None and arm.source is not None:  # the copy computes what the source did?
         check_copied_function(arm.source, model, report)
-    objectives = arm.objectives() if arm.objectives is not None else None
+    objectives = arm.build_objectives(earlier)
     monitors = arm.monitors() if arm.monitors is not None else None
     trainer = Trainer(model, cfg, objectives=objectives, run_dir=run_dir, monitors=monitors,
                       cache_dir=out / "cache")

@@ -103,6 +103,17 @@ def distill(cfg: DistillConfig | dict[str, Any]) -> WorkflowResult:
             target=unlabelled if reads_unlabelled else None,
         )
     ]
+    for r in range(2, cfg.rounds + 1):  # noisy student: the previous round's student teaches a fresh one
+        previous = arms[-1].name
+
+        def chained(earlier: dict, previous: str = previous) -> list:
+            model = earlier.get(previous, teacher_model)  # the preflight check has no students yet
+            return build_objectives(methods, teacher=Teacher(model, precompute=cfg.teacher.precompute,
+                                                             name=f"student of {previous}"))
+
+        arms.append(Arm(name=f"{cfg.name}/{label}/round{r}", method=f"noisy student round {r} ({label})",
+                        arch=arch, train=cfg.train, source=start, kwargs=kwargs, objectives=chained,
+                        target=arms[0].target, chained=True))
     if cfg.baseline:
         arms.append(
             Arm(f"{cfg.name}/scratch", "student from scratch", arch, cfg.train, source=start, kwargs=kwargs)
@@ -123,7 +134,8 @@ def distill(cfg: DistillConfig | dict[str, Any]) -> WorkflowResult:
         fingerprints["unlabeled"] = data_fingerprint(unlabelled, cfg.data.unlabeled)
     t = cfg.train
     recipe = {"strategy": t.strategy, "epochs": t.epochs, "lr": t.lr, "batch_size": t.batch_size,
-              "backbone_lr_scale": t.backbone_lr_scale, "methods": method_weights(cfg.methods)}
+              "backbone_lr_scale": t.backbone_lr_scale, "methods": method_weights(cfg.methods),
+              **({"rounds": cfg.rounds} if cfg.rounds > 1 else {})}
     if unlabelled is not None:
         recipe["unlabeled"] = (f"{len(unlabelled):,} examples of {cfg.data.unlabeled}, "
                                f"{t.unlabeled_ratio} per labelled example in a step")
@@ -151,6 +163,8 @@ def distill(cfg: DistillConfig | dict[str, Any]) -> WorkflowResult:
         f"({speeds['student'] / max(speeds['teacher'], 1e-9):.1f}x).",
         "Both student arms: same data, same epochs, same seeds; only the objectives differ."
         if cfg.baseline else "One student arm (baseline off).",
+        *([f"Noisy-student rounds: {cfg.rounds}; round r's teacher is round r-1's student (same seed), "
+           "every round's student starts fresh."] if cfg.rounds > 1 else []),
     ]
     shots_text = f", {cfg.data.shots} labels per class" if cfg.data.shots else ""
     title = (f"transferkit distill ({cfg.name}): teacher {cfg.teacher.model} ({teacher_model.info.arch}) "
