@@ -604,3 +604,28 @@ def test_bert_and_distilbert_exchange_weights_and_compute_the_same_function(tmp_
     assert {u.source_name.rsplit(".", 2)[-2] for u in report.unused} <= {"dense"}  # BERT's unused pooler
     check = check_copied_function(source, target, report)
     assert check.checked and check.ok and check.relative_diff < 1e-5  # the same function
+
+
+def test_distill_on_an_unlabelled_text_transfer_set_across_tokenizers(tiny_bert, tmp_path):
+    """The teacher (MiniLM's vocabulary) reads the unlabelled texts in its own token ids; the student
+    (the tiny BERT's 31 tokens) learns from its soft labels on them: far above its few labels alone."""
+    import json
+
+    data = _sentiment(300, 11, "reviews")
+    path = tmp_path / "reviews.csv"
+    write_csv(path, data.texts, _labels_of(data))
+    torch.manual_seed(0)
+    teacher = create_model("text_transformer", num_classes=2, hidden=32, heads=2, layers=2, dropout=0.0)
+    splits = _splits(12)
+    Trainer(teacher, TrainConfig(epochs=20, lr=3e-3, batch_size=16, backbone_lr_scale=1.0, seed=0)).fit(
+        splits.train, splits.val)
+    save_model(teacher, tmp_path / "teacher")
+    result = run("distill", "--teacher", tmp_path / "teacher", "--student", f"hf:{tiny_bert}", "--data",
+                 path, "--shots", 2, "--unlabeled", "rest", "-m", "cross_entropy:weight=0.1",
+                 "-m", "kd:weight=0.9,temperature=2", "--epochs", 40, "--seeds", "0",
+                 "--out", tmp_path / "out", "train.unlabeled_ratio=8", "train.lr=0.003", "train.batch_size=4")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    rows = {r["name"]: r for r in metrics["summary"]}
+    assert metrics["about"]["recipe"]["unlabeled"] == "216 examples of rest, 8 per labelled example in a step"
+    assert rows["distill/kd"]["accuracy_mean"] > rows["distill/scratch"]["accuracy_mean"] + 0.1

@@ -79,7 +79,8 @@ def check_target(objectives: Sequence[Objective], train: object, target: object 
             "examples (at least one batch)"
         )
     t_shape, s_shape = input_shape(target), input_shape(train)
-    if t_shape is not None and s_shape is not None and t_shape != s_shape:
+    token_ids = all(callable(getattr(d, "lengths", None)) for d in (target, train))  # padded when paired
+    if t_shape is not None and s_shape is not None and t_shape != s_shape and not token_ids:
         hint = ""
         if len(t_shape) == len(s_shape) == 3:
             hint = f" (target has {t_shape[0]} channel(s), source {s_shape[0]})"

@@ -318,16 +318,17 @@ class Trainer:
 
     def _checkpoint_due(self, epoch: int, history: History) -> bool:
         """Whether this epoch writes the checkpoint: always at the last epoch and on early stopping,
-        and when writing is cheap (under :data:`CHEAP_CHECKPOINT_S`) and takes less than the epoch
-        itself; otherwise once the time since the last write is :data:`CHECKPOINT_SPACING` times what
-        that write took. So writing a large model's state (a 22M-parameter text encoder: about 2 s),
-        or a frozen backbone's after each of a linear probe's millisecond epochs on cached features
-        (EfficientNet: 50 ms a write, 200 epochs), takes at most about a tenth of the run, while a
-        killed run loses only a few epochs."""
+        and after every epoch when writing is cheap (under :data:`CHEAP_CHECKPOINT_S`), except in a
+        fit on cached features whose epochs are shorter than a write; otherwise once the time since
+        the last write is :data:`CHECKPOINT_SPACING` times what that write took. So writing a large
+        model's state (a 22M-parameter text encoder: about 2 s), or a frozen backbone's after each of
+        a linear probe's millisecond epochs on cached features (EfficientNet: 50 ms a write, 200
+        epochs), takes at most about a tenth of the run, while a killed run loses only a few epochs."""
         if epoch + 1 >= self.config.epochs or history.stopped_early:
             return True
         epoch_seconds = history.epochs[-1].get("seconds", 0.0) if history.epochs else 0.0
-        if self._save_cost < CHEAP_CHECKPOINT_S and self._save_cost <= epoch_seconds:
+        head_only = bool(getattr(self, "_fixed", ()))  # cached features: only the head trains
+        if self._save_cost < CHEAP_CHECKPOINT_S and not (head_only and self._save_cost > epoch_seconds):
             return True
         return time.perf_counter() - self._last_save >= CHECKPOINT_SPACING * self._save_cost
 
