@@ -260,3 +260,16 @@ def test_distill_noisy_student_rounds_are_arms_of_the_report(digits_source, tmp_
     assert names == ["distill/kd", "distill/kd/round2", "distill/kd/round3", "distill/scratch"]
     assert metrics["about"]["recipe"]["rounds"] == 3
     assert "Noisy-student rounds: 3" in (out / "report.html").read_text()
+
+
+def test_features_are_shared_only_between_models_that_compute_the_same_features():
+    from transferkit.engine.predict import backbone_digest
+
+    torch.manual_seed(0)
+    a = create_model("small_cnn", num_classes=10, in_channels=1, image_size=16)
+    b = create_model("small_cnn", num_classes=10, in_channels=1, image_size=8)
+    b.backbone.load_state_dict(a.backbone.state_dict())  # the same weights, another input size
+    same = create_model("small_cnn", num_classes=10, in_channels=1, image_size=16)
+    same.load_state_dict(a.state_dict())
+    same.head.reset_parameters()  # the head is not part of the features
+    assert backbone_digest(a) == backbone_digest(same) and backbone_digest(a) != backbone_digest(b)

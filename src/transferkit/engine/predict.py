@@ -37,8 +37,12 @@ _POOLS: dict[tuple[str, int], tuple[weakref.ref, torch.Tensor]] = {}
 
 
 def backbone_digest(model: nn.Module) -> str:
-    """A digest of everything that computes the features: the input adapter's and backbone's state."""
+    """A digest of everything that computes the features: the model's description (architecture and
+    arguments, input size, normalisation), the input adapter's settings and the adapter's and
+    backbone's state."""
     h = hashlib.sha1()
+    h.update(repr(getattr(model, "info", None)).encode())
+    h.update(repr(getattr(model, "input_adapter", None)).encode())
     for part in ("input_adapter", "backbone"):
         module = getattr(model, part, None)
         if module is None:
@@ -53,6 +57,8 @@ def pool_features(model: nn.Module, data: object, batch_size: int = 512,
                   device: str | torch.device | None = None) -> torch.Tensor:
     """:func:`predict_features` of an unlabelled pool, remembered for the process: a later call with
     the same dataset object and a backbone with the same weights returns the same features at once."""
+    for stale in [k for k, (ref, _) in _POOLS.items() if ref() is None]:  # pools no longer alive
+        del _POOLS[stale]
     key = (backbone_digest(model), id(data))
     hit = _POOLS.get(key)
     if hit is not None and hit[0]() is data:
