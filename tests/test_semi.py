@@ -273,3 +273,12 @@ def test_features_are_shared_only_between_models_that_compute_the_same_features(
     same.load_state_dict(a.state_dict())
     same.head.reset_parameters()  # the head is not part of the features
     assert backbone_digest(a) == backbone_digest(same) and backbone_digest(a) != backbone_digest(b)
+
+
+def test_finetune_distils_the_source_on_the_unlabelled_data_when_kd_asks(digits_source, tmp_path):
+    out = tmp_path / "kd"
+    result = run("finetune", "--source", digits_source, "--data", "digits", "--shots", "3", "--epochs", "2",
+                 "--seeds", "0", "--unlabeled", "rest", "-m", "kd:unlabeled=true", "--out", out)
+    assert result.exit_code == 0, result.output
+    names = [r["name"] for r in json.loads((out / "metrics.json").read_text())["summary"]]
+    assert names == ["finetune/full+kd", "finetune/scratch"]  # kd needs the source: no scratch twin

@@ -125,11 +125,13 @@ def finetune(cfg: FinetuneConfig | dict[str, Any]) -> WorkflowResult:
     regs = cfg.regularizers
     reg_names = "+".join(str(r["name"]) for r in regs)
     unlabelled = load_unlabelled(cfg.data, data, cfg.seeds[0])
-    semi = [r for r in regs if _reads_unlabelled(r)]
+    readers = [r for r in regs if _reads_unlabelled(r)]
+    # the methods that need no source (kd on the unlabelled data reads the source as its teacher)
+    semi = [r for r in readers if getattr(OBJECTIVES.get(str(r["name"])), "uses_target", False)]
     entries = cfg.model.entries
     labels = _source_labels([e.label or e.model for e in entries])
     arms: list[Arm] = []
-    check_unlabelled([str(r["name"]) for r in semi], unlabelled)
+    check_unlabelled([str(r["name"]) for r in readers], unlabelled)
     for src, label, entry in zip(sources, labels, entries, strict=True):
         arch = cfg.model.arch or src.info.arch
         kwargs = dict(src.info.kwargs) if cfg.model.arch is None else {}
@@ -147,7 +149,7 @@ def finetune(cfg: FinetuneConfig | dict[str, Any]) -> WorkflowResult:
                 exclude=cfg.transfer.exclude,
                 shape_mismatch=cfg.transfer.shape_mismatch,
                 objectives=_objectives(regs, src, source_splits) if regs else None,
-                target=unlabelled if semi else None,
+                target=unlabelled if readers else None,
                 lr_sweep=cfg.lr_sweep or (),
             )
         )
@@ -314,8 +316,9 @@ def _source_labels(specs: list[str]) -> list[str]:
 
 
 def _reads_unlabelled(spec: dict[str, Any]) -> bool:
-    """Whether the objective of a config entry learns from unlabelled (target) batches."""
-    return bool(getattr(OBJECTIVES.get(str(spec["name"])), "uses_target", False))
+    """Whether the objective of a config entry learns from unlabelled (target) batches: its class
+    always does (pseudo_label, fixmatch, ...), or the entry asks it to (``kd`` with ``unlabeled``)."""
+    return bool(getattr(OBJECTIVES.get(str(spec["name"])), "uses_target", False) or spec.get("unlabeled"))
 
 
 def _objectives(regs: list[dict[str, Any]], source: TransferNet | None, source_splits: Any) -> Any:
