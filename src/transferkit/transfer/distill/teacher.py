@@ -131,32 +131,23 @@ class Teacher:
         self._own_target = _own_tokens(self.model, ctx.target_data)
         if self.precompute and ctx.target_data is not None:
             self._target_table, self._target_for = self._table_of(ctx, ctx.target_data, self._own_target,
-                                                                   self._target_table, self._target_for)
+                                                                   self._target_table, self._target_for,
+                                                                   "unlabelled")
         if not self.precompute or self.layers or data is None:
             return
-        if self._table is not None and self._table_for is not None and self._table_for() is data:
-            return  # the same dataset object (a weak reference: a new object never matches)
-        outs = []
-        with torch.no_grad():
-            for x in ctx.input_batches(self._own):  # None: the training set as the student reads it
-                outs.append(self.model(move(x, self.device)).float().cpu())
-        self._table = torch.cat(outs)
-        try:
-            self._table_for = weakref.ref(data)
-        except TypeError:
-            self._table_for = None
-        logger.info("%s: precomputed logits of %d training examples", self.name, len(data))
+        self._table, self._table_for = self._table_of(ctx, data, self._own, self._table, self._table_for,
+                                                      "training")
 
     def _table_of(self, ctx: FitContext, data: Any, own: Any, table: torch.Tensor | None,
-                  made_for: weakref.ref | None) -> tuple[torch.Tensor, weakref.ref | None]:
+                  made_for: weakref.ref | None, what: str) -> tuple[torch.Tensor, weakref.ref | None]:
         """The logits of every example of ``data`` (``own``: its ids in this teacher's tokens), kept
-        while ``data`` is the same object."""
+        while ``data`` is the same object (a weak reference: a new object never matches)."""
         if table is not None and made_for is not None and made_for() is data:
             return table, made_for
         with torch.no_grad():
             table = torch.cat([self.model(move(x, self.device)).float().cpu()
                                for x in ctx.input_batches(own if own is not None else data)])
-        logger.info("%s: precomputed logits of %d unlabelled examples", self.name, len(data))
+        logger.info("%s: precomputed logits of %d %s examples", self.name, len(data), what)
         try:
             return table, weakref.ref(data)
         except TypeError:
