@@ -282,3 +282,14 @@ def test_finetune_distils_the_source_on_the_unlabelled_data_when_kd_asks(digits_
     assert result.exit_code == 0, result.output
     names = [r["name"] for r in json.loads((out / "metrics.json").read_text())["summary"]]
     assert names == ["finetune/full+kd", "finetune/scratch"]  # kd needs the source: no scratch twin
+
+
+def test_mean_teacher_on_texts_compares_the_batch_as_it_is():
+    from test_text_models import _sentiment
+
+    student = create_model("text_transformer", num_classes=2, hidden=32, heads=2, layers=1)
+    texts = _sentiment(32, 0, "t")
+    term = MeanTeacher(weight=1.0)  # views=True by default: texts have none, so the batch as it is
+    history = Trainer(student, TrainConfig(epochs=2, batch_size=8, lr=1e-3, backbone_lr_scale=1.0),
+                      [CrossEntropy(), term]).fit(texts, target=without_labels(_sentiment(40, 1, "u")))
+    assert not term.needs_views and all(math.isfinite(r["loss_mean_teacher"]) for r in history.epochs)

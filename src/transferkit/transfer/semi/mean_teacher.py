@@ -61,6 +61,8 @@ class MeanTeacher(Objective):
         self.teacher: nn.Module | None = None
 
     def setup(self, ctx: FitContext) -> None:
+        if getattr(ctx.model, "tokenizer", None) is not None:  # token ids have no augmented views
+            self.needs_views = False
         self.teacher = _without_hooks(copy.deepcopy(ctx.model)).to(ctx.device)
         for p in self.teacher.parameters():
             p.requires_grad_(False)
