@@ -236,7 +236,8 @@ def test_a_chained_arm_gets_the_models_its_seed_trained_before_it(digits, tmp_pa
 
     def chained(earlier):
         first = earlier.get("first")
-        seen.append((sorted(earlier), float(first.head.weight.detach().sum()) if first is not None else math.nan))
+        total = float(first.head.weight.detach().sum()) if first is not None else math.nan
+        seen.append((sorted(earlier), total))
         return [CrossEntropy()]
 
     cfg = TrainConfig(epochs=1, batch_size=16, lr=1e-2, backbone_lr_scale=1.0)
