@@ -145,14 +145,28 @@ def _arms_table(result, minutes: float) -> str:
     return f"({minutes:.1f} min)\n\n```\n{result.table()}\n```\n"
 
 
-def methods(seeds: list[int], work: Path) -> str:
-    from transferkit.demo import DemoSettings, train_mnist_source
+def _fashion_setup() -> tuple:
+    """(demo settings, Fashion-MNIST splits, the demo's 5,000-image unlabelled pool, EfficientNet-Lite0,
+    the demo's probe settings, its stage-6 model arguments)."""
+    from transferkit.demo import DemoSettings
     from transferkit.models import load_model
+
+    demo = DemoSettings()
+    data = load_dataset("fashion-mnist", val_fraction=0.1, seed=0)
+    pool = without_labels(data.train, demo.unlabeled, seed=0)
+    effnet = load_model("efficientnet_lite0", pretrained=True)
+    probe = TrainConfig(strategy="linear_probe", lr=1e-2, epochs=demo.probe_epochs, batch_size=100,
+                        weight_decay=demo.probe_weight_decay, eval_batch_size=64, channels_last=True,
+                        unlabeled_ratio=10, seed=0)
+    return demo, data, pool, effnet, probe, {"image_size": demo.effnet_size, "features": demo.effnet_features}
+
+
+def methods(seeds: list[int], work: Path) -> str:
+    from transferkit.demo import train_mnist_source
     from transferkit.transfer.regularize import L2SP
     from transferkit.transfer.semi import FixMatch, MeanTeacher
     from transferkit.workflows import Arm, run_arms
 
-    demo = DemoSettings()
     small = TrainConfig(epochs=30, batch_size=32, lr=3e-3, backbone_lr_scale=1.0, seed=0)
     semi = {
         "pseudo_label": lambda: [CrossEntropy(), PseudoLabel(tau=0.7)],
@@ -164,13 +178,7 @@ def methods(seeds: list[int], work: Path) -> str:
     out = []
     # (a) Fashion-MNIST
     t0 = time.perf_counter()
-    data = load_dataset("fashion-mnist", val_fraction=0.1, seed=0)
-    pool = without_labels(data.train, demo.unlabeled, seed=0)
-    effnet = load_model("efficientnet_lite0", pretrained=True)
-    probe = TrainConfig(strategy="linear_probe", lr=1e-2, epochs=demo.probe_epochs, batch_size=100,
-                        weight_decay=demo.probe_weight_decay, eval_batch_size=64, channels_last=True,
-                        unlabeled_ratio=10, seed=0)
-    effnet_args = {"image_size": demo.effnet_size, "features": demo.effnet_features}
+    demo, data, pool, effnet, probe, effnet_args = _fashion_setup()
     arms = [Arm("scratch", "from scratch", "small_cnn", small)]
     for name, make in semi.items():
         arms.append(Arm(f"scratch+{name}", f"from scratch + {name}", "small_cnn",
@@ -215,18 +223,10 @@ def methods(seeds: list[int], work: Path) -> str:
 
 def kd(seeds: list[int], work: Path) -> str:
     """The demo's best arm as a teacher, distilled into the small CNN on the unlabelled images."""
-    from transferkit.demo import DemoSettings
-    from transferkit.models import load_model
     from transferkit.transfer.distill import LogitKD, Teacher
     from transferkit.workflows import Arm, run_arms
 
-    demo = DemoSettings()
-    data = load_dataset("fashion-mnist", val_fraction=0.1, seed=0)
-    pool = without_labels(data.train, demo.unlabeled, seed=0)
-    effnet = load_model("efficientnet_lite0", pretrained=True)
-    probe = TrainConfig(strategy="linear_probe", lr=1e-2, epochs=demo.probe_epochs, batch_size=100,
-                        weight_decay=demo.probe_weight_decay, eval_batch_size=64, channels_last=True,
-                        unlabeled_ratio=10, seed=0)
+    demo, data, pool, effnet, probe, effnet_args = _fashion_setup()
     small = TrainConfig(epochs=30, batch_size=32, lr=3e-3, backbone_lr_scale=1.0, seed=0, unlabeled_ratio=3)
     teacher_name = "effnet/probe+pseudo_label (teacher)"
 
@@ -238,7 +238,7 @@ def kd(seeds: list[int], work: Path) -> str:
 
     arms = [Arm("scratch", "from scratch", "small_cnn", small.model_copy(update={"unlabeled_ratio": 1})),
             Arm(teacher_name, "linear probe + pseudo_label", "efficientnet_lite0", probe, source=effnet,
-                kwargs={"image_size": demo.effnet_size, "features": demo.effnet_features}, target=pool,
+                kwargs=effnet_args, target=pool,
                 objectives=lambda: [CrossEntropy(), PseudoLabel(tau=demo.tau)]),
             Arm("small-cnn student (KD on the unlabelled images)", "small CNN + KD from the teacher",
                 "small_cnn", small, objectives=student, chained=True, target=pool)]
@@ -251,15 +251,10 @@ def kd(seeds: list[int], work: Path) -> str:
 
 def finetune_part(seeds: list[int], work: Path) -> str:
     """EfficientNet fine-tuned (stage-6 cut, 64 px, BatchNorm statistics kept) alone and with each method."""
-    from transferkit.demo import DemoSettings
-    from transferkit.models import load_model
     from transferkit.transfer.semi import FixMatch, MeanTeacher
     from transferkit.workflows import Arm, run_arms
 
-    demo = DemoSettings()
-    data = load_dataset("fashion-mnist", val_fraction=0.1, seed=0)
-    pool = without_labels(data.train, demo.unlabeled, seed=0)
-    effnet = load_model("efficientnet_lite0", pretrained=True)
+    demo, data, pool, effnet, _, _ = _fashion_setup()
     full = TrainConfig(epochs=15, batch_size=32, lr=1e-3, backbone_lr_scale=0.1, freeze_bn=True,
                        eval_batch_size=64, channels_last=True, seed=0)
     args = {"image_size": 64, "features": demo.effnet_features}
@@ -280,17 +275,9 @@ def finetune_part(seeds: list[int], work: Path) -> str:
 
 
 def amount(seeds: list[int], work: Path) -> str:
-    from transferkit.demo import DemoSettings
-    from transferkit.models import load_model
     from transferkit.workflows import Arm, run_arms
 
-    demo = DemoSettings()
-    data = load_dataset("fashion-mnist", val_fraction=0.1, seed=0)
-    effnet = load_model("efficientnet_lite0", pretrained=True)
-    probe = TrainConfig(strategy="linear_probe", lr=1e-2, epochs=demo.probe_epochs, batch_size=100,
-                        weight_decay=demo.probe_weight_decay, eval_batch_size=64, channels_last=True,
-                        unlabeled_ratio=10, seed=0)
-    effnet_args = {"image_size": demo.effnet_size, "features": demo.effnet_features}
+    demo, data, _, effnet, probe, effnet_args = _fashion_setup()
     arms = [Arm("effnet/probe", "linear probe (no unlabelled images)", "efficientnet_lite0", probe,
                 source=effnet, kwargs=effnet_args)]
     for n in (1000, 10000, None):

@@ -399,19 +399,28 @@ def test_rank_scores_text_encoders_and_prefers_minilm_on_newsgroups(tmp_path):
     assert rows["minilm"]["logme"] > rows["text_transformer"]["logme"]
 
 
-def test_distill_cli_on_text_compares_the_student_with_itself_from_scratch(tiny_bert, tmp_path):
-    import json
-
+@pytest.fixture(scope="module")
+def text_teacher(tmp_path_factory):
+    """A CSV of 300 short texts (a sentiment word among filler words) and a text transformer with
+    MiniLM's vocabulary trained on such texts, saved: (csv path, teacher folder)."""
+    folder = tmp_path_factory.mktemp("text-teacher")
     data = _sentiment(300, 11, "reviews")
-    path = tmp_path / "reviews.csv"
+    path = folder / "reviews.csv"
     write_csv(path, data.texts, _labels_of(data))
     torch.manual_seed(0)
     teacher = create_model("text_transformer", num_classes=2, hidden=32, heads=2, layers=2, dropout=0.0)
     splits = _splits(12)
     Trainer(teacher, TrainConfig(epochs=20, lr=3e-3, batch_size=16, backbone_lr_scale=1.0, seed=0)).fit(
         splits.train, splits.val)
-    save_model(teacher, tmp_path / "teacher")
-    result = run("distill", "--teacher", tmp_path / "teacher", "--student", f"hf:{tiny_bert}", "--data", path,
+    save_model(teacher, folder / "teacher")
+    return path, folder / "teacher"
+
+
+def test_distill_cli_on_text_compares_the_student_with_itself_from_scratch(tiny_bert, text_teacher, tmp_path):
+    import json
+
+    path, teacher = text_teacher
+    result = run("distill", "--teacher", teacher, "--student", f"hf:{tiny_bert}", "--data", path,
                  "--shots", 8, "-m", "cross_entropy:weight=0.5", "-m", "kd:weight=0.5,temperature=2",
                  "--epochs", 3, "--seeds", "0", "--out", tmp_path / "out")
     assert result.exit_code == 0, result.output
@@ -606,21 +615,13 @@ def test_bert_and_distilbert_exchange_weights_and_compute_the_same_function(tmp_
     assert check.checked and check.ok and check.relative_diff < 1e-5  # the same function
 
 
-def test_distill_on_an_unlabelled_text_transfer_set_across_tokenizers(tiny_bert, tmp_path):
+def test_distill_on_an_unlabelled_text_transfer_set_across_tokenizers(tiny_bert, text_teacher, tmp_path):
     """The teacher (MiniLM's vocabulary) reads the unlabelled texts in its own token ids; the student
     (the tiny BERT's 31 tokens) learns from its soft labels on them: far above its few labels alone."""
     import json
 
-    data = _sentiment(300, 11, "reviews")
-    path = tmp_path / "reviews.csv"
-    write_csv(path, data.texts, _labels_of(data))
-    torch.manual_seed(0)
-    teacher = create_model("text_transformer", num_classes=2, hidden=32, heads=2, layers=2, dropout=0.0)
-    splits = _splits(12)
-    Trainer(teacher, TrainConfig(epochs=20, lr=3e-3, batch_size=16, backbone_lr_scale=1.0, seed=0)).fit(
-        splits.train, splits.val)
-    save_model(teacher, tmp_path / "teacher")
-    result = run("distill", "--teacher", tmp_path / "teacher", "--student", f"hf:{tiny_bert}", "--data",
+    path, teacher = text_teacher
+    result = run("distill", "--teacher", teacher, "--student", f"hf:{tiny_bert}", "--data",
                  path, "--shots", 2, "--unlabeled", "rest", "-m", "cross_entropy:weight=0.1",
                  "-m", "kd:weight=0.9,temperature=2", "--epochs", 40, "--seeds", "0",
                  "--out", tmp_path / "out", "train.unlabeled_ratio=8", "train.lr=0.003", "train.batch_size=4")
