@@ -7,6 +7,8 @@
 * label-free model choice for domain adaptation (:mod:`.unsupervised`): :func:`prediction_entropy`,
   :func:`snd_score`, :func:`dev_risk`, and the domain gap (:func:`domain_gap`,
   :func:`proxy_a_distance`).
+* What transfer changed, layer by layer: linear CKA between two models' representations
+  (:func:`linear_cka`, :func:`layer_cka`) and the relative weight change (:func:`weight_change`).
 """
 
 from transferkit.evaluation.compare import RunResult, fit_warnings, format_gain, format_table, summarize
@@ -18,6 +20,7 @@ from transferkit.evaluation.metrics import (
     predict,
 )
 from transferkit.evaluation.report import write_metrics_json, write_report
+from transferkit.evaluation.similarity import layer_cka, linear_cka, weight_change
 from transferkit.evaluation.unsupervised import (
     dev_risk,
     dev_weights,
@@ -39,11 +42,14 @@ __all__ = [
     "fit_warnings",
     "format_gain",
     "format_table",
+    "layer_cka",
+    "linear_cka",
     "predict",
     "prediction_entropy",
     "proxy_a_distance",
     "snd_score",
     "summarize",
+    "weight_change",
     "write_metrics_json",
     "write_report",
 ]

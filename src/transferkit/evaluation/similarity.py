@@ -1,0 +1,83 @@
+"""What transfer changed in a model: representation similarity and weight change, layer by layer.
+
+* :func:`linear_cka`: linear centred kernel alignment of two representations of the same examples
+  (Kornblith et al., 2019, "Similarity of Neural Network Representations Revisited", ICML):
+  ``||Y^T X||_F^2 / (||X^T X||_F ||Y^T Y||_F)`` on column-centred ``X (N, p)``, ``Y (N, q)``; 1 for
+  representations equal up to an orthogonal transform and isotropic scaling, near 0 for unrelated ones.
+* :func:`layer_cka`: that score for every backbone block two models share (source vs fine-tuned,
+  teacher vs student, before vs after a merge), on the same inputs; feature maps are flattened.
+* :func:`weight_change`: each block's relative weight change ``||W_b - W_a|| / ||W_a||``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from transferkit.errors import ShapeError
+
+__all__ = ["layer_cka", "linear_cka", "weight_change"]
+
+
+def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Linear CKA between ``x (N, ...)`` and ``y (N, ...)`` (flattened per example, float64).
+
+    Raises:
+        ShapeError: different numbers of examples, or fewer than 2.
+    """
+    if x.shape[0] != y.shape[0] or x.shape[0] < 2:
+        raise ShapeError(f"linear_cka needs the same examples (at least 2) in both: got {x.shape[0]} and "
+                         f"{y.shape[0]}")
+    x = x.reshape(len(x), -1).double()
+    y = y.reshape(len(y), -1).double()
+    x = x - x.mean(0, keepdim=True)
+    y = y - y.mean(0, keepdim=True)
+    cross = torch.linalg.matrix_norm(y.T @ x) ** 2
+    norm = torch.linalg.matrix_norm(x.T @ x) * torch.linalg.matrix_norm(y.T @ y)
+    return float(cross / norm) if float(norm) > 0 else 0.0
+
+
+def _blocks(model: nn.Module) -> list[str]:
+    from transferkit.models.surgery import backbone_blocks  # lazy: models imports evaluation helpers
+
+    return [name for name, _ in backbone_blocks(model)]  # type: ignore[arg-type]
+
+
+@torch.no_grad()
+def layer_cka(model_a: nn.Module, model_b: nn.Module, inputs: torch.Tensor,
+              layers: Sequence[str] | None = None) -> dict[str, float]:
+    """Linear CKA of the two models' outputs at each layer on the same ``inputs`` (both in eval mode;
+    their train/eval modes are restored). ``layers``: names present in both (default: the backbone
+    blocks they share, input side first)."""
+    from transferkit.models.surgery import LayerTap
+
+    shared = set(_blocks(model_b))
+    names = list(layers) if layers is not None else [n for n in _blocks(model_a) if n in shared]
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for key, model in (("a", model_a), ("b", model_b)):
+        was = model.training
+        model.eval()
+        try:
+            with LayerTap(model, names, detach=True) as tap:
+                model(inputs)
+            out[key] = {n: tap.features[n] for n in names}
+        finally:
+            model.train(was)
+    return {n: linear_cka(out["a"][n], out["b"][n]) for n in names}
+
+
+def weight_change(before: nn.Module, after: nn.Module) -> dict[str, float]:
+    """Relative change ``||W_after - W_before|| / ||W_before||`` of every backbone block's parameters
+    (all of a block's tensors together); blocks whose shapes differ are left out."""
+    a, b = dict(before.named_parameters()), dict(after.named_parameters())
+    result = {}
+    for block in _blocks(before):
+        keys = [k for k in a if k.startswith(block + ".") and k in b and a[k].shape == b[k].shape]
+        if not keys:
+            continue
+        diff = sum(float((b[k].detach() - a[k].detach()).double().pow(2).sum()) for k in keys) ** 0.5
+        base = sum(float(a[k].detach().double().pow(2).sum()) for k in keys) ** 0.5
+        result[block] = diff / base if base > 0 else float("inf") if diff > 0 else 0.0
+    return result
