@@ -34,7 +34,6 @@ import logging
 import math
 import os
 import re
-import shutil
 import time
 import warnings
 from collections.abc import Sequence
@@ -48,7 +47,7 @@ from torch import nn
 
 import transferkit
 from transferkit.errors import ConfigError, ExportError, MissingDependencyError, ShapeError, TransferkitError
-from transferkit.io.files import atomic_write
+from transferkit.io.files import atomic_write, replace_folder
 
 if TYPE_CHECKING:
     from transferkit.data import TensorDataset, TextDataset
@@ -384,7 +383,7 @@ def _export_text(
                                        f"{len(ids)} {data_name} inputs"))
             if not overwrite:
                 check_output_path(path, overwrite)
-            _write_tokenizer(tokenizer, folder)
+            replace_folder(folder, lambda staging: tokenizer.save_pretrained(staging))
 
         atomic_write(path, write)
     finally:
@@ -396,17 +395,6 @@ def _export_text(
         batch_sizes=result.get("batch_sizes", ()), agree=result.get("agree"),
         inputs=data_name if verify else "",
     )
-
-
-def _write_tokenizer(tokenizer: Any, folder: Path) -> None:
-    """The tokenizer's files into ``folder``, replaced whole (a half-written folder is never left)."""
-    staging = folder.with_name(f".{folder.name}.partial")
-    if staging.exists():
-        shutil.rmtree(staging)
-    tokenizer.save_pretrained(str(staging))
-    if folder.exists():
-        shutil.rmtree(folder)
-    staging.rename(folder)
 
 
 def check_output_path(path: Path, overwrite: bool) -> None:

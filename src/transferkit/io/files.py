@@ -91,6 +91,29 @@ def _umask() -> int:
     return mask
 
 
+def replace_folder(folder: str | os.PathLike, writer: Callable[[str], None]) -> Path:
+    """Call ``writer(staging_folder)`` and put the result in place of ``folder``, replaced whole: the
+    staging folder is a hidden sibling; an old ``folder`` is moved aside before the new one is renamed
+    in and only then removed, so ``folder`` is never half-written (a kill between the two renames
+    leaves the old one aside as ``.<name>.old``)."""
+    import shutil
+
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging, old = folder.with_name(f".{folder.name}.partial"), folder.with_name(f".{folder.name}.old")
+    for leftover in (staging, old):
+        if leftover.exists():
+            shutil.rmtree(leftover)
+    writer(str(staging))
+    if folder.exists():
+        folder.rename(old)
+        staging.rename(folder)
+        shutil.rmtree(old)
+    else:
+        staging.rename(folder)
+    return folder
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically."""
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import difflib
 import logging
 import os
-import shutil
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ import torch
 import transferkit
 from transferkit.errors import CheckpointError, ConfigError, UnknownNameError
 from transferkit.io import atomic_write_json, load_state_dict, read_json, save_state_dict
+from transferkit.io.files import replace_folder
 from transferkit.io.weights import SAFETENSORS_SUFFIXES, TORCH_SUFFIXES
 from transferkit.models.base import ModelInfo, TransferNet
 from transferkit.models.custom import is_code_spec, normalise_spec, spec_of_class
@@ -122,22 +122,13 @@ def _save_text_files(model: TransferNet, folder: Path) -> None:
     tokenizer = getattr(model, "tokenizer", None)
     if text is None or tokenizer is None or text.get("tokenizer") == "minilm":
         return
-    staging = folder / f".{HF_FILES}.partial"
-    if staging.exists():
-        shutil.rmtree(staging)
-    tokenizer.save_pretrained(str(staging))
-    if model.info.arch.startswith("hf:"):
-        model.backbone.model.config.save_pretrained(str(staging))
-    target = folder / HF_FILES
-    if target.exists():
-        old = folder / f".{HF_FILES}.old"
-        if old.exists():
-            shutil.rmtree(old)
-        target.rename(old)
-        staging.rename(target)
-        shutil.rmtree(old)
-    else:
-        staging.rename(target)
+
+    def write(staging: str) -> None:
+        tokenizer.save_pretrained(staging)
+        if model.info.arch.startswith("hf:"):
+            model.backbone.model.config.save_pretrained(staging)
+
+    replace_folder(folder / HF_FILES, write)
 
 
 def _from_saved_text_files(info: ModelInfo, folder: Path) -> tuple[str | type, dict[str, Any]]:
