@@ -49,6 +49,7 @@ _EXPORTS = {
     "load_recipe": "transferkit.recipes",
     "available_recipes": "transferkit.recipes",
     "check_copied_function": "transferkit.transfer",
+    "merge": "transferkit.transfer.merge",
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])

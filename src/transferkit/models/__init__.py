@@ -7,6 +7,7 @@ transformers model runs only inside :func:`allow_remote_code` (see :mod:`transfe
 
 from transferkit.models.base import InputAdapter, ModelInfo, TransferNet
 from transferkit.models.custom import allow_code
+from transferkit.models.heads import TaskHeads, select_task, set_task_heads, task_model, task_names
 from transferkit.models.hub import allow_remote_code, remote_code_allowed
 from transferkit.models.storage import SourceSpec, load_model, load_source, save_model
 from transferkit.models.surgery import (
@@ -36,6 +37,7 @@ __all__ = [
     "LayerInfo",
     "LayerTap",
     "ModelInfo",
+    "TaskHeads",
     "TransferNet",
     "allow_code",
     "allow_remote_code",
@@ -51,6 +53,10 @@ __all__ = [
     "remote_code_allowed",
     "replace_head",
     "save_model",
+    "select_task",
+    "set_task_heads",
+    "task_model",
+    "task_names",
     "unfreeze",
     "wrap_model",
 ]

@@ -53,6 +53,8 @@ class ModelInfo:
         text: For a text model (input: token ids, ``input_size == (max_length,)``): where its
             tokenizer comes from (``"tokenizer"``: ``"minilm"``, ``"hf:<id>"`` or a folder), the id it
             pads with (``"pad_token_id"``) and the pooling (``"pooling"``); ``None`` otherwise.
+        tasks: For a multi-head model (``head`` is a :class:`~transferkit.models.heads.TaskHeads`): task
+            name -> number of classes, in order; ``None`` for a single head.
     """
 
     arch: str
@@ -69,6 +71,7 @@ class ModelInfo:
     classifier: str | None = None
     growth: list[dict[str, Any]] = field(default_factory=list)
     text: dict[str, Any] | None = None
+    tasks: dict[str, int] | None = None
 
     @property
     def preprocessing(self) -> dict[str, Any]:
@@ -141,6 +144,7 @@ class ModelInfo:
         d["kwargs"] = dict(d.get("kwargs") or {})
         d["growth"] = [dict(step) for step in d.get("growth") or []]
         d["text"] = dict(d["text"]) if d.get("text") is not None else None
+        d["tasks"] = {str(k): int(v) for k, v in d["tasks"].items()} if d.get("tasks") else None
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         return cls(**known)
 
@@ -196,6 +200,11 @@ _FIELD_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
         lambda v: v is None or (isinstance(v, Mapping) and isinstance(v.get("tokenizer"), str)
                                 and _is_int(v.get("pad_token_id", 0), 0)),
         "null or an object with a 'tokenizer' string and a 'pad_token_id' integer",
+    ),
+    "tasks": (
+        lambda v: v is None or (isinstance(v, Mapping) and all(
+            isinstance(k, str) and k and "." not in k and _is_int(n, 1) for k, n in v.items())),
+        "null or an object of task name -> number of classes (integers >= 1)",
     ),
 }
 

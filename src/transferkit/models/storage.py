@@ -317,12 +317,17 @@ def _load_folder(folder: Path, arch: str | type | None, kwargs: dict[str, Any]) 
     else:
         build_kwargs = info.kwargs
     model = _build(build_arch, info.num_classes, build_kwargs, info.growth)
+    tasks = info.tasks
     info.source = str(folder)
     if not overridden:  # keep the saved metadata (it may have been edited after building)
         model.info = info
         model.input_adapter = info.adapter()
     else:
         model.info.source, model.info.arch, model.info.text = info.source, info.arch, info.text
+    if tasks:  # a multi-head model: one head per task, the first active
+        from transferkit.models.heads import set_task_heads
+
+        set_task_heads(model, tasks)
     _load_strict(model, state, weights)
     return model
 
