@@ -7,6 +7,7 @@ import typer
 from transferkit import __version__
 from transferkit.cli import (
     adapt,
+    compare,
     demo,
     distill,
     evaluate,
@@ -14,6 +15,7 @@ from transferkit.cli import (
     finetune,
     grow,
     inspect,
+    merge,
     rank,
     recipes,
     validate,
@@ -30,6 +32,7 @@ app = typer.Typer(
 )
 app.command("demo")(demo.demo)
 app.command("adapt")(adapt.adapt)
+app.command("compare")(compare.compare)
 app.command("finetune", context_settings={"allow_extra_args": True, "ignore_unknown_options": False})(
     finetune.finetune
 )
@@ -38,6 +41,7 @@ app.command("evaluate")(evaluate.evaluate)
 app.command("export")(export.export)
 app.command("grow")(grow.grow)
 app.command("inspect")(inspect.inspect)
+app.command("merge")(merge.merge)
 app.command("rank")(rank.rank)
 app.command("recipes")(recipes.recipes)
 app.command("validate")(validate.validate)

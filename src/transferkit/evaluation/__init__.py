@@ -20,7 +20,7 @@ from transferkit.evaluation.metrics import (
     predict,
 )
 from transferkit.evaluation.report import write_metrics_json, write_report
-from transferkit.evaluation.similarity import layer_cka, linear_cka, weight_change
+from transferkit.evaluation.similarity import compare_models, layer_cka, linear_cka, weight_change
 from transferkit.evaluation.unsupervised import (
     dev_risk,
     dev_weights,
@@ -31,6 +31,7 @@ from transferkit.evaluation.unsupervised import (
 )
 
 __all__ = [
+    "compare_models",
     "Metrics",
     "RunResult",
     "classification_metrics",

@@ -13,7 +13,7 @@ import html
 import io
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -209,6 +209,51 @@ def _plot_confusion(run: RunResult) -> bytes:
     return _png_bytes(fig)
 
 
+def plot_similarity(panels: Mapping[str, Mapping[str, Mapping[str, float]]]) -> bytes:
+    """Heat maps, one per panel (``{panel title: {row: {layer: value}}}``, e.g. linear CKA to the source
+    and relative weight change, rows = models, columns = backbone blocks input side first), each cell
+    written out."""
+    panels = {t: rows for t, rows in panels.items() if rows}
+    layers = list(dict.fromkeys(b for rows in panels.values() for row in rows.values() for b in row))
+    n_rows = max((len(rows) for rows in panels.values()), default=1)
+    fig = _new_figure(max(5.0, 0.9 * len(layers) + 3) * max(1, len(panels)), 1.0 + 0.6 * n_rows)
+    axes = fig.subplots(1, max(1, len(panels)), squeeze=False)[0]
+    if not panels:
+        axes[0].text(0.5, 0.5, "no similarity measured", ha="center", va="center")
+        axes[0].set_axis_off()
+        return _png_bytes(fig)
+    for ax, (title, rows) in zip(axes, panels.items(), strict=True):
+        names = list(rows)
+        grid = np.array([[rows[r].get(b, np.nan) for b in layers] for r in names], dtype=float)
+        bounded = "cka" in title.lower()
+        im = ax.imshow(grid, cmap="viridis", aspect="auto", vmin=0.0 if bounded else None,
+                       vmax=1.0 if bounded else None)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+        ax.set_xticks(np.arange(len(layers)))
+        ax.set_xticklabels([b.removeprefix("backbone.") for b in layers], rotation=45, ha="right")
+        ax.set_yticks(np.arange(len(names)))
+        ax.set_yticklabels(names)
+        ax.set_title(title)
+        lo, hi = im.get_clim()
+        for i in range(len(names)):
+            for j in range(len(layers)):
+                if np.isfinite(grid[i, j]):
+                    dark = grid[i, j] < (lo + hi) / 2
+                    ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=8,
+                            color="white" if dark else "black")
+    fig.tight_layout()
+    return _png_bytes(fig)
+
+
+def similarity_section(out: Path, panels: Mapping[str, Mapping[str, Mapping[str, float]]],
+                       intro: str) -> list[str]:
+    """Write ``similarity.png`` into ``out`` and return the report's HTML lines for it."""
+    png = plot_similarity(panels)
+    atomic_write_bytes(out / "similarity.png", png)
+    return ["<h2>What transfer changed, layer by layer</h2>", f"<p>{html.escape(intro)}</p>",
+            _img(png, "layer similarity heat map")]
+
+
 # --------------------------------------------------------------------------- HTML
 
 _CSS = """
@@ -295,6 +340,8 @@ def write_report(
     notes: Sequence[str] = (),
     tables: Sequence[tuple[str, str]] = (),
     metric: str = "accuracy",
+    similarity: Mapping[str, Mapping[str, Mapping[str, float]]] | None = None,
+    similarity_intro: str = "",
 ) -> Path:
     """Write a self-contained ``out_dir/report.html`` plus its plots as PNG files.
 
@@ -313,6 +360,8 @@ def write_report(
         notes: Free-text notes shown as a list (escaped).
         tables: More ``(title, preformatted text)`` sections, shown after the summary.
         metric: The metric gains are measured in (see :func:`summarize`).
+        similarity: Heat maps of what transfer changed (``{panel: {row: {layer: value}}}``, see
+            :func:`plot_similarity`), written as ``similarity.png`` with ``similarity_intro`` above.
 
     Returns:
         Path of ``report.html``.
@@ -382,8 +431,83 @@ def write_report(
              _img(pngs["retention.png"], "target accuracy vs source retention")]
             if "retention.png" in pngs else []
         ),
+        *(similarity_section(out, similarity, similarity_intro) if similarity else []),
         "<h2>Notes</h2>",
         notes_html,
+        "</body></html>",
+    ]
+    path = atomic_write_text(out / "report.html", "\n".join(parts) + "\n")
+    logger.info("wrote %s", path)
+    return path
+
+
+_MERGE_SIMILARITY = (
+    "Rows: the inputs; columns: the backbone's blocks, input side first. Linear CKA of each input's "
+    "representation with the merged model's on test inputs (1: the same up to rotation and scale), and the "
+    "relative change of the block's weights from the input to the merged model.")
+
+
+def write_merge_report(
+    out_dir: str | os.PathLike,
+    accuracy: Mapping[str, Mapping[str, float | None]],
+    similarity: Mapping[str, Mapping[str, Mapping[str, float]]],
+    about: Mapping[str, Any],
+    *,
+    title: str = "transferkit merge report",
+) -> Path:
+    """Write ``out_dir/report.html`` (and ``similarity.png``) for a merge: the test accuracy of each
+    input and of the merged model on every task, the merged model's change against each task's own
+    model (a loss in red), the method and alignment, and the layer-by-layer heat maps.
+
+    Args:
+        accuracy: ``{row: {task: accuracy or None}}`` (rows: inputs, then ``"merged"`` ...).
+        similarity: Heat map panels (see :func:`plot_similarity`).
+        about: The merge's record (:meth:`~transferkit.transfer.merge.MergeResult.to_dict`).
+    """
+    out = Path(out_dir)
+    esc = html.escape
+    tasks = list(dict.fromkeys(t for row in accuracy.values() for t in row))
+    inputs = [r for r in accuracy if r in (about.get("names") or [])]
+    # each task's own model; for a task no input is named after (models of one task), the best input
+    own = {t: accuracy[t][t] if t in accuracy else
+           max((accuracy[r][t] for r in inputs if accuracy[r].get(t) is not None), default=None)
+           for t in tasks}
+
+    def cell(row: str, task: str) -> str:
+        value = accuracy[row].get(task)
+        if value is None:
+            return '<td class="num">&ndash;</td>'
+        text = f"{100 * value:.1f}%"
+        negative = False
+        if row not in inputs and own.get(task) is not None:
+            diff = 100 * (value - own[task])
+            text += f" ({diff:+.1f} pp)"
+            negative = diff < 0
+        style = ' style="color:#c00000"' if negative else ""
+        return f'<td class="num"{style}>{text}</td>'
+
+    header = "<tr><th></th>" + "".join(f"<th>{esc(t)}</th>" for t in tasks) + "</tr>"
+    body = "\n".join("<tr><td>" + esc(row) + "</td>" + "".join(cell(row, t) for t in tasks) + "</tr>"
+                     for row in accuracy)
+    options = ", ".join(f"{k}={v}" for k, v in (about.get("options") or {}).items()) or "defaults"
+    align = about.get("alignment")
+    align_html = ("<p>No permutation alignment.</p>" if not align else
+                  "<ul>" + "".join(f"<li>{esc(str(rec))}</li>" for rec in align) + "</ul>")
+    parts = [
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{esc(title)}</title><style>{_CSS}</style></head><body>", f"<h1>{esc(title)}</h1>",
+        f"<p>Method <b>{esc(str(about.get('method')))}</b> ({esc(options)}) over "
+        f"{esc(', '.join(about.get('names') or []))}; weights {esc(str(about.get('weights')))}; heads "
+        f"{esc(str(about.get('heads')))}.</p>",
+        '<p class="howto">Test accuracy on each task. The merged rows show in brackets their difference '
+        "in percentage points from the task's own model (the input named after the task; for models of "
+        "one task, the best input); red: the merge lost accuracy on that task. &ndash;: a model without a "
+        "head for that task.</p>",
+        f"<table>{header}\n{body}</table>",
+        "<h2>Alignment</h2>", align_html,
+        *(["<h2>Details</h2>", f"<pre>{esc(str(about.get('details')))}</pre>"]
+          if about.get("details") else []),
+        *similarity_section(out, similarity, _MERGE_SIMILARITY),
         "</body></html>",
     ]
     path = atomic_write_text(out / "report.html", "\n".join(parts) + "\n")

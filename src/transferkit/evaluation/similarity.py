@@ -6,7 +6,8 @@
   representations equal up to an orthogonal transform and isotropic scaling, near 0 for unrelated ones.
 * :func:`layer_cka`: that score for every backbone block two models share (source vs fine-tuned,
   teacher vs student, before vs after a merge), on the same inputs; feature maps are flattened.
-* :func:`weight_change`: each block's relative weight change ``||W_b - W_a|| / ||W_a||``.
+* :func:`weight_change`: each block's relative weight change ``||W_b - W_a|| / ||W_a||``;
+* :func:`compare_models`: both on a dataset's examples, with each model's accuracy (``transferkit compare``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from torch import nn
 
 from transferkit.errors import ShapeError
 
-__all__ = ["layer_cka", "linear_cka", "weight_change"]
+__all__ = ["compare_models", "layer_cka", "linear_cka", "weight_change"]
 
 
 def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -81,3 +82,35 @@ def weight_change(before: nn.Module, after: nn.Module) -> dict[str, float]:
         base = sum(float(a[k].detach().double().pow(2).sum()) for k in keys) ** 0.5
         result[block] = diff / base if base > 0 else float("inf") if diff > 0 else 0.0
     return result
+
+
+def compare_models(model_a: nn.Module, model_b: nn.Module, data: object, *, examples: int = 512) -> dict:
+    """Layer-by-layer comparison of two models on the same examples of ``data`` (a dataset; text is
+    tokenised for each model): ``{"cka": {block: value}, "weight_change": {block: value}, "examples": n,
+    "accuracy_a": ..., "accuracy_b": ...}`` (accuracies ``None`` when a model's head does not answer the
+    data's classes).
+
+    Raises:
+        ShapeError: the models share no backbone block, or see the inputs differently (different
+            tokenizers).
+    """
+    from transferkit.data.tokens import model_inputs
+    from transferkit.errors import DataError, LabelError
+    from transferkit.evaluation.metrics import evaluate
+
+    xa, xb = model_inputs(data, model_a), model_inputs(data, model_b)
+    if xa.x.shape != xb.x.shape or not torch.equal(xa.x[:examples], xb.x[:examples]):
+        raise ShapeError("the two models read the data differently (another tokenizer or input size); "
+                         "compare models that take the same inputs")
+    cka = layer_cka(model_a, model_b, xa.x[:examples])
+    if not cka:
+        raise ShapeError("the two models share no backbone block (their block names differ); compare models "
+                         "of one architecture, e.g. a source and its fine-tuned copy")
+    accuracy = {}
+    for key, model, x in (("accuracy_a", model_a, xa), ("accuracy_b", model_b, xb)):
+        try:
+            accuracy[key] = float(evaluate(model, x).accuracy)
+        except (LabelError, DataError):
+            accuracy[key] = None
+    return {"cka": cka, "weight_change": weight_change(model_a, model_b), "examples": min(examples, len(xa)),
+            **accuracy}

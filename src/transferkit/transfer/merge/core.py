@@ -43,6 +43,8 @@ class MergeResult:
         alignment: Per aligned input, what the permutation alignment did (``None``: not aligned).
         details: Method-specific record (a greedy soup's accuracies and chosen inputs; the Fisher's
             examples).
+        aligned: With alignment, the inputs as they were merged (the first as given, the others
+            permuted to match it); ``None`` otherwise.
     """
 
     model: TransferNet
@@ -53,6 +55,7 @@ class MergeResult:
     heads: str
     alignment: list[dict[str, Any]] | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    aligned: list[TransferNet] | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, "options": dict(self.options), "names": list(self.names),
@@ -206,7 +209,8 @@ def merge(
     if batchnorm_data is not None:
         details["batchnorm_layers_reset"] = recompute_batchnorm(out, batchnorm_data)
     out.info.source = f"merge:{method}({', '.join(names)})"
-    return MergeResult(out, method, opts, names, w, "merged" if merged_heads else "kept", alignment, details)
+    return MergeResult(out, method, opts, names, w, "merged" if merged_heads else "kept", alignment, details,
+                       aligned=list(models) if alignment is not None else None)
 
 
 def _combine(spec: MergeMethod, models: Sequence[TransferNet], keys: Sequence[str], base: TransferNet | None,
