@@ -51,6 +51,12 @@ def test_distill_outputs_describe_the_run(tmp_path, monkeypatch):
                                  {"name": "kd", "weight": 1.0, "temperature": 2.0}]
     assert about["baseline"].startswith("the same student (mlp) trained from scratch with cross-entropy only")
     assert metrics["baseline"] == "distill/scratch"
+    # the student's blocks against the teacher's (same names, half the width): both arms compared
+    cka = metrics["similarity"]["linear CKA to the source / teacher"]
+    assert set(cka) == {"distill/kd", "distill/scratch"}
+    assert all(list(row) == ["backbone.fc1", "backbone.fc2"] and all(0 < v <= 1 for v in row.values())
+               for row in cka.values())
+    assert "relative weight change from the source" not in metrics["similarity"]  # other shapes
     page = _report(out)
     title = (f"transferkit distill (distill): teacher {teacher} (mlp) -> student mlp on digits, "
              "3 labels per class")

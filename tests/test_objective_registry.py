@@ -226,8 +226,18 @@ FROM_ZERO: dict[str, str] = {"mean_teacher": "cross_entropy"}
 NO_GRADIENT: dict[str, tuple[str, ...]] = {}
 
 
+#: Registered objectives with no term of their own: they compose other objectives' terms in a step of
+#: their own, on data of another kind, so this harness (one term, recorded through its forward, on one
+#: labelled set) does not apply; each names the test module that holds it to the same contract.
+COMPOSERS: dict[str, str] = {
+    # several tasks' objectives through their own heads on a TaskSet: hand-computed weightings and
+    # surgery, every weighting and surgery training both tasks, a killed run resuming to the same weights
+    "multitask": "tests/test_multitask.py",
+}
+
+
 def _sorted_names() -> list[str]:
-    return sorted(OBJECTIVES.names())
+    return sorted(set(OBJECTIVES.names()) - set(COMPOSERS))
 
 
 # ----------------------------------------------------------------------------- the harness
@@ -376,7 +386,8 @@ def _own(name: str, objectives: list[Objective]) -> int:
 
 # ----------------------------------------------------------------------------- 1. coverage
 def test_factories_cover_every_registered_objective():
-    registered = set(OBJECTIVES.names())
+    registered = set(OBJECTIVES.names()) - set(COMPOSERS)
+    assert set(COMPOSERS) <= set(OBJECTIVES.names())
     assert set(FACTORIES) == registered, (
         f"rows missing for {sorted(registered - set(FACTORIES))}, rows for unregistered "
         f"{sorted(set(FACTORIES) - registered)}: add a row to FACTORIES for every new objective"

@@ -103,6 +103,14 @@ def test_source_retention_is_measured_before_and_after(tmp_path, digits_source, 
     assert row["source_after_mean"] == source_acc
     assert "source acc. before -> after" in probe.table()
     assert (tmp_path / "probe" / "retention.png").is_file()
+    # what transfer changed, layer by layer: a frozen backbone is the source's, block by block
+    panels = json.loads((tmp_path / "probe" / "metrics.json").read_text())["similarity"]
+    cka = panels["linear CKA to the source / teacher"]
+    assert list(cka) == ["ft/linear_probe"]  # scratch has no source to compare with
+    assert all(v == pytest.approx(1.0) for v in cka["ft/linear_probe"].values())
+    assert set(panels["relative weight change from the source"]["ft/linear_probe"].values()) == {0.0}
+    assert (tmp_path / "probe" / "similarity.png").is_file()
+    assert "What transfer changed, layer by layer" in (tmp_path / "probe" / "report.html").read_text()
 
     full = finetune(_cfg(digits_source, tmp_path / "full", seeds=[0],
                          train={"epochs": 3, "lr": 5e-2, "backbone_lr_scale": 1.0},
@@ -110,6 +118,9 @@ def test_source_retention_is_measured_before_and_after(tmp_path, digits_source, 
                                "source_dataset": "digits"}))
     run = next(r for r in full.runs if r.name == "ft/full")
     assert run.extra["source_accuracy_after"] != source_acc  # fine-tuning moved the backbone
+    panels = json.loads((tmp_path / "full" / "metrics.json").read_text())["similarity"]
+    assert all(0 < v < 1 for v in panels["linear CKA to the source / teacher"]["ft/full"].values())
+    assert all(v > 0 for v in panels["relative weight change from the source"]["ft/full"].values())
     assert run.extra["forgetting"] == pytest.approx(source_acc - run.extra["source_accuracy_after"])
 
 

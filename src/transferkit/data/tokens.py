@@ -197,6 +197,10 @@ def model_inputs(data: Any, model: Any) -> Any:
     Raises:
         DataError: text data for a model without a tokenizer (an image or vector model).
     """
+    from transferkit.data.tasks import TaskSet
+
+    if isinstance(data, TaskSet):  # several tasks: each task's data as the model takes it
+        return data.map(lambda d: model_inputs(d, model))
     if not isinstance(data, (TextDataset, TokenDataset)):
         return data
     tok = getattr(model, "tokenizer", None)

@@ -54,6 +54,9 @@ class Examples:
         target: The paired unlabelled target batch (domain adaptation), or ``None``.
         soft: Soft targets ``(N, num_classes)`` when augmentation mixed examples (mixup, cutmix).
         all_labelled: Known to hold no unlabelled example (saves a count per step).
+        task: The task these examples belong to (multi-task training), or ``None``.
+        tasks: A multi-task step's batch of every task (task name -> Examples); the container's own
+            ``x`` and ``y`` are then the first task's inputs and every task's labels one after the other.
     """
 
     x: Inputs
@@ -63,6 +66,8 @@ class Examples:
     target: Examples | None = None
     soft: torch.Tensor | None = None
     all_labelled: bool = False
+    task: str | None = None
+    tasks: dict[str, Examples] | None = None
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
@@ -70,8 +75,12 @@ class Examples:
     def to(self, device: torch.device, non_blocking: bool = False) -> Examples:
         """A copy with inputs and labels on ``device`` (``index`` stays on the CPU); ``self`` when
         they are there already."""
-        if self.y.device == device and self.target is None and self.soft is None:
+        if self.y.device == device and self.target is None and self.soft is None and self.tasks is None:
             return self
+        if self.tasks is not None:
+            return replace(self, x=move(self.x, device, non_blocking),
+                           y=self.y.to(device, non_blocking=non_blocking),
+                           tasks={t: e.to(device, non_blocking) for t, e in self.tasks.items()})
         return replace(
             self,
             x=move(self.x, device, non_blocking),
@@ -387,7 +396,51 @@ def take(data: Dataset, positions: torch.Tensor) -> Examples:
     return collate([(int(p), data[int(p)]) for p in positions])
 
 
-Batches = TensorBatches | LoaderBatches | UserLoaderBatches
+class TaskBatches:
+    """Batches of a :class:`~transferkit.data.tasks.TaskSet` (multi-task training), seeded per epoch.
+
+    With ``sampling="all"`` every step holds a batch of every task (``Examples.tasks``); an epoch is
+    one pass over the largest task, each smaller task's examples reshuffled whenever they run out.
+    Otherwise every step is a batch of one task (``Examples.task``) drawn with the set's
+    probabilities; an epoch has as many steps as one pass over every task's examples takes.
+    """
+
+    def __init__(self, tasks: Any, batch_size: int, seed: int = 0) -> None:
+        self.tasks, self.batch_size, self.seed = tasks, int(batch_size), int(seed)
+        self.names = list(tasks)
+        for name in self.names:
+            if not isinstance(tasks[name], TensorDataset):
+                raise ConfigError(f"multi-task training reads in-memory TensorDatasets; task {name!r} is a "
+                                  f"{type(tasks[name]).__name__}")
+        sizes = [len(tasks[t]) for t in self.names]
+        per_step = max(sizes) if tasks.sampling == "all" else sum(sizes)
+        self.steps = max(1, -(-per_step // self.batch_size))
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def _take(self, task: str, draw: TargetDraw) -> Examples:
+        data = self.tasks[task]
+        idx = draw.take(min(self.batch_size, len(data)))
+        return Examples(data.x[idx], data.y[idx], idx, all_labelled=True, task=task)
+
+    def epoch(self, epoch: int) -> Iterator[Examples]:
+        draws = {t: TargetDraw(len(self.tasks[t]), self.seed + 7919 * i, epoch)
+                 for i, t in enumerate(self.names)}
+        if self.tasks.sampling == "all":
+            for _ in range(self.steps):
+                parts = {t: self._take(t, draws[t]) for t in self.names}
+                first = parts[self.names[0]]
+                yield Examples(first.x, torch.cat([p.y for p in parts.values()]), None, all_labelled=True,
+                               tasks=parts)
+            return
+        gen = torch.Generator().manual_seed(epoch_seed(self.seed, epoch) ^ 0x5A17)
+        probs = torch.tensor([self.tasks.probabilities[t] for t in self.names], dtype=torch.float64)
+        for pick in torch.multinomial(probs, self.steps, replacement=True, generator=gen).tolist():
+            yield self._take(self.names[pick], draws[self.names[pick]])
+
+
+Batches = TensorBatches | LoaderBatches | UserLoaderBatches | TaskBatches
 
 
 def make_batches(train: Dataset | DataLoader, target: Dataset | None, config: Any, rank: int = 0,
@@ -397,6 +450,12 @@ def make_batches(train: Dataset | DataLoader, target: Dataset | None, config: An
     DataLoader as it is. ``target`` is paired with every batch (``None``: no pairing)."""
     if isinstance(train, DataLoader):
         return UserLoaderBatches(train, config.seed, target)
+    from transferkit.data.tasks import TaskSet
+
+    if isinstance(train, TaskSet):
+        if target is not None:
+            raise ConfigError("multi-task training does not pair batches with unlabelled target data")
+        return TaskBatches(train, config.batch_size, config.seed)
     order = EpochOrder(num_examples(train), config.batch_size, config.seed,
                        target_size=None if target is None else num_examples(target),
                        rank=rank, world_size=world_size, target_ratio=config.unlabeled_ratio)

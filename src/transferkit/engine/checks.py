@@ -33,6 +33,11 @@ def check_fit(model: nn.Module, objectives: Sequence[Objective], config: TrainCo
             f"patience={config.patience} (early stopping) needs a validation set; pass val= or "
             "set patience=None"
         )
+    from transferkit.data.tasks import TaskSet
+
+    if isinstance(train, TaskSet) or isinstance(val, TaskSet):
+        check_tasks(model, objectives, device, train, val, target)
+        return
     check_data(model, objectives, train, val)
     check_target(objectives, train, target)
     model.to(device)
@@ -40,6 +45,36 @@ def check_fit(model: nn.Module, objectives: Sequence[Objective], config: TrainCo
     taps = attach_taps(model, objectives)
     if taps is not None:
         taps.remove()
+
+
+def check_tasks(model: nn.Module, objectives: Sequence[Objective], device: torch.device, train: object,
+                val: object | None, target: object | None) -> None:
+    """A multi-task fit: TaskSets for training (and validation) with the same tasks, a model with a head
+    per task, the multitask objective, each task's data checked with its own head."""
+    from transferkit.data.tasks import TaskSet
+    from transferkit.models.heads import TaskHeads, task_model
+
+    if not isinstance(train, TaskSet) or (val is not None and not isinstance(val, TaskSet)):
+        raise ConfigError("multi-task training takes a TaskSet for training and one (or None) for "
+                          "validation; got a TaskSet for only one of them")
+    if val is not None and set(val) != set(train):
+        raise ConfigError(f"the validation TaskSet's tasks ({', '.join(val)}) differ from training's "
+                          f"({', '.join(train)}); give each task a validation set, or val=None")
+    if target is not None:
+        raise ConfigError("multi-task training does not pair batches with unlabelled target data")
+    if not any(o.owns_step() and o.name == "multitask" for o in objectives):
+        raise ConfigError("a TaskSet trains with the multitask objective: pass "
+                          "transferkit.multitask.MultiTask(...) among the objectives (-m multitask)")
+    heads = model.head.heads if isinstance(model.head, TaskHeads) else {}
+    missing = [t for t in train if t not in heads]
+    if missing:
+        raise ConfigError(f"the model has no head for task(s) {', '.join(missing)}: build it with "
+                          "transferkit.models.set_task_heads(model, {task: classes, ...})")
+    model.to(device)
+    for t in train:
+        view = task_model(model, t)
+        check_data(view, [CrossEntropy()], train[t], None if val is None else val[t])
+        probe(view, train[t], None if val is None else val[t], device)
 
 
 def check_data(model: nn.Module, objectives: Sequence[Objective], train: object, val: object | None) -> None:

@@ -167,7 +167,7 @@ TRADE_OFF: dict[str, Any] = {"trade_off": True}
 
 #: Constructor arguments that are objects a workflow passes (``build_objectives(..., teacher=)``),
 #: never options of a config entry.
-CONTEXT_ARGS = ("teacher", "source", "source_data", "fisher")
+CONTEXT_ARGS = ("teacher", "source", "source_data", "fisher", "task_objectives")
 
 
 class ObjectiveOptions(BaseModel):
@@ -423,7 +423,7 @@ class CrossEntropy(Objective):
 OBJECTIVES: Registry[type[Objective]] = Registry(
     "objective",
     modules=("transferkit.transfer.distill", "transferkit.transfer.regularize", "transferkit.transfer.adapt",
-             "transferkit.transfer.semi"),
+             "transferkit.transfer.semi", "transferkit.multitask"),
 )
 OBJECTIVES.register("cross_entropy", CrossEntropy)
 

@@ -163,12 +163,17 @@ class StepRunner:
             raise TrainingError(divergence_message(self.where(), problem, self.config, self.kept()))
         return value
 
-    def update(self, loss: torch.Tensor, only: set[int] | None = None) -> None:
+    def update(self, loss: torch.Tensor, only: set[int] | None = None,
+               adjust: Callable[[], None] | None = None) -> None:
         """Backpropagate ``loss`` and step the optimiser; with ``only``, parameters outside it
-        (by ``id``) lose their gradient first, so the optimiser leaves them untouched."""
+        (by ``id``) lose their gradient first, so the optimiser leaves them untouched; ``adjust`` is
+        called after the backward pass to change gradients in place (gradient surgery) before they
+        are synchronised, clipped and applied (scaled by the gradient scaler, as ``loss`` was)."""
         opt, cfg = self.optimizer, self.config
         opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        if adjust is not None:
+            adjust()
         params = self._params
         if params is None:  # the optimiser's groups are fixed for the fit
             params = self._params = [p for g in opt.param_groups for p in g["params"]]

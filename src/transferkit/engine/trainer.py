@@ -30,6 +30,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from transferkit.data.base import TensorDataset
+from transferkit.data.tasks import TaskSet
 from transferkit.data.tokens import model_inputs
 from transferkit.engine import distributed
 from transferkit.engine.batches import (
@@ -373,7 +374,12 @@ class Trainer:
         if problem is not None:
             where = f"the end of epoch {epoch + 1}"
             raise TrainingError(divergence_message(where, problem, cfg, self._kept()))
-        if ctx.val_data is not None:
+        if isinstance(ctx.val_data, TaskSet):  # several tasks: each with its head, then their mean
+            scores = self.evaluate_tasks(ctx.val_data)
+            row["val_loss"] = sum(loss for loss, _ in scores.values()) / len(scores)
+            row["val_accuracy"] = sum(acc for _, acc in scores.values()) / len(scores)
+            row.update({f"val_accuracy_{t}": acc for t, (_, acc) in scores.items()})
+        elif ctx.val_data is not None:
             row["val_loss"], row["val_accuracy"] = self.evaluate(ctx.val_data, val_feats)
         else:
             row["val_loss"] = row["val_accuracy"] = None
@@ -432,7 +438,8 @@ class Trainer:
             obj.on_epoch_start(ctx, epoch)
         progress.start_epoch(epoch, len(batches))
         head = _head_size(model) or 0
-        check_labels = labels_of(ctx.train_data) is None  # labels seen only batch by batch
+        # labels seen only batch by batch (a TaskSet's were checked task by task before training)
+        check_labels = labels_of(ctx.train_data) is None and not isinstance(ctx.train_data, TaskSet)
         learns = any(isinstance(o, CrossEntropy) for o in self.objectives)
         non_blocking = self.device.type == "cuda"
         sums: dict[str, float] = defaultdict(float)
@@ -484,6 +491,18 @@ class Trainer:
             model = model.to(self.device)
         return evaluate(model, data, self.config.eval_batch_size, self.device, feats,
                         self._autocast, self.config.num_workers)
+
+
+    def evaluate_tasks(self, data: TaskSet) -> dict[str, tuple[float, float]]:
+        """Mean cross-entropy and accuracy of each task of ``data`` with its own head."""
+        from transferkit.models.heads import task_model
+
+        first = next(self.model.parameters(), None)
+        if first is not None and first.device != self.device:  # called outside fit
+            self.model.to(self.device)
+        data = model_inputs(data, self.model)
+        return {t: evaluate(task_model(self.model, t), d, self.config.eval_batch_size, self.device, None,
+                            self._autocast, self.config.num_workers) for t, d in data.items()}
 
 
 def _head_size(model: torch.nn.Module) -> int | None:

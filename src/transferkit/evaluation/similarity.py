@@ -19,7 +19,7 @@ from torch import nn
 
 from transferkit.errors import ShapeError
 
-__all__ = ["compare_models", "layer_cka", "linear_cka", "weight_change"]
+__all__ = ["block_pairs", "compare_models", "layer_cka", "linear_cka", "weight_change"]
 
 
 def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -46,27 +46,50 @@ def _blocks(model: nn.Module) -> list[str]:
     return [name for name, _ in backbone_blocks(model)]  # type: ignore[arg-type]
 
 
-@torch.no_grad()
-def layer_cka(model_a: nn.Module, model_b: nn.Module, inputs: torch.Tensor,
-              layers: Sequence[str] | None = None) -> dict[str, float]:
-    """Linear CKA of the two models' outputs at each layer on the same ``inputs`` (both in eval mode;
-    their train/eval modes are restored). ``layers``: names present in both (default: the backbone
-    blocks they share, input side first)."""
+def block_pairs(model_a: nn.Module, model_b: nn.Module) -> list[tuple[str, str]]:
+    """Which block of ``model_a`` to compare with each backbone block of ``model_b``: the block of the
+    same name when every one of ``model_b``'s is in ``model_a`` (a fine-tuned copy), else the block at
+    the same relative depth (a student against its teacher: block ``i`` of ``S`` pairs with block
+    ``round((i + 1) T / S) - 1`` of ``T``, TinyBERT's uniform mapping)."""
+    a, b = _blocks(model_a), _blocks(model_b)
+    if all(name in a for name in b):
+        return [(name, name) for name in b]
+    return [(a[max(0, round((i + 1) * len(a) / len(b)) - 1)], name) for i, name in enumerate(b)]
+
+
+def _tapped(model: nn.Module, names: Sequence[str], inputs: torch.Tensor) -> dict[str, torch.Tensor]:
     from transferkit.models.surgery import LayerTap
 
-    shared = set(_blocks(model_b))
-    names = list(layers) if layers is not None else [n for n in _blocks(model_a) if n in shared]
-    out: dict[str, dict[str, torch.Tensor]] = {}
-    for key, model in (("a", model_a), ("b", model_b)):
-        was = model.training
-        model.eval()
-        try:
-            with LayerTap(model, names, detach=True) as tap:
-                model(inputs)
-            out[key] = {n: tap.features[n] for n in names}
-        finally:
-            model.train(was)
-    return {n: linear_cka(out["a"][n], out["b"][n]) for n in names}
+    was = model.training
+    model.eval()
+    try:
+        with LayerTap(model, list(dict.fromkeys(names)), detach=True) as tap:
+            model(inputs)
+        return {n: tap.features[n] for n in names}
+    finally:
+        model.train(was)
+
+
+@torch.no_grad()
+def layer_cka(model_a: nn.Module, model_b: nn.Module, inputs: torch.Tensor,
+              layers: Sequence[str] | None = None, *, inputs_b: torch.Tensor | None = None,
+              pairs: Sequence[tuple[str, str]] | None = None) -> dict[str, float]:
+    """Linear CKA of the two models' outputs at each layer on the same examples (both in eval mode;
+    their train/eval modes are restored), keyed by ``model_b``'s layer names.
+
+    Args:
+        inputs: The examples as ``model_a`` takes them.
+        layers: Names present in both (default: the backbone blocks they share, input side first).
+        inputs_b: The same examples as ``model_b`` takes them (another tokenizer); default ``inputs``.
+        pairs: ``(layer of a, layer of b)`` to compare instead (see :func:`block_pairs`).
+    """
+    if pairs is None:
+        shared = set(_blocks(model_b))
+        names = list(layers) if layers is not None else [n for n in _blocks(model_a) if n in shared]
+        pairs = [(n, n) for n in names]
+    feats_a = _tapped(model_a, [p[0] for p in pairs], inputs)
+    feats_b = _tapped(model_b, [p[1] for p in pairs], inputs if inputs_b is None else inputs_b)
+    return {b: linear_cka(feats_a[a], feats_b[b]) for a, b in pairs}
 
 
 def weight_change(before: nn.Module, after: nn.Module) -> dict[str, float]:

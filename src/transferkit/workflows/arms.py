@@ -21,6 +21,7 @@ from torch import nn
 from transferkit.config import dump_config
 from transferkit.data import DataSplits, TensorDataset, few_shot
 from transferkit.data.text import TextDataset, tfidf_fit
+from transferkit.data.tokens import model_inputs
 from transferkit.engine import (
     Objective,
     TrainConfig,
@@ -30,7 +31,7 @@ from transferkit.engine import (
 from transferkit.engine.parameter_efficient import adapted_layers, save_adapters
 from transferkit.engine.predict import backbone_digest
 from transferkit.engine.strategies import ParameterCount
-from transferkit.errors import ConfigError
+from transferkit.errors import ConfigError, TransferkitError
 from transferkit.evaluation import (
     Metrics,
     RunResult,
@@ -43,6 +44,7 @@ from transferkit.evaluation import (
     write_metrics_json,
     write_report,
 )
+from transferkit.evaluation.similarity import block_pairs, layer_cka, weight_change
 from transferkit.io import atomic_write_text
 from transferkit.models import TransferNet, create_model, save_model
 from transferkit.transfer import TransferReport, check_copied_function, transfer_parameters
@@ -88,6 +90,8 @@ class Arm:
         chained: ``objectives`` takes one argument: the models the arms before this one trained for the
             same seed, by arm name (``{}`` in the preflight check), e.g. a noisy-student round whose
             teacher is the previous round's student.
+        compare_to: The model the report compares this arm's trained model with, layer by layer (linear
+            CKA, weight change): default ``source``; a distilled student's teacher.
     """
 
     name: str
@@ -106,6 +110,7 @@ class Arm:
     lr_sweep: Sequence[float] = ()
     reference: str | None = None
     chained: bool = False
+    compare_to: TransferNet | None = None
 
     def build_objectives(self, earlier: dict[str, TransferNet] | None = None) -> list[Objective] | None:
         """This arm's objectives (``None``: cross-entropy alone); ``earlier`` for a chained arm."""
@@ -372,11 +377,47 @@ def run_arms(
         **(extra or {}),
         **finalize_info,
     }
+    similarity = similarity_panels(arms, first_models, data.test)
+    if similarity:
+        info["similarity"] = similarity
     write_metrics_json(out / "metrics.json", runs, baseline, extra=info, metric=gain_metric)
-    write_report(out, runs, baseline, title=title, notes=notes, tables=tables, metric=gain_metric)
+    write_report(out, runs, baseline, title=title, notes=notes, tables=tables, metric=gain_metric,
+                 similarity=similarity, similarity_intro=SIMILARITY_INTRO)
     if output is None:
         folder.commit()
     return WorkflowResult(runs, summary, baseline, folder.root, best, reports)
+
+
+SIMILARITY_INTRO = (
+    "Rows: the arms with a source (or a teacher), their first seed; columns: the trained model's backbone "
+    "blocks, input side first. Linear CKA between the source's (teacher's) representation and the trained "
+    "model's on test inputs (1: the same up to rotation and scale; a student's block is compared with the "
+    "teacher's block at the same relative depth), and each block's relative weight change from the source "
+    "(models of one architecture).")
+CKA_PANEL, CHANGE_PANEL = "linear CKA to the source / teacher", "relative weight change from the source"
+
+
+def similarity_panels(arms: Sequence[Arm], models: Mapping[str, TransferNet], test: Any,
+                      examples: int = 256) -> dict[str, dict[str, dict[str, float]]]:
+    """What each arm's training changed, layer by layer, against its source or teacher (the report's
+    heat maps); arms without either, or whose layers can't be compared, are left out (logged)."""
+    cka: dict[str, dict[str, float]] = {}
+    change: dict[str, dict[str, float]] = {}
+    for arm in arms:
+        ref = arm.compare_to if arm.compare_to is not None else arm.source
+        model = models.get(arm.name)
+        if ref is None or model is None:
+            continue
+        try:
+            ref, model = ref.to("cpu"), model.to("cpu")
+            xa, xb = model_inputs(test, ref).x[:examples], model_inputs(test, model).x[:examples]
+            cka[arm.name] = layer_cka(ref, model, xa, inputs_b=xb, pairs=block_pairs(ref, model))
+            moved = weight_change(ref, model)
+            if moved:
+                change[arm.name] = moved
+        except (TransferkitError, RuntimeError) as exc:
+            logger.info("no layer-by-layer comparison for %s: %s", arm.name, exc)
+    return {k: v for k, v in ((CKA_PANEL, cka), (CHANGE_PANEL, change)) if v}
 
 
 TFIDF_NAME = "tfidf+lr"

@@ -101,6 +101,7 @@ def distill(cfg: DistillConfig | dict[str, Any]) -> WorkflowResult:
             kwargs=kwargs,
             objectives=lambda: build_objectives(methods, teacher=teacher),
             target=unlabelled if reads_unlabelled else None,
+            compare_to=teacher_model,
         )
     ]
     for r in range(2, cfg.rounds + 1):  # noisy student: the previous round's student teaches a fresh one
@@ -113,10 +114,11 @@ def distill(cfg: DistillConfig | dict[str, Any]) -> WorkflowResult:
 
         arms.append(Arm(name=f"{cfg.name}/{label}/round{r}", method=f"noisy student round {r} ({label})",
                         arch=arch, train=cfg.train, source=start, kwargs=kwargs, objectives=chained,
-                        target=arms[0].target, chained=True))
+                        target=arms[0].target, chained=True, compare_to=teacher_model))
     if cfg.baseline:
         arms.append(
-            Arm(f"{cfg.name}/scratch", "student from scratch", arch, cfg.train, source=start, kwargs=kwargs)
+            Arm(f"{cfg.name}/scratch", "student from scratch", arch, cfg.train, source=start, kwargs=kwargs,
+                compare_to=teacher_model)
         )
     teacher_metrics = evaluate(teacher_model, data.test)
     student_proto = create_model(arch, num_classes=data.num_classes, **kwargs)
