@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from transferkit.engine.config import TrainConfig
@@ -553,12 +561,86 @@ class AdaptConfig(_Strict):
         return v
 
 
+class TaskConfig(_Strict):
+    """One task of a multi-task run.
+
+    Attributes:
+        dataset: A built-in name or a path (as ``data.dataset``).
+        root, val_fraction, shots, val_shots, classes: As in :class:`DataConfig`.
+        weight: The task's fixed weight in the shared loss (below 1 for an auxiliary task, e.g. the
+            source task kept while learning the target).
+    """
+
+    dataset: str
+    root: str | None = None
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    shots: int | None = Field(None, ge=1)
+    val_shots: int | None = Field(None, ge=1)
+    classes: list[str] | None = Field(None, min_length=2)
+    weight: float = Field(1.0, ge=0.0)
+
+
+class MultitaskConfig(_Strict):
+    """A multi-task run: one model with a head per task, against one single-task model per task.
+
+    Attributes:
+        name, out, seeds, overwrite: As in :class:`FinetuneConfig`.
+        tasks: Task name -> :class:`TaskConfig` (at least two).
+        model: The shared model: ``arch`` (from scratch) or ``source`` (its backbone transferred), as
+            in :class:`ModelConfig`.
+        sampling: How steps draw tasks: ``all`` (a batch of every task per step), ``proportional``,
+            ``uniform`` or ``temperature`` (see :class:`~transferkit.data.tasks.TaskSet`).
+        temperature: T of ``temperature`` sampling.
+        weighting: ``equal``, ``uncertainty``, ``dwa`` or ``gradnorm``.
+        surgery: ``pcgrad``, ``cagrad`` or none.
+        baseline: Also train one single-task model per task (same model, data, budget) and compare.
+        train: The training settings, the same for the multi-task and the single-task models.
+    """
+
+    name: str = "multitask"
+    out: str = "runs/multitask"
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    overwrite: bool = False
+    tasks: dict[str, TaskConfig]
+    model: ModelConfig = Field(default_factory=lambda: ModelConfig(arch="small_cnn"))
+    sampling: Literal["all", "proportional", "uniform", "temperature"] = "all"
+    temperature: float = Field(2.0, gt=0)
+    weighting: Literal["equal", "uncertainty", "dwa", "gradnorm"] = "equal"
+    surgery: Literal["pcgrad", "cagrad"] | None = None
+    baseline: bool = True
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(backbone_lr_scale=1.0))
+
+    _seeds_not_empty = field_validator("seeds")(_check_seeds)
+    _scratch_rate = field_validator("train", mode="before")(_scratch_rate)
+
+    @model_validator(mode="after")
+    def _surgery_needs_all(self) -> MultitaskConfig:
+        what = self.surgery or ("gradnorm" if self.weighting == "gradnorm" else None)
+        if what and self.sampling != "all":
+            raise ValueError(f"{what} combines every task's gradient at each step: use sampling='all' "
+                             f"(a batch of every task per step), not {self.sampling!r}")
+        return self
+
+    @field_validator("tasks")
+    @classmethod
+    def _two_tasks(cls, v: dict[str, TaskConfig]) -> dict[str, TaskConfig]:
+        if len(v) < 2:
+            raise ValueError(f"a multi-task run needs at least two tasks, got {len(v)}")
+        bad = [t for t in v if not t or "." in t or "/" in t]
+        if bad:
+            raise ValueError(f"task names must be non-empty without '.' or '/', got {bad[0]!r}")
+        return v
+
+
 def config_class(data: dict[str, Any]) -> type[BaseModel]:
     """The kind of run a config describes, from its keys: :class:`DistillConfig` (a ``teacher``),
+    :class:`MultitaskConfig` (``tasks``),
     :class:`AdaptConfig` (``source_data``, ``target_data``, ``weights`` or ``select``) or
     :class:`FinetuneConfig`."""
     if "teacher" in data:
         return DistillConfig
+    if "tasks" in data:
+        return MultitaskConfig
     if any(k in data for k in ("source_data", "target_data", "weights", "select", "source_only", "oracle")):
         return AdaptConfig
     return FinetuneConfig

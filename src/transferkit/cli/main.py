@@ -16,6 +16,7 @@ from transferkit.cli import (
     grow,
     inspect,
     merge,
+    multitask,
     rank,
     recipes,
     validate,
@@ -42,6 +43,7 @@ app.command("export")(export.export)
 app.command("grow")(grow.grow)
 app.command("inspect")(inspect.inspect)
 app.command("merge")(merge.merge)
+app.command("multitask")(multitask.multitask)
 app.command("rank")(rank.rank)
 app.command("recipes")(recipes.recipes)
 app.command("validate")(validate.validate)

@@ -441,28 +441,37 @@ def write_report(
     return path
 
 
+_MERGE_HOWTO = (
+    "Test accuracy on each task. The merged rows show in brackets their difference in percentage points "
+    "from the task's own model (the input named after the task; for models of one task, the best input); "
+    "red: the merge lost accuracy on that task. -: a model without a head for that task.")
 _MERGE_SIMILARITY = (
     "Rows: the inputs; columns: the backbone's blocks, input side first. Linear CKA of each input's "
     "representation with the merged model's on test inputs (1: the same up to rotation and scale), and the "
     "relative change of the block's weights from the input to the merged model.")
 
 
-def write_merge_report(
+def write_task_report(
     out_dir: str | os.PathLike,
     accuracy: Mapping[str, Mapping[str, float | None]],
     similarity: Mapping[str, Mapping[str, Mapping[str, float]]],
     about: Mapping[str, Any],
     *,
     title: str = "transferkit merge report",
+    howto: str | None = None,
 ) -> Path:
-    """Write ``out_dir/report.html`` (and ``similarity.png``) for a merge: the test accuracy of each
-    input and of the merged model on every task, the merged model's change against each task's own
-    model (a loss in red), the method and alignment, and the layer-by-layer heat maps.
+    """Write ``out_dir/report.html`` (and ``similarity.png`` when ``similarity`` is given) for models
+    scored task by task (a merge; a multi-task run): the test accuracy of each row on every task, the
+    other rows' change against each task's own model (a loss in red), the method (and alignment), the
+    details and the layer-by-layer heat maps.
 
     Args:
-        accuracy: ``{row: {task: accuracy or None}}`` (rows: inputs, then ``"merged"`` ...).
-        similarity: Heat map panels (see :func:`plot_similarity`).
-        about: The merge's record (:meth:`~transferkit.transfer.merge.MergeResult.to_dict`).
+        accuracy: ``{row: {task: accuracy or None}}`` (a merge's rows: inputs, then ``"merged"`` ...).
+        similarity: Heat map panels (see :func:`plot_similarity`); empty: none.
+        about: What was done (a merge's :meth:`~transferkit.transfer.merge.MergeResult.to_dict`):
+            ``method``, ``options``, ``names`` (the rows that are inputs / own models), ``weights``,
+            ``heads``, and optionally ``alignment`` and ``details``.
+        howto: The paragraph saying how to read the table (default: a merge's).
     """
     out = Path(out_dir)
     esc = html.escape
@@ -499,17 +508,28 @@ def write_merge_report(
         f"<p>Method <b>{esc(str(about.get('method')))}</b> ({esc(options)}) over "
         f"{esc(', '.join(about.get('names') or []))}; weights {esc(str(about.get('weights')))}; heads "
         f"{esc(str(about.get('heads')))}.</p>",
-        '<p class="howto">Test accuracy on each task. The merged rows show in brackets their difference '
-        "in percentage points from the task's own model (the input named after the task; for models of "
-        "one task, the best input); red: the merge lost accuracy on that task. &ndash;: a model without a "
-        "head for that task.</p>",
+        f'<p class="howto">{esc(howto or _MERGE_HOWTO)}</p>',
         f"<table>{header}\n{body}</table>",
-        "<h2>Alignment</h2>", align_html,
-        *(["<h2>Details</h2>", f"<pre>{esc(str(about.get('details')))}</pre>"]
+        *(["<h2>Alignment</h2>", align_html] if "alignment" in about else []),
+        *(["<h2>Details</h2>", f"<pre>{esc(_details(about.get('details')))}</pre>"]
           if about.get("details") else []),
-        *similarity_section(out, similarity, _MERGE_SIMILARITY),
+        *(similarity_section(out, similarity, _MERGE_SIMILARITY) if similarity else []),
         "</body></html>",
     ]
     path = atomic_write_text(out / "report.html", "\n".join(parts) + "\n")
     logger.info("wrote %s", path)
     return path
+
+
+def _details(details: Any) -> str:
+    if isinstance(details, Mapping):
+        return "\n\n".join(f"{k}:\n{v}" if isinstance(v, str) and "\n" in v else f"{k}: {v}"
+                             for k, v in details.items())
+    return str(details)
+
+
+def write_merge_report(out_dir: str | os.PathLike, accuracy: Mapping[str, Mapping[str, float | None]],
+                       similarity: Mapping[str, Mapping[str, Mapping[str, float]]], about: Mapping[str, Any],
+                       *, title: str = "transferkit merge report") -> Path:
+    """A merge's report (:func:`write_task_report` with the merge's reading guide)."""
+    return write_task_report(out_dir, accuracy, similarity, about, title=title)
