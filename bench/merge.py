@@ -5,11 +5,12 @@ Parts (``--part``):
 * ``rebasin``: two MLPs (784-512-512-10) trained on MNIST-5k from different initialisations; loss and
   accuracy along the straight line between them (11 points, test and training images), before and after
   Git Re-Basin alignment (weight matching; activation matching on 2,000 training images); 3 pairs.
-* ``tasks``: three image tasks (MNIST-5k, Fashion-MNIST, scikit-learn digits; 100 training images a class,
-  all 28x28 gray) fine-tuned from one pretrained model (EfficientNet-Lite0 ImageNet, cut after stage 6,
-  48 px, BatchNorm statistics kept); per-task test accuracy of each single-task model, of the pretrained
-  backbone with each task's linear probe, and of the models merged with each method (each task's head
-  kept); scales chosen on validation; task arithmetic's accuracy as a function of its scale; 3 seeds.
+* ``tasks``: three image tasks (MNIST-5k, Fashion-MNIST, scikit-learn digits; ``--shots`` training images
+  a class, all 28x28 gray) from one pretrained model (EfficientNet-Lite0 ImageNet, cut after stage 6,
+  48 px, BatchNorm statistics kept); per-task test accuracy of each single-task fine-tune, of the
+  pretrained backbone with each task's linear probe, of one multi-task model (each weighting, PCGrad,
+  CAGrad) and of the single-task models merged with each method (each task's head kept); scales chosen
+  on validation; task arithmetic's accuracy as a function of its scale; 3 seeds.
 
 Run: ``.venv/bin/python bench/merge.py --part rebasin`` (about 5 min on 2 cores) and ``--part tasks``.
 """
@@ -30,9 +31,11 @@ import torch
 import torch.nn.functional as F
 
 from transferkit.data import TensorDataset, few_shot, load_dataset
+from transferkit.data.tasks import TaskSet
 from transferkit.engine import TrainConfig, Trainer
 from transferkit.evaluation import evaluate
-from transferkit.models import create_model, task_model
+from transferkit.models import create_model, set_task_heads, task_model
+from transferkit.multitask import MultiTask
 from transferkit.transfer.merge import merge
 from transferkit.transfer.merge.rebasin import loss_barrier
 
@@ -178,6 +181,24 @@ def _finetune(
     return model.eval()
 
 
+MULTITASK = [("equal", None), ("uncertainty", None), ("dwa", None), ("gradnorm", None), ("equal", "pcgrad"),
+             ("equal", "cagrad")]
+
+
+def _multitask(base: torch.nn.Module, tasks: dict, seed: int, epochs: int, weighting: str,
+               surgery: str | None) -> torch.nn.Module:
+    """One model for the three tasks (a head each), trained with the single-task fine-tunes' settings
+    on a batch of every task per step (an epoch: one pass over the largest task)."""
+    model = copy.deepcopy(base)
+    torch.manual_seed(seed)
+    set_task_heads(model, {t: 10 for t in tasks})
+    cfg = TrainConfig(epochs=epochs, batch_size=32, lr=1e-3, backbone_lr_scale=1.0, freeze_bn=True, seed=seed)
+    train = TaskSet({t: d["train"] for t, d in tasks.items()})
+    val = TaskSet({t: d["val"] for t, d in tasks.items()})
+    Trainer(model, cfg, [MultiTask(weighting=weighting, surgery=surgery)]).fit(train, val)
+    return model.eval()
+
+
 def _accs(model: torch.nn.Module, tasks: dict, split: str, kept: bool = True) -> dict[str, float]:
     return {t: evaluate(task_model(model, t) if kept else model, d[split]).accuracy for t, d in tasks.items()}
 
@@ -212,6 +233,13 @@ def part_tasks(seeds: int, shots: int, epochs: int) -> tuple[list[str], dict]:
             "pretrained backbone + linear probe per task",
             {t: evaluate(probes[t], tasks[t]["test"]).accuracy for t in names},
         )
+
+        for weighting, surgery in MULTITASK:
+            row = f"multi-task: {weighting}" + (f" + {surgery}" if surgery else "")
+            start = time.perf_counter()
+            model = _multitask(base, tasks, seed, epochs, weighting, surgery)
+            seconds.setdefault(row, []).append(time.perf_counter() - start)
+            record(row, _accs(model, tasks, "test"))
 
         def timed(row: str, singles: dict = singles, **kw) -> torch.nn.Module:
             start = time.perf_counter()
