@@ -177,3 +177,21 @@ def test_each_task_trains_with_its_own_objectives(digits):
             [MultiTask(task_objectives={"parity": [CrossEntropy(weight=0.0)]})]).fit(train, val)
     assert evaluate(task_model(model, "digit"), digits.test).accuracy > 0.75
     assert evaluate(task_model(model, "parity"), _parity(digits.test)).accuracy < 0.65
+
+
+@pytest.mark.parametrize("options", [{"surgery": "pcgrad"}, {"weighting": "gradnorm"}])
+def test_frozen_backbone_leaves_nothing_to_share(digits, options):
+    """A linear probe per task: surgery and GradNorm have no shared parameter to act on; the heads learn."""
+    train, val = _two_tasks(digits)
+    model = _model()
+    before = [p.clone() for p in model.backbone.parameters()]
+    Trainer(model, TrainConfig(epochs=2, lr=1e-2, strategy="linear_probe", batch_size=64),
+            [MultiTask(**options)]).fit(train, val)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.backbone.parameters(), strict=True))
+    assert evaluate(task_model(model, "parity"), _parity(digits.test)).accuracy > 0.55
+
+
+def test_augmentation_is_refused_for_task_batches(digits):
+    train, val = _two_tasks(digits)
+    with pytest.raises(ConfigError, match="train.augment is not applied to multi-task batches"):
+        Trainer(_model(), TrainConfig(epochs=1, augment=["noise"]), [MultiTask()]).fit(train, val)

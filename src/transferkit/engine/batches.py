@@ -455,6 +455,8 @@ def make_batches(train: Dataset | DataLoader, target: Dataset | None, config: An
     if isinstance(train, TaskSet):
         if target is not None:
             raise ConfigError("multi-task training does not pair batches with unlabelled target data")
+        if world_size > 1:
+            raise ConfigError("multi-task training runs in one process; launch it without torchrun")
         return TaskBatches(train, config.batch_size, config.seed)
     order = EpochOrder(num_examples(train), config.batch_size, config.seed,
                        target_size=None if target is None else num_examples(target),

@@ -36,7 +36,7 @@ def check_fit(model: nn.Module, objectives: Sequence[Objective], config: TrainCo
     from transferkit.data.tasks import TaskSet
 
     if isinstance(train, TaskSet) or isinstance(val, TaskSet):
-        check_tasks(model, objectives, device, train, val, target)
+        check_tasks(model, objectives, config, device, train, val, target)
         return
     check_data(model, objectives, train, val)
     check_target(objectives, train, target)
@@ -47,8 +47,8 @@ def check_fit(model: nn.Module, objectives: Sequence[Objective], config: TrainCo
         taps.remove()
 
 
-def check_tasks(model: nn.Module, objectives: Sequence[Objective], device: torch.device, train: object,
-                val: object | None, target: object | None) -> None:
+def check_tasks(model: nn.Module, objectives: Sequence[Objective], config: TrainConfig, device: torch.device,
+                train: object, val: object | None, target: object | None) -> None:
     """A multi-task fit: TaskSets for training (and validation) with the same tasks, a model with a head
     per task, the multitask objective, each task's data checked with its own head."""
     from transferkit.data.tasks import TaskSet
@@ -62,6 +62,9 @@ def check_tasks(model: nn.Module, objectives: Sequence[Objective], device: torch
                           f"({', '.join(train)}); give each task a validation set, or val=None")
     if target is not None:
         raise ConfigError("multi-task training does not pair batches with unlabelled target data")
+    if config.augment:
+        raise ConfigError("train.augment is not applied to multi-task batches (a batch per task); drop it "
+                          "for this run")
     if not any(o.owns_step() and o.name == "multitask" for o in objectives):
         raise ConfigError("a TaskSet trains with the multitask objective: pass "
                           "transferkit.multitask.MultiTask(...) among the objectives (-m multitask)")

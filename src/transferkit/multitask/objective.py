@@ -166,7 +166,8 @@ class MultiTask(Objective):
         for t, part in parts.items():
             select_task(model, t)
             batch = runner.forward(part)
-            first_batch = first_batch or batch
+            if first_batch is None:
+                first_batch = batch
             objs = list(self.task_objectives[t])
             terms = runner.losses(batch, objs)
             losses[t] = sum(o.weight * v for o, v in zip(objs, terms, strict=True))
@@ -219,6 +220,8 @@ class MultiTask(Objective):
 
     def _gradnorm(self, runner: StepRunner, losses: torch.Tensor, picked: torch.Tensor):  # type: ignore[no-untyped-def]
         """GradNorm's update of the weights: their gradient, set after the backward pass."""
+        if not self._last_shared.requires_grad:  # the backbone is frozen (now): the weights stay
+            return None
         if bool((self.initial[picked] == 0).any()):
             self.initial[picked] = losses.detach()
         norms = torch.stack([
@@ -236,6 +239,8 @@ class MultiTask(Objective):
         """The tasks' gradients on the shared parameters, combined by PCGrad or CAGrad, replace their
         sum in those parameters' gradients after the backward pass."""
         shared = self._shared(runner)
+        if not shared:  # a frozen backbone: nothing is shared that the tasks could pull apart
+            return then
         scaler = runner.scaler
         grads = []
         for loss in per_task:
