@@ -195,3 +195,24 @@ def test_augmentation_is_refused_for_task_batches(digits):
     train, val = _two_tasks(digits)
     with pytest.raises(ConfigError, match="train.augment is not applied to multi-task batches"):
         Trainer(_model(), TrainConfig(epochs=1, augment=["noise"]), [MultiTask()]).fit(train, val)
+
+
+def test_text_tasks_share_one_encoder():
+    """Two text tasks (the sentiment word's polarity; whether the text is long) on one small transformer:
+    each task's texts are tokenised for the model and batched on their own."""
+    from test_text_models import _sentiment
+    from transferkit.data import TextDataset
+
+    def length_task(data: TextDataset) -> TextDataset:
+        y = torch.tensor([int(len(t.split()) > 7) for t in data.texts])
+        return TextDataset(list(data.texts), y, ["short", "long"], f"{data.name}-length")
+
+    train, test = _sentiment(256, 0, "train"), _sentiment(128, 1, "test")
+    torch.manual_seed(0)
+    model = set_task_heads(create_model("text_transformer", num_classes=2, hidden=32, heads=2, layers=1,
+                                        dropout=0.0), {"polarity": 2, "length": 2})
+    tasks = TaskSet({"polarity": train, "length": length_task(train)})
+    Trainer(model, TrainConfig(epochs=6, lr=3e-3, backbone_lr_scale=1.0, batch_size=32),
+            [MultiTask(weighting="uncertainty")]).fit(tasks)
+    assert evaluate(task_model(model, "polarity"), test).accuracy > 0.8
+    assert evaluate(task_model(model, "length"), length_task(test)).accuracy > 0.7
