@@ -216,3 +216,23 @@ def test_text_tasks_share_one_encoder():
             [MultiTask(weighting="uncertainty")]).fit(tasks)
     assert evaluate(task_model(model, "polarity"), test).accuracy > 0.8
     assert evaluate(task_model(model, "length"), length_task(test)).accuracy > 0.7
+
+
+def test_several_teachers_distil_into_one_multi_task_student(digits):
+    """Each task's head learns from its own teacher's soft labels alone (no labels): multi-teacher
+    distillation of single-task models into one student, through the same step."""
+    from transferkit.transfer.distill import LogitKD, Teacher
+
+    train, val = _two_tasks(digits)
+    teachers = {}
+    for task, data, classes in (("digit", digits.train, 10), ("parity", _parity(digits.train), 2)):
+        torch.manual_seed(1)
+        teacher = create_model("mlp", num_classes=classes, in_features=64, hidden=(64,))
+        Trainer(teacher, TrainConfig(epochs=4, lr=1e-2, backbone_lr_scale=1.0)).fit(data)
+        teachers[task] = teacher.eval()
+    model = _model()
+    kd = {t: [LogitKD(Teacher(m), temperature=2.0)] for t, m in teachers.items()}
+    Trainer(model, TrainConfig(epochs=4, lr=1e-2, backbone_lr_scale=1.0, batch_size=64),
+            [MultiTask(task_objectives=kd)]).fit(train, val)
+    assert evaluate(task_model(model, "digit"), digits.test).accuracy > 0.75
+    assert evaluate(task_model(model, "parity"), _parity(digits.test)).accuracy > 0.75

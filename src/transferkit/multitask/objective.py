@@ -81,7 +81,7 @@ class MultiTask(Objective):
     # ------------------------------------------------------------------ setup
     def setup(self, ctx: FitContext) -> None:
         from transferkit.data.tasks import TaskSet
-        from transferkit.models.heads import TaskHeads
+        from transferkit.models.heads import TaskHeads, select_task
 
         data = ctx.train_data
         if not isinstance(data, TaskSet):
@@ -125,12 +125,14 @@ class MultiTask(Objective):
             for name in ("dwa_sum", "dwa_count", "dwa_last", "dwa_before"):
                 self.register_buffer(name, torch.zeros(k, device=device, dtype=torch.float64))
         self.to(device)
-        for t, objs in self.task_objectives.items():
+        for t, objs in self.task_objectives.items():  # each task's objectives see its data and head
             val = ctx.val_data[t] if isinstance(ctx.val_data, TaskSet) else None
             task_ctx = dataclasses.replace(ctx, train_data=data[t], val_data=val)
+            select_task(ctx.model, t)
             for obj in objs:
                 obj.to(device)
                 obj.setup(task_ctx)
+        select_task(ctx.model, self.tasks[0])
         self._generator.manual_seed(int(ctx.config.seed))
 
     def on_epoch_start(self, ctx: FitContext, epoch: int) -> None:
