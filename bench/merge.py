@@ -9,8 +9,9 @@ Parts (``--part``):
   a class, all 28x28 gray) from one pretrained model (EfficientNet-Lite0 ImageNet, cut after stage 6,
   48 px, BatchNorm statistics kept); per-task test accuracy of each single-task fine-tune, of the
   pretrained backbone with each task's linear probe, of one multi-task model (each weighting, PCGrad,
-  CAGrad) and of the single-task models merged with each method (each task's head kept); scales chosen
-  on validation; task arithmetic's accuracy as a function of its scale; 3 seeds.
+  CAGrad; and with the single-task fine-tunes as its teachers) and of the single-task models merged with
+  each method (each task's head kept); scales chosen on validation; task arithmetic's accuracy as a
+  function of its scale; 3 seeds.
 
 Run: ``.venv/bin/python bench/merge.py --part rebasin`` (about 5 min on 2 cores) and ``--part tasks``.
 """
@@ -33,9 +34,11 @@ import torch.nn.functional as F
 from transferkit.data import TensorDataset, few_shot, load_dataset
 from transferkit.data.tasks import TaskSet
 from transferkit.engine import TrainConfig, Trainer
+from transferkit.engine.objectives import CrossEntropy
 from transferkit.evaluation import evaluate
 from transferkit.models import create_model, set_task_heads, task_model
 from transferkit.multitask import MultiTask
+from transferkit.transfer.distill import LogitKD, Teacher
 from transferkit.transfer.merge import merge
 from transferkit.transfer.merge.rebasin import loss_barrier
 
@@ -181,21 +184,43 @@ def _finetune(
     return model.eval()
 
 
-MULTITASK = [("equal", None), ("uncertainty", None), ("dwa", None), ("gradnorm", None), ("equal", "pcgrad"),
-             ("equal", "cagrad")]
+MULTITASK = [
+    ("equal", None),
+    ("uncertainty", None),
+    ("dwa", None),
+    ("gradnorm", None),
+    ("equal", "pcgrad"),
+    ("equal", "cagrad"),
+]
 
 
-def _multitask(base: torch.nn.Module, tasks: dict, seed: int, epochs: int, weighting: str,
-               surgery: str | None) -> torch.nn.Module:
+def _multitask(
+    base: torch.nn.Module,
+    tasks: dict,
+    seed: int,
+    epochs: int,
+    weighting: str,
+    surgery: str | None,
+    teachers: dict | None = None,
+) -> torch.nn.Module:
     """One model for the three tasks (a head each), trained with the single-task fine-tunes' settings
-    on a batch of every task per step (an epoch: one pass over the largest task)."""
+    on a batch of every task per step (an epoch: one pass over the largest task); with ``teachers``,
+    each task's loss is half cross-entropy, half KD (T = 4) from that task's teacher."""
     model = copy.deepcopy(base)
     torch.manual_seed(seed)
     set_task_heads(model, {t: 10 for t in tasks})
     cfg = TrainConfig(epochs=epochs, batch_size=32, lr=1e-3, backbone_lr_scale=1.0, freeze_bn=True, seed=seed)
     train = TaskSet({t: d["train"] for t, d in tasks.items()})
     val = TaskSet({t: d["val"] for t, d in tasks.items()})
-    Trainer(model, cfg, [MultiTask(weighting=weighting, surgery=surgery)]).fit(train, val)
+    per_task = None
+    if teachers is not None:
+        per_task = {
+            t: [CrossEntropy(weight=0.5), LogitKD(Teacher(m), weight=0.5, temperature=4.0)]
+            for t, m in teachers.items()
+        }
+    Trainer(model, cfg, [MultiTask(weighting=weighting, surgery=surgery, task_objectives=per_task)]).fit(
+        train, val
+    )
     return model.eval()
 
 
@@ -240,6 +265,13 @@ def part_tasks(seeds: int, shots: int, epochs: int) -> tuple[list[str], dict]:
             model = _multitask(base, tasks, seed, epochs, weighting, surgery)
             seconds.setdefault(row, []).append(time.perf_counter() - start)
             record(row, _accs(model, tasks, "test"))
+
+        start = time.perf_counter()
+        model = _multitask(base, tasks, seed, epochs, "equal", None, teachers=singles)
+        seconds.setdefault("multi-teacher distillation", []).append(time.perf_counter() - start)
+        record(
+            "multi-teacher distillation (each fine-tune teaches its task's head)", _accs(model, tasks, "test")
+        )
 
         def timed(row: str, singles: dict = singles, **kw) -> torch.nn.Module:
             start = time.perf_counter()

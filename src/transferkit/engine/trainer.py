@@ -194,7 +194,9 @@ class Trainer:
             train: Training data: a :class:`~transferkit.data.TensorDataset` (the in-memory fast
                 path), any map-style ``Dataset`` whose items are ``(x, y)`` or dicts of tensors
                 (``pixel_values`` / ``input_ids`` ..., ``label``), loaded with ``config.num_workers``
-                workers, or a ``DataLoader`` of your own.
+                workers, or a ``DataLoader`` of your own; or a :class:`~transferkit.data.tasks.TaskSet`
+                of several tasks for a multi-head model with the ``multitask`` objective (the history
+                then records each task's ``val_accuracy_<task>``; ``val_accuracy`` is their mean).
             val: Validation data for best-epoch selection and early stopping (same kinds).
             target: Unlabelled target-domain data for the objectives that use it (``uses_target``);
                 its labels are never read. Every step pairs the source batch with a target batch
@@ -491,7 +493,6 @@ class Trainer:
             model = model.to(self.device)
         return evaluate(model, data, self.config.eval_batch_size, self.device, feats,
                         self._autocast, self.config.num_workers)
-
 
     def evaluate_tasks(self, data: TaskSet) -> dict[str, tuple[float, float]]:
         """Mean cross-entropy and accuracy of each task of ``data`` with its own head."""
