@@ -216,7 +216,9 @@ def plot_similarity(panels: Mapping[str, Mapping[str, Mapping[str, float]]]) -> 
     panels = {t: rows for t, rows in panels.items() if rows}
     layers = list(dict.fromkeys(b for rows in panels.values() for row in rows.values() for b in row))
     n_rows = max((len(rows) for rows in panels.values()), default=1)
-    fig = _new_figure(max(5.0, 0.9 * len(layers) + 3) * max(1, len(panels)), 1.0 + 0.6 * n_rows)
+    label = max((len(b.removeprefix("backbone.")) for b in layers), default=4)  # rotated tick labels
+    width = max(5.0, 0.9 * len(layers) + 3) * max(1, len(panels))
+    fig = _new_figure(width, 1.5 + 0.6 * n_rows + 0.07 * label)
     axes = fig.subplots(1, max(1, len(panels)), squeeze=False)[0]
     if not panels:
         axes[0].text(0.5, 0.5, "no similarity measured", ha="center", va="center")
@@ -225,9 +227,9 @@ def plot_similarity(panels: Mapping[str, Mapping[str, Mapping[str, float]]]) -> 
     for ax, (title, rows) in zip(axes, panels.items(), strict=True):
         names = list(rows)
         grid = np.array([[rows[r].get(b, np.nan) for b in layers] for r in names], dtype=float)
-        bounded = "cka" in title.lower()
-        im = ax.imshow(grid, cmap="viridis", aspect="auto", vmin=0.0 if bounded else None,
-                       vmax=1.0 if bounded else None)
+        finite = grid[np.isfinite(grid)]
+        top = 1.0 if "cka" in title.lower() else max(float(finite.max()) if finite.size else 0.0, 1e-6)
+        im = ax.imshow(grid, cmap="viridis", aspect="auto", vmin=0.0, vmax=top)
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
         ax.set_xticks(np.arange(len(layers)))
         ax.set_xticklabels([b.removeprefix("backbone.") for b in layers], rotation=45, ha="right")

@@ -31,7 +31,7 @@ from transferkit.engine import (
 from transferkit.engine.parameter_efficient import adapted_layers, save_adapters
 from transferkit.engine.predict import backbone_digest
 from transferkit.engine.strategies import ParameterCount
-from transferkit.errors import ConfigError, TransferkitError
+from transferkit.errors import ConfigError
 from transferkit.evaluation import (
     Metrics,
     RunResult,
@@ -415,8 +415,8 @@ def similarity_panels(arms: Sequence[Arm], models: Mapping[str, TransferNet], te
             moved = weight_change(ref, model)
             if moved:
                 change[arm.name] = moved
-        except (TransferkitError, RuntimeError) as exc:
-            logger.info("no layer-by-layer comparison for %s: %s", arm.name, exc)
+        except Exception as exc:  # an optional section of a finished run's report: said, never fatal
+            logger.warning("no layer-by-layer comparison for %s in the report: %s", arm.name, exc)
     return {k: v for k, v in ((CKA_PANEL, cka), (CHANGE_PANEL, change)) if v}
 
 
