@@ -123,6 +123,21 @@ def test_fisher_merge_of_two_fine_tunes(digits):
         merge(models, "fisher")
 
 
+def test_fisher_merge_keeps_heads_of_other_tasks(digits):
+    """Two tasks (digits, parity) of one base: each model's Fisher on its own task; heads kept."""
+    base = _train(create_model("mlp", num_classes=10, in_features=64, hidden=(32,)), digits.train, 0, 0)
+    parity = TensorDataset(digits.train.x, digits.train.y % 2, classes=["even", "odd"], name="parity")
+    digit_model = _train(_copy_of(base), digits.train, 1, epochs=2, reinit=False)
+    parity_model = _copy_of(base)
+    from transferkit.models import replace_head
+
+    _train(replace_head(parity_model, 2), parity, 2, epochs=2, reinit=False)
+    result = merge({"digit": digit_model, "parity": parity_model}, "fisher", data=[digits.train, parity],
+                   examples=32)
+    assert result.heads == "kept" and result.model.info.tasks == {"digit": 10, "parity": 2}
+    assert torch.equal(task_model(result.model, "parity").head.weight, parity_model.head.weight)
+
+
 def test_greedy_soup_choice_by_hand():
     acc = {(0,): 0.8, (1,): 0.9, (2,): 0.7, (1, 0): 0.91, (1, 0, 2): 0.85}
 

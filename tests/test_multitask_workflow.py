@@ -62,9 +62,10 @@ def test_multitask_errors(parity, tmp_path):
 
 def test_validate_reads_a_multitask_config(tmp_path):
     path = tmp_path / "mt.yaml"
-    path.write_text("tasks:\n  mnist: {dataset: mnist5k, shots: 10}\n  digits: {dataset: digits, weight: 0.5}\n"
-                    "weighting: dwa\nsampling: proportional\n")
+    path.write_text("tasks:\n  mnist: {dataset: mnist5k, shots: 10}\n"
+                    "  digits: {dataset: digits, weight: 0.5}\nweighting: dwa\nsampling: proportional\n")
     ok = run("validate", path)
     assert ok.exit_code == 0 and "config is valid (MultitaskConfig)" in ok.output
     path.write_text(path.read_text() + "surgery: pcgrad\n")
-    assert_one_line_error(run("validate", path), "pcgrad combines every task's gradient", "not 'proportional'")
+    assert_one_line_error(run("validate", path), "pcgrad combines every task's gradient",
+                          "not 'proportional'")

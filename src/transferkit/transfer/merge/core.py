@@ -265,8 +265,9 @@ def _method_extras(spec: MergeMethod, method: str, models: Sequence[TransferNet]
     fishers = [fisher_diagonal(m, d, kind=opts["kind"], max_examples=int(opts["examples"]))
                for m, d in zip(models, datasets, strict=True)]
     details["fisher_examples"] = [min(len(d), int(opts["examples"])) for d in datasets]
-    shared = set.intersection(*(set(f) for f in fishers))
-    return {k: torch.stack([f[k] for f in fishers]) for k in shared}
+    shared = set.intersection(*(set(f) for f in fishers))  # kept heads of other sizes are not merged
+    return {k: torch.stack([f[k] for f in fishers]) for k in shared
+            if len({tuple(f[k].shape) for f in fishers}) == 1}
 
 
 def _choose_soup(models: Sequence[TransferNet], names: Sequence[str], keys: Sequence[str], data: Any,
