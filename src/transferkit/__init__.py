@@ -50,6 +50,9 @@ _EXPORTS = {
     "available_recipes": "transferkit.recipes",
     "check_copied_function": "transferkit.transfer",
     "merge": "transferkit.transfer.merge",
+    "multitask": "transferkit.workflows",
+    "TaskSet": "transferkit.data.tasks",
+    "set_task_heads": "transferkit.models",
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])
