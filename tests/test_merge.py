@@ -180,6 +180,10 @@ def test_refusals_name_the_problem():
     wide = create_model("mlp", num_classes=3, in_features=4, hidden=(6,))
     with pytest.raises(ShapeError, match="tensor 'backbone.fc1.0.weight' is \\(5, 4\\) there"):
         merge([a, wide])
+    with pytest.raises(ShapeError, match="cannot merge 'model2' with 'model1'"):
+        merge([a, wide], align="weight")  # checked before any alignment
+    with pytest.raises(ConfigError, match="averages its chosen models uniformly: drop weights="):
+        merge([a, b], "greedy_soup", weights=[1, 2], data=object())
     with pytest.raises(ConfigError, match="heads='keep'"):
         merge([a, _mlp(1.0, classes=4)], heads="merge")
     with pytest.raises(ConfigError, match="reads no data"):

@@ -183,13 +183,15 @@ def merge(
     if not spec.needs_base and base is not None:
         raise ConfigError(f"merge method {method!r} takes no base model; task_arithmetic, ties, dare and "
                           "dare_ties do")
+    if spec.needs_data == "validation" and weights is not None:
+        raise ConfigError(f"{method!r} averages its chosen models uniformly: drop weights=")
     merged_heads = _decide_heads(heads, spec, models, method)
+    keys = check_mergeable(models, names, merged_heads, base)  # before aligning: a clear message first
     alignment = None
     if align is not None:
         from transferkit.transfer.merge.rebasin import align_models
 
         models, alignment = align_models(models, names, how=align, data=align_data)
-    keys = check_mergeable(models, names, merged_heads, base)
     details: dict[str, Any] = {}
     extras = _method_extras(spec, method, models, names, data, opts, details)
     chosen = list(range(len(models)))
