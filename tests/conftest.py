@@ -26,6 +26,20 @@ def _own_cache(tmp_path_factory):
     mp.undo()
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _checkpoint_every_epoch():
+    """The kill-and-resume tests need a checkpoint after every epoch of their tiny models. Those writes take
+    milliseconds, but on a loaded machine one can pass the trainer's 0.25 s "cheap write" bound and space
+    the next writes out (measured: a LoRA kill test failed once that way beside a benchmark); 1 s keeps the
+    tests independent of load, and the spacing test (a 2 s write) still sees spacing."""
+    from transferkit.engine import trainer
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(trainer, "CHEAP_CHECKPOINT_S", 1.0)
+    yield
+    mp.undo()
+
+
 @pytest.fixture(scope="session")
 def digits():
     """scikit-learn's real 8x8 digits, split train/val/test (test fixed)."""
