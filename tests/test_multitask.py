@@ -236,3 +236,14 @@ def test_several_teachers_distil_into_one_multi_task_student(digits):
             [MultiTask(task_objectives=kd)]).fit(train, val)
     assert evaluate(task_model(model, "digit"), digits.test).accuracy > 0.75
     assert evaluate(task_model(model, "parity"), _parity(digits.test)).accuracy > 0.75
+
+
+def test_a_task_weight_scales_its_share(digits):
+    """Fixed task weights (an auxiliary task below 1): at 0 a task's head learns nothing, the other does."""
+    train, val = _two_tasks(digits)
+    model = _model()
+    history = Trainer(model, TrainConfig(epochs=3, lr=1e-2, backbone_lr_scale=1.0, batch_size=64),
+                      [MultiTask(task_weights={"parity": 0.0})]).fit(train, val)
+    assert history.epochs[-1]["weight_parity"] == 0.0 and history.epochs[-1]["weight_digit"] == 1.0
+    assert evaluate(task_model(model, "digit"), digits.test).accuracy > 0.75
+    assert evaluate(task_model(model, "parity"), _parity(digits.test)).accuracy < 0.65
