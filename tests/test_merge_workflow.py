@@ -81,6 +81,17 @@ def test_alignment_rescues_the_average_of_independent_models(zoo):
     assert max(run_.similarity["relative weight change to the merged model"]["b"].values()) < 1.0
 
 
+def test_models_in_run_folders_are_named_after_their_runs(zoo, tmp_path):
+    import shutil
+
+    for run_name in ("first", "second"):
+        shutil.copytree(zoo / "indep1", tmp_path / run_name / "model")
+    result = run("merge", tmp_path / "first" / "model", tmp_path / "second" / "model", "--out",
+                 tmp_path / "o")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "o" / "merge.json").read_text())["names"] == ["first", "second"]
+
+
 def test_cli_errors_leave_nothing_behind(zoo, tmp_path):
     out = tmp_path / "none"
     assert_one_line_error(run("merge", zoo / "digits", zoo / "parity", "--method", "ties", "--out", out),

@@ -29,8 +29,8 @@ def split_named(text: str, flag: str) -> tuple[str | None, str]:
 @handle_errors
 def merge(
     models: list[str] = typer.Argument(
-        ..., help="Model folders: FOLDER (named after the folder) or NAME=FOLDER; the names are the tasks "
-        "of kept heads."),
+        ..., help="Model folders: FOLDER (named after the folder, or the run for RUN/model) or NAME=FOLDER; "
+        "the names are the tasks of kept heads."),
     method: str = typer.Option(
         "average", "--method", "-m", help="average | greedy_soup | task_arithmetic | ties | dare | "
         "dare_ties | fisher, with options as METHOD:key=value,... (e.g. ties:density=0.2,scale=1)."),
@@ -61,7 +61,9 @@ def merge(
     named: dict[str, str] = {}
     for text in models:
         name, path = split_named(text, "MODEL")
-        name = name or Path(path.rstrip("/")).name
+        folder = Path(path.rstrip("/"))
+        # a workflow's output keeps its model in <run>/model: name it after the run
+        name = name or (folder.parent.name if folder.name == "model" and folder.parent.name else folder.name)
         if name in named:
             raise ConfigError(f"two models are named {name!r}; name them apart: NAME=FOLDER")
         named[name] = path
