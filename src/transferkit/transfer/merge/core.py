@@ -275,17 +275,14 @@ def _method_extras(spec: MergeMethod, method: str, models: Sequence[TransferNet]
 def _choose_soup(models: Sequence[TransferNet], names: Sequence[str], keys: Sequence[str], data: Any,
                  details: dict[str, Any]) -> list[int]:
     from transferkit.evaluation.metrics import evaluate
-    from transferkit.transfer.merge.average import weighted_average
 
-    states = [{k: v.detach().cpu() for k, v in m.state_dict().items()} for m in models]
+    average = MERGE_METHODS.get("average")
     trial = copy_model(models[0])
 
-    def accuracy_of(indices: Sequence[int]) -> float:
+    def accuracy_of(indices: Sequence[int]) -> float:  # the uniform average, as the final merge computes it
         own = trial.state_dict()
-        for k in keys:
-            stack = torch.stack([states[i][k] for i in indices])
-            own[k] = (weighted_average(stack, None, torch.ones(len(indices), dtype=torch.float64))
-                      .to(stack.dtype) if stack.is_floating_point() else stack[0])
+        own.update(_combine(average, [models[i] for i in indices], keys, None,
+                            torch.ones(len(indices), dtype=torch.float64), {}, None, None))
         trial.load_state_dict(own)
         return float(evaluate(trial, data).accuracy)
 
