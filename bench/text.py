@@ -15,9 +15,10 @@ against the accuracy of a linear probe on each encoder's features (the same exam
 Kendall's tau between the two rankings.
 
 ``--part adapt``: tweet sentiment from airline tweets (labelled) to Apple tweets (unlabelled) through
-``transferkit.adapt``: a small text transformer trained on the airline tweets is the source model; every
-arm starts from it (source only, each adaptation method at each trade-off weight, the target oracle);
-checkpoint and weight chosen without target labels (DEV) next to the oracle choice.
+``transferkit.adapt``: a small text transformer trained on the airline tweets (``--encoder small``) or the
+pretrained MiniLM encoder with a new head (``--encoder minilm``) is the source model; every arm starts from
+it (source only, each adaptation method at each trade-off weight, the target oracle); checkpoint and
+weight chosen without target labels (DEV) next to the oracle choice.
 
 Run (2 cores; the MiniLM test passes dominate):
     python bench/text.py --setting 20ng4 --strategies linear_probe,full,lora --out bench/results/text.md
@@ -25,6 +26,7 @@ Run (2 cores; the MiniLM test passes dominate):
     python bench/text.py --part distill --out bench/results/text.md
     python bench/text.py --part rank --out bench/results/text.md
     python bench/text.py --part adapt --out bench/results/text_adapt.md
+    python bench/text.py --part adapt --encoder minilm --out bench/results/text_adapt.md
 """
 
 from __future__ import annotations
@@ -170,18 +172,25 @@ def rank_part(setting: dict, seed: int) -> str:
 ADAPT_METHODS = ["dann", "cdan", "cdan_e", "dan", "jan", "coral", "mcd"]
 
 
-def adapt_part(seeds: list[int], epochs: int, weights: list[float], work: Path, source_size: int) -> str:
-    """tweets:airline -> tweets:apple with every adaptation method; model choice without target labels."""
+def adapt_part(seeds: list[int], epochs: int, weights: list[float], work: Path, source_size: int,
+               encoder: str = "small", methods: list[str] | None = None) -> str:
+    """tweets:airline -> tweets:apple with every adaptation method; model choice without target labels.
+
+    ``encoder`` "small": every arm starts from a small text transformer trained here on the airline
+    tweets; "minilm": every arm starts from the pretrained MiniLM encoder with a new head (the usual
+    domain-adaptation setting: a pretrained backbone fine-tuned on the labelled source while adapting).
+    """
     import json
 
     from transferkit.models import save_model
     from transferkit.workflows import adapt
 
+    methods = methods or ADAPT_METHODS
     kwargs = {"hidden": 128, "heads": 4, "layers": 2, "max_length": 48}
     folder = work / "source-airline"
     start = time.perf_counter()
     airline = load_dataset("tweets:airline", val_fraction=0.1, seed=0)
-    if not (folder / "model.safetensors").is_file():
+    if encoder == "small" and not (folder / "model.safetensors").is_file():
         torch.manual_seed(0)
         model = create_model("text_transformer", num_classes=airline.num_classes, **kwargs)
         Trainer(model, TrainConfig(epochs=3, lr=1e-3, batch_size=64, backbone_lr_scale=1.0, seed=0)).fit(
@@ -197,28 +206,38 @@ def adapt_part(seeds: list[int], epochs: int, weights: list[float], work: Path, 
         sample.write_text("".join(json.dumps({"text": airline.train.texts[i],
                                               "label": airline.classes[int(airline.train.y[i])]}) + "\n"
                                   for i in pick))
-    out = work / "airline-to-apple"
+    out = work / f"airline-to-apple-{encoder}"
+    # the small model trains whole at 3e-4; MiniLM's encoder at 5e-5 (its usual fine-tuning rate), the new
+    # head and the adaptation objectives' own layers at 1e-3
+    train = ({"lr": 3e-4, "backbone_lr_scale": 1.0} if encoder == "small"
+             else {"lr": 1e-3, "backbone_lr_scale": 0.05})
     result = adapt({
         "name": "airline-to-apple", "out": str(out),
         "source_data": {"dataset": str(sample)}, "target_data": {"dataset": "tweets:apple"},
-        "model": {"source": str(folder)},
-        "methods": [{"name": m} for m in ADAPT_METHODS], "weights": weights, "seeds": seeds,
+        "model": {"source": str(folder) if encoder == "small" else "minilm"},
+        "methods": [{"name": m} for m in methods], "weights": weights, "seeds": seeds,
         "select": "dev", "resume": True,
-        "train": {"epochs": epochs, "batch_size": 64, "lr": 3e-4, "backbone_lr_scale": 1.0,
-                  "scheduler": "none"},
+        "train": {"epochs": epochs, "batch_size": 64, "scheduler": "none", **train},
     })
     choice = (out / "report.html").read_text().split("Model choice without target labels</h2>\n<pre>")[1]
     choice = choice.split("</pre>")[0].replace("&amp;", "&").replace("&#x27;", "'").replace("&gt;", ">")
     test = load_dataset("tweets:apple", val_fraction=0.1, seed=0).test
     counts = test.class_counts().tolist()
     spread = ", ".join(f"{c} {n}" for c, n in zip(test.classes, counts, strict=True))
+    if encoder == "small":
+        what = (f"Source model: text_transformer {kwargs} trained 3 epochs on the {len(airline.train):,} "
+                f"airline training tweets ({source_s:.0f} s here; 0 s: cached in {folder}). Every arm: "
+                f"{epochs} epochs from it")
+        rates = "AdamW lr 3e-4"
+    else:
+        what = ("Source model: MiniLM (all-MiniLM-L6-v2, pretrained, mean pooling) with a new 3-way head. "
+                f"Every arm: {epochs} epochs from it")
+        rates = "AdamW lr 1e-3 (head, adaptation layers), 5e-5 (encoder)"
     return (
-        f"Source model: text_transformer {kwargs} trained 3 epochs on the {len(airline.train):,} airline "
-        f"training tweets ({source_s:.0f} s here; 0 s: cached in {folder}). Every arm: {epochs} epochs from "
-        f"it over a seeded sample of {source_size:,} of those tweets ({sample.name}, split 80/20 by the file "
-        "loader: its training part is the labelled source), batch 64, AdamW lr 3e-4, trade-off "
-        f"weights {weights}. Apple test tweets: {len(test)} ({spread};"
-        f" always predicting the largest class scores {100 * max(counts) / len(test):.1f} %).\n\n"
+        f"{what} over a seeded sample of {source_size:,} of the airline training tweets ({sample.name}, "
+        f"split 80/20 by the file loader: its training part is the labelled source), batch 64, {rates}, "
+        f"methods {', '.join(methods)}, trade-off weights {weights}. Apple test tweets: {len(test)} "
+        f"({spread}; always predicting the largest class scores {100 * max(counts) / len(test):.1f} %).\n\n"
         f"### Model choice (target test accuracy, %)\n\n```\n{choice}\n```\n\n"
         f"### Every arm, checkpoint chosen by DEV\n\n```\n{result.table()}\n```\n"
     )
@@ -233,7 +252,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None, help="default: the recipe's")
     parser.add_argument("--weights", default="0.3,1", help="--part adapt: trade-off weights")
     parser.add_argument("--source-size", type=int, default=3750, help="--part adapt: airline tweets sampled")
+    parser.add_argument("--encoder", choices=("small", "minilm"), default="small",
+                        help="--part adapt: the model every arm starts from")
+    parser.add_argument("--methods", default=",".join(ADAPT_METHODS), help="--part adapt: methods compared")
     parser.add_argument("--work", type=Path, default=Path("bench-out/text"))
+    parser.add_argument("--resume", action="store_true",
+                        help="finetune parts: continue the runs in --work (finished seeds are kept)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/text.md"))
     args = parser.parse_args()
     s = SETTINGS[args.setting]
@@ -242,10 +266,11 @@ def main() -> None:
         seeds = [int(x) for x in args.seeds.split(",")]
         if args.part == "adapt":
             body = adapt_part(seeds, args.epochs or 3, [float(w) for w in args.weights.split(",")],
-                              args.work / "adapt", args.source_size)
-            head = (f"## adapt: tweets:airline -> tweets:apple, seeds {args.seeds}\n\n"
-                    f"`python bench/text.py --part adapt --seeds {args.seeds} --weights {args.weights} "
-                    f"--source-size {args.source_size}"
+                              args.work / "adapt", args.source_size, args.encoder, args.methods.split(","))
+            head = (f"## adapt ({args.encoder} encoder): tweets:airline -> tweets:apple, "
+                    f"seeds {args.seeds}\n\n"
+                    f"`python bench/text.py --part adapt --encoder {args.encoder} --methods {args.methods} "
+                    f"--seeds {args.seeds} --weights {args.weights} --source-size {args.source_size}"
                     f"{f' --epochs {args.epochs}' if args.epochs else ''}` on {os.cpu_count()} cores, "
                     f"{date.today().isoformat()}, {(time.perf_counter() - start) / 60:.1f} min in all.\n\n")
             print(head + body, flush=True)
@@ -290,7 +315,7 @@ def main() -> None:
             "train": train,
             "seeds": [int(x) for x in args.seeds.split(",")],
             "out": str(args.work / args.setting / strategy),
-            "overwrite": True,
+            **({"resume": True} if args.resume else {"overwrite": True}),
         }
         result = finetune(cfg)
         minutes = (time.perf_counter() - start) / 60

@@ -309,6 +309,14 @@ def test_load_by_name_pretrained_efficientnet_heads():
     small = load_model("efficientnet_lite0", num_classes=10, image_size=32)
     assert small.head.out_features == 10
     assert torch.equal(small.backbone.stem.conv.weight, imagenet.backbone.stem.conv.weight)
+    # the new head is the same on every load (a run that names this source resumes), and loading leaves
+    # the caller's random stream alone
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    again = load_model("efficientnet_lite0", num_classes=10, image_size=32)
+    assert torch.equal(torch.rand(3), expected)
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in small.state_dict().items())
 
 
 def test_wrapped_custom_model_cannot_be_rebuilt_by_name(tmp_path):

@@ -5,7 +5,8 @@
   ``||Y^T X||_F^2 / (||X^T X||_F ||Y^T Y||_F)`` on column-centred ``X (N, p)``, ``Y (N, q)``; 1 for
   representations equal up to an orthogonal transform and isotropic scaling, near 0 for unrelated ones.
 * :func:`layer_cka`: that score for every backbone block two models share (source vs fine-tuned,
-  teacher vs student, before vs after a merge), on the same inputs; feature maps are flattened.
+  teacher vs student, before vs after a merge), on the same inputs; feature maps are flattened, a
+  sequence block's tokens averaged.
 * :func:`weight_change`: each block's relative weight change ``||W_b - W_a|| / ||W_a||``;
 * :func:`compare_models`: both on a dataset's examples, with each model's accuracy (``transferkit compare``).
 """
@@ -35,8 +36,14 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
     y = y.reshape(len(y), -1).double()
     x = x - x.mean(0, keepdim=True)
     y = y - y.mean(0, keepdim=True)
-    cross = torch.linalg.matrix_norm(y.T @ x) ** 2
-    norm = torch.linalg.matrix_norm(x.T @ x) * torch.linalg.matrix_norm(y.T @ y)
+    if max(x.shape[1], y.shape[1]) > len(x):
+        # wide features (a text block's tokens x hidden, a feature map's channels x pixels): the same value
+        # from the N x N Gram matrices, ||Y^T X||_F^2 = <X X^T, Y Y^T>, never a p x p matrix
+        kx, ky = x @ x.T, y @ y.T
+        cross, norm = (kx * ky).sum(), torch.linalg.matrix_norm(kx) * torch.linalg.matrix_norm(ky)
+    else:
+        cross = torch.linalg.matrix_norm(y.T @ x) ** 2
+        norm = torch.linalg.matrix_norm(x.T @ x) * torch.linalg.matrix_norm(y.T @ y)
     return float(cross / norm) if float(norm) > 0 else 0.0
 
 
@@ -84,12 +91,19 @@ def layer_cka(model_a: nn.Module, model_b: nn.Module, inputs: torch.Tensor,
         pairs: ``(layer of a, layer of b)`` to compare instead (see :func:`block_pairs`).
     """
     if pairs is None:
-        shared = set(_blocks(model_b))
-        names = list(layers) if layers is not None else [n for n in _blocks(model_a) if n in shared]
+        names = list(layers) if layers is not None else [n for n in _blocks(model_a) if n in _blocks(model_b)]
         pairs = [(n, n) for n in names]
     feats_a = _tapped(model_a, [p[0] for p in pairs], inputs)
     feats_b = _tapped(model_b, [p[1] for p in pairs], inputs if inputs_b is None else inputs_b)
-    return {b: linear_cka(feats_a[a], feats_b[b]) for a, b in pairs}
+    return {b: linear_cka(_pooled(feats_a[a]), _pooled(feats_b[b])) for a, b in pairs}
+
+
+def _pooled(features: torch.Tensor) -> torch.Tensor:
+    """A sequence block's output ``(N, tokens, hidden)`` averaged over its tokens: flattened, its
+    ``tokens * hidden`` columns would outnumber the examples many times over, where linear CKA drifts
+    towards 1 even for unrelated representations (0.999 for random 64 x 128 x 384 features). Feature
+    maps ``(N, C, H, W)`` and vectors are kept as they are (flattened by :func:`linear_cka`)."""
+    return features.float().mean(1) if features.dim() == 3 else features
 
 
 def weight_change(before: nn.Module, after: nn.Module) -> dict[str, float]:

@@ -234,6 +234,17 @@ def _is_hub_spec(name: str) -> bool:
 def _load_by_name(
     name: str, num_classes: int | None, pretrained: bool, kwargs: dict[str, Any]
 ) -> TransferNet:
+    # what a name builds new (a pretrained model's new head, an architecture without weights) is drawn from
+    # a fixed seed: one name loads to the same weights every time (a run's record of its source matches
+    # on --resume), and the caller's random stream is left as it was
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return _build_by_name(name, num_classes, pretrained, kwargs)
+
+
+def _build_by_name(
+    name: str, num_classes: int | None, pretrained: bool, kwargs: dict[str, Any]
+) -> TransferNet:
     if _names_code(name):  # a user class without weights: fresh, like a registered name
         return create_model(name, num_classes=num_classes or 10, **kwargs)
     if _is_hub_spec(name) or name in MODELS:
