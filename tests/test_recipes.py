@@ -119,6 +119,15 @@ def test_underfit_is_flagged_only_for_few_shot_arms_that_did_not_fit():
     (warning,) = fit_warnings(rows)
     assert warning.startswith("UNDERFIT: a reached at best 30 %") and "not a verdict on transfer" in warning
     assert warning in table
+    # one seed of three that never learnt is flagged though the mean passes (100, 44, 100 %: 81 %)
+    seeds = [RunResult("s", "m", _run("s", acc).metrics, 1.0, seed=seed,
+                       extra={"train_accuracy": acc, "train_examples": 30})
+             for seed, acc in ((0, 1.0), (1, 0.44), (2, 1.0))]
+    (row,) = summarize(seeds, "s")
+    assert row["underfit"] and row["underfit_seeds"] == [1] and row["train_accuracy_mean"] > 0.75
+    assert "UNDERFIT (seed 1: train 44 %)" in format_table([row])
+    assert fit_warnings([row])[0].startswith("UNDERFIT: s reached at best 44 % on its own training examples "
+                                             "in seed 1 of 3 (a few-shot arm should pass 75 %)")
     probe = summarize([RunResult("p", "linear probe", _run("p", 0.3).metrics, 1.0,
                                  extra={"train_accuracy": 0.3, "train_examples": 30})], None)
     assert fit_warnings(probe)[0].endswith("a frozen backbone whose features don't separate the classes "
