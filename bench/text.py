@@ -230,11 +230,12 @@ def adapt_part(seeds: list[int], epochs: int, weights: list[float], work: Path, 
         what = (f"Source model: text_transformer {kwargs} trained 3 epochs on the {len(airline.train):,} "
                 f"airline training tweets ({source_s:.0f} s here; 0 s: cached in {folder}). Every arm: "
                 f"{epochs} epochs from it")
-        rates = "batch 64, AdamW lr 3e-4"
+        rates = f"batch {train['batch_size']}, AdamW lr {train['lr']:g}"
     else:
         what = ("Source model: MiniLM (all-MiniLM-L6-v2, pretrained, mean pooling) with a new 3-way head. "
                 f"Every arm: {epochs} epochs from it")
-        rates = "batch 32, AdamW lr 2e-3 (head, adaptation layers), 1e-4 (encoder)"
+        rates = (f"batch {train['batch_size']}, AdamW lr {train['lr']:g} (head, adaptation layers), "
+                 f"{train['lr'] * train['backbone_lr_scale']:g} (encoder)")
     return (
         f"{what} over a seeded sample of {source_size:,} of the airline training tweets ({sample.name}, "
         f"split 80/20 by the file loader: its training part is the labelled source), {rates}, "

@@ -74,7 +74,6 @@ def test_layer_cka_compares_sequence_blocks_by_their_mean_token():
     assert layer_cka(_Tokens(), _Tokens(), x, layers=["block"], inputs_b=other)["block"] < 0.2
 
 
-
 def test_a_model_matches_itself_and_a_fine_tuned_copy_differs_layer_by_layer(digits):
     torch.manual_seed(0)
     source = create_model("small_cnn", num_classes=10, in_channels=1, image_size=8, widths=(8, 16))

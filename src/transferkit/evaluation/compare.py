@@ -220,18 +220,21 @@ def _fit(group: list[RunResult]) -> dict[str, Any]:
     run = group[0]
     classes = len(run.metrics.confusion) or 1
     few_shot = run.extra.get("train_examples", math.inf) / classes <= FEW_SHOT_PER_CLASS
-    low = [seed for seed, acc in fitted if acc < UNDERFIT_BELOW] if few_shot else []
+    low = [seed for seed, acc in fitted if acc < UNDERFIT_BELOW] if few_shot else []  # a low mean has some
     return {"train_accuracy_mean": mean, "train_accuracy_min": float(min(acc for _, acc in fitted)),
-            "underfit": bool(few_shot and (mean < UNDERFIT_BELOW or low)),
+            "underfit": bool(low),
             "underfit_seeds": low if mean >= UNDERFIT_BELOW and len(fitted) > 1 else []}
+
+
+def _seed_list(seeds: Sequence[int]) -> str:
+    return f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
 
 
 def _underfit_tag(row: dict[str, Any]) -> str:
     """The table's flag of an underfit arm: its mean best training accuracy, or the seeds that fell short."""
     seeds = row.get("underfit_seeds") or []
     if seeds:
-        return (f"UNDERFIT (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}: train "
-                f"{100 * row['train_accuracy_min']:.0f} %)")
+        return f"UNDERFIT ({_seed_list(seeds)}: train {100 * row['train_accuracy_min']:.0f} %)"
     return f"UNDERFIT (train {100 * row['train_accuracy_mean']:.0f} %)"
 
 
@@ -243,8 +246,8 @@ def fit_warnings(summary: Sequence[dict[str, Any]]) -> list[str]:
             seeds = row.get("underfit_seeds") or []
             where = f"{100 * row['train_accuracy_mean']:.0f} % on its own training examples"
             if seeds:
-                where = (f"{100 * row['train_accuracy_min']:.0f} % on its own training examples in seed"
-                         f"{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))} of {row['n_seeds']}")
+                where = (f"{100 * row['train_accuracy_min']:.0f} % on its own training examples in "
+                         f"{_seed_list(seeds)} of {row['n_seeds']}")
             lines.append(
                 f"UNDERFIT: {row['name']} reached at best {where} (a few-shot arm should pass "
                 f"{100 * UNDERFIT_BELOW:.0f} %), so its "

@@ -91,8 +91,10 @@ def layer_cka(model_a: nn.Module, model_b: nn.Module, inputs: torch.Tensor,
         pairs: ``(layer of a, layer of b)`` to compare instead (see :func:`block_pairs`).
     """
     if pairs is None:
-        names = list(layers) if layers is not None else [n for n in _blocks(model_a) if n in _blocks(model_b)]
-        pairs = [(n, n) for n in names]
+        if layers is None:
+            shared = set(_blocks(model_b))
+            layers = [n for n in _blocks(model_a) if n in shared]
+        pairs = [(n, n) for n in layers]
     feats_a = _tapped(model_a, [p[0] for p in pairs], inputs)
     feats_b = _tapped(model_b, [p[1] for p in pairs], inputs if inputs_b is None else inputs_b)
     return {b: linear_cka(_pooled(feats_a[a]), _pooled(feats_b[b])) for a, b in pairs}
