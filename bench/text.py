@@ -23,6 +23,8 @@ weight chosen without target labels (DEV) next to the oracle choice.
 Run (2 cores; the MiniLM test passes dominate):
     python bench/text.py --setting 20ng4 --strategies linear_probe,full,lora --out bench/results/text.md
     python bench/text.py --setting 20ng --strategies linear_probe --out bench/results/text.md
+    python bench/text.py --setting 20ng-full --strategies linear_probe,lora,full --epochs 1 --bf16 \
+        --out bench/results/text.md
     python bench/text.py --part distill --out bench/results/text.md
     python bench/text.py --part rank --out bench/results/text.md
     python bench/text.py --part adapt --out bench/results/text_adapt.md
@@ -261,6 +263,8 @@ def main() -> None:
     parser.add_argument("--oracle", action=argparse.BooleanOptionalAction, default=True,
                         help="--part adapt: train the target oracle (on the target's labels) too")
     parser.add_argument("--work", type=Path, default=Path("bench-out/text"))
+    parser.add_argument("--bf16", action="store_true",
+                        help="finetune parts: bfloat16 mixed precision (on the CPU too; amp_dtype=bfloat16)")
     parser.add_argument("--resume", action="store_true",
                         help="finetune parts: continue the runs in --work (finished seeds are kept)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/text.md"))
@@ -301,7 +305,8 @@ def main() -> None:
         f"## {args.setting}: {s['dataset']} ({classes}), {shots}, first {s['max_length']} tokens, "
         f"seeds {args.seeds}\n\n"
         f"`python bench/text.py --setting {args.setting} --strategies {args.strategies}"
-        f"{f' --epochs {args.epochs}' if args.epochs else ''}` on {os.cpu_count()} cores "
+        f"{f' --epochs {args.epochs}' if args.epochs else ''}{' --bf16' if args.bf16 else ''}` on "
+        f"{os.cpu_count()} cores "
         f"({platform.processor() or platform.machine()}), {date.today().isoformat()}. Training settings: "
         "the recipe the workflow picks (few-shot / linear-probe / lora); baseline: text_transformer with "
         "MiniLM's tokenizer, new weights; TF-IDF + logistic regression on the same examples.\n\n"
@@ -314,7 +319,8 @@ def main() -> None:
         data = {"dataset": s["dataset"], "shots": s["shots"]}
         if s["classes"]:
             data["classes"] = s["classes"]
-        train = {"strategy": strategy, **({"epochs": args.epochs} if args.epochs else {})}
+        train = {"strategy": strategy, **({"epochs": args.epochs} if args.epochs else {}),
+                 **({"amp_dtype": "bfloat16"} if args.bf16 else {})}
         cfg = {
             "name": strategy,
             "data": data,

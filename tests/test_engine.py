@@ -649,3 +649,46 @@ def test_check_coefficient_is_the_one_non_negative_rule():
     with pytest.raises(ConfigError, match="; try 1"):
         check_coefficient("X", "w", -2, "try 1")
 
+
+
+def test_bfloat16_mixed_precision_runs_on_the_cpu_and_float16_stays_off(digits):
+    """amp_dtype="bfloat16" autocasts on the CPU (the backbone computes in bfloat16; weights, optimiser
+    state and the best weights stay float32, and it learns as float32 does); the default float16 is
+    off on the CPU (float32 throughout)."""
+    train, val = digits
+    seen: dict[str, list] = {}
+    accs = {}
+    for dtype in ("bfloat16", "float16", None):
+        model = make_net(in_dim=64, hidden=64, classes=10, blocks=2)
+        dtypes = seen.setdefault(str(dtype), [])
+        model.backbone.block1.register_forward_hook(lambda m, i, o, dtypes=dtypes: dtypes.append(o.dtype))
+        kw = {"amp": False} if dtype is None else {"amp": True, "amp_dtype": dtype}
+        cfg = cpu(epochs=6, batch_size=64, lr=3e-3, backbone_lr_scale=1.0, **kw)
+        trainer = Trainer(model, cfg)
+        assert trainer.use_amp == (dtype == "bfloat16")
+        hist = trainer.fit(train, val)
+        accs[str(dtype)] = hist.best_val_accuracy
+        assert {p.dtype for p in model.parameters()} == {torch.float32}
+        assert all(v.dtype == torch.float32 for s in trainer.optimizer.state.values()
+                   for v in s.values() if torch.is_tensor(v) and v.is_floating_point())
+    # every pass in bfloat16 but the one-example shape check before training
+    assert seen["bfloat16"][0] == torch.float32 and set(seen["bfloat16"][1:]) == {torch.bfloat16}
+    assert len(seen["bfloat16"]) > 6 * 2
+    assert set(seen["float16"]) == set(seen["None"]) == {torch.float32}
+    assert accs["bfloat16"] > 0.9 and abs(accs["bfloat16"] - accs["None"]) < 0.03
+
+
+def test_cached_features_under_bfloat16_come_back_float32():
+    """A linear probe with CPU bfloat16 caches its backbone's features as float32 (computed in bfloat16:
+    within bfloat16's rounding of the float32 ones) and trains its head on them."""
+    train = blobs(90, seed=1)
+    model = make_net()
+    feats = {}
+    for amp in (True, False):
+        trainer = Trainer(copy.deepcopy(model), cpu(epochs=1, batch_size=16, lr=0.05, strategy="linear_probe",
+                                                    amp=amp, amp_dtype="bfloat16"))
+        feats[amp] = predict_features(trainer.model, train, 32, "cpu", autocast=trainer._autocast)
+        trainer.fit(train)
+    assert feats[True].dtype == torch.float32
+    assert not torch.equal(feats[True], feats[False])
+    torch.testing.assert_close(feats[True], feats[False], rtol=2e-2, atol=2e-2)

@@ -112,8 +112,12 @@ class TrainConfig(BaseModel):
         patience: Stop when validation accuracy has not improved for this many epochs; needs a
             validation set. ``None`` disables early stopping.
         grad_clip: Clip the global gradient norm to this value (> 0); ``None`` disables clipping.
-        amp: Use mixed precision on CUDA (autocast in ``amp_dtype``; ignored on other devices).
-        amp_dtype: ``"float16"`` (with gradient scaling) or ``"bfloat16"`` (no scaling needed).
+        amp: Use mixed precision (autocast in ``amp_dtype``): on CUDA in either dtype, on the CPU in
+            ``"bfloat16"`` only (CPU float16 autocast is slower than float32, so the default stays
+            float32 there). Weights, optimiser state and checkpoints stay float32.
+        amp_dtype: ``"float16"`` (with gradient scaling) or ``"bfloat16"`` (no scaling needed; on a CPU
+            with AVX512-BF16 it trained MiniLM 1.55x and the small text transformer 2.2x faster than
+            float32, bench/results/text.md).
         device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
         seed: Seed of the global torch RNG and of the per-epoch shuffling.
         eval_batch_size: Batch size for validation and feature caching (>= 1).

@@ -77,6 +77,7 @@ def predict_features(
     batch_size: int = 512,
     device: str | torch.device | None = None,
     num_workers: int = 0,
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
 ) -> torch.Tensor:
     """Backbone features of every example, in eval mode and without gradients.
 
@@ -86,6 +87,8 @@ def predict_features(
         batch_size: Examples per forward pass (at most; see :func:`memory_batch_size`).
         device: Where inputs go and features stay; defaults to the model's device.
         num_workers: DataLoader workers for datasets that are not in memory.
+        autocast: Context of each forward pass (the trainer's mixed precision); features come back
+            as float32 whatever it computes in.
 
     Returns:
         Features ``(N, feature_dim)`` on ``device``, in dataset order. The model's train/eval mode
@@ -111,7 +114,9 @@ def predict_features(
     try:
         with torch.no_grad():
             for x in batches:
-                chunks.append(model.forward_features(move(x, device)))
+                with autocast():
+                    f = model.forward_features(move(x, device))
+                chunks.append(f.float() if f.dtype in (torch.float16, torch.bfloat16) else f)
     finally:
         model.train(was_training)
     if not chunks:

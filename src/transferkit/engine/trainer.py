@@ -97,7 +97,8 @@ class Trainer:
 
     Attributes:
         device: The device training runs on (``config.device`` resolved).
-        use_amp: Whether mixed precision is on (``config.amp`` and a CUDA device).
+        use_amp: Whether mixed precision is on (``config.amp`` on a CUDA device, or with
+            ``amp_dtype="bfloat16"`` on the CPU).
         optimizer, scheduler, scaler: Built by :meth:`fit`.
         context: The :class:`FitContext` of the current (or last) :meth:`fit`.
         history: The :class:`History` of the last :meth:`fit`.
@@ -148,7 +149,8 @@ class Trainer:
         self.run_dir = RunDir(run_dir) if run_dir is not None else None
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.device = config.resolve_device()
-        self.use_amp = bool(config.amp and self.device.type == "cuda")
+        cpu_bf16 = self.device.type == "cpu" and config.amp_dtype == "bfloat16"
+        self.use_amp = bool(config.amp and (self.device.type == "cuda" or cpu_bf16))
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
         self.scaler: torch.amp.GradScaler | None = None
@@ -278,9 +280,11 @@ class Trainer:
                   and self.step_owner is None)
         train_feats = val_feats = None
         if cached and not history.stopped_early and len(history.epochs) < cfg.epochs:
-            train_feats = predict_features(model, train, cfg.eval_batch_size, self.device, cfg.num_workers)
+            train_feats = predict_features(model, train, cfg.eval_batch_size, self.device, cfg.num_workers,
+                                           self._autocast)
             if val is not None:
-                val_feats = predict_features(model, val, cfg.eval_batch_size, self.device, cfg.num_workers)
+                val_feats = predict_features(model, val, cfg.eval_batch_size, self.device, cfg.num_workers,
+                                             self._autocast)
             logger.info("cached backbone features of %d training examples", len(train_feats))
 
         runner = StepRunner(
