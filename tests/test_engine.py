@@ -650,7 +650,6 @@ def test_check_coefficient_is_the_one_non_negative_rule():
         check_coefficient("X", "w", -2, "try 1")
 
 
-
 def test_bfloat16_mixed_precision_runs_on_the_cpu_and_float16_stays_off(digits):
     """amp_dtype="bfloat16" autocasts on the CPU (the backbone computes in bfloat16; weights, optimiser
     state and the best weights stay float32, and it learns as float32 does); the default float16 is
@@ -679,16 +678,21 @@ def test_bfloat16_mixed_precision_runs_on_the_cpu_and_float16_stays_off(digits):
 
 
 def test_cached_features_under_bfloat16_come_back_float32():
-    """A linear probe with CPU bfloat16 caches its backbone's features as float32 (computed in bfloat16:
-    within bfloat16's rounding of the float32 ones) and trains its head on them."""
+    """A linear probe with CPU bfloat16 computes its cached features in bfloat16 (one pass over the
+    training examples) and keeps them as float32, within bfloat16's rounding of the float32 ones."""
     train = blobs(90, seed=1)
     model = make_net()
     feats = {}
     for amp in (True, False):
-        trainer = Trainer(copy.deepcopy(model), cpu(epochs=1, batch_size=16, lr=0.05, strategy="linear_probe",
+        trainer = Trainer(copy.deepcopy(model), cpu(epochs=2, batch_size=16, lr=0.05, strategy="linear_probe",
                                                     amp=amp, amp_dtype="bfloat16"))
         feats[amp] = predict_features(trainer.model, train, 32, "cpu", autocast=trainer._autocast)
+        calls: list = []
+        trainer.model.backbone.register_forward_hook(
+            lambda m, i, o, calls=calls: calls.append((len(o), o.dtype)))
         trainer.fit(train)
+        # the one-example shape check in float32, then one pass over the 90 examples
+        assert calls == [(1, torch.float32), (90, torch.bfloat16 if amp else torch.float32)]
     assert feats[True].dtype == torch.float32
     assert not torch.equal(feats[True], feats[False])
     torch.testing.assert_close(feats[True], feats[False], rtol=2e-2, atol=2e-2)
