@@ -116,8 +116,8 @@ class TrainConfig(BaseModel):
             ``"bfloat16"`` only (CPU float16 autocast is slower than float32, so the default stays
             float32 there). Weights, optimiser state and checkpoints stay float32.
         amp_dtype: ``"float16"`` (with gradient scaling) or ``"bfloat16"`` (no scaling needed; on a CPU
-            with AVX512-BF16 it trained MiniLM 1.55x and the small text transformer 2.2x faster than
-            float32, bench/results/text.md).
+            with AVX512-BF16 it trained MiniLM 2.3x, the small text transformer 2.1x and a ResNet-18
+            2.7x faster than float32, bench/results/precision.md).
         device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
         seed: Seed of the global torch RNG and of the per-epoch shuffling.
         eval_batch_size: Batch size for validation and feature caching (>= 1).
