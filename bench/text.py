@@ -23,8 +23,8 @@ weight chosen without target labels (DEV) next to the oracle choice.
 Run (2 cores; the MiniLM test passes dominate):
     python bench/text.py --setting 20ng4 --strategies linear_probe,full,lora --out bench/results/text.md
     python bench/text.py --setting 20ng --strategies linear_probe --out bench/results/text.md
-    python bench/text.py --setting 20ng-full --strategies linear_probe,lora,full --epochs 1 --bf16 \
-        --out bench/results/text.md
+    python bench/text.py --setting 20ng-full --strategies linear_probe --epochs 3 --bf16
+    python bench/text.py --setting 20ng-full --strategies lora,full --epochs 1 --bf16
     python bench/text.py --part distill --out bench/results/text.md
     python bench/text.py --part rank --out bench/results/text.md
     python bench/text.py --part adapt --out bench/results/text_adapt.md
