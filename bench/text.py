@@ -125,49 +125,67 @@ def distill_part(setting: dict, seeds: list[int], epochs: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def rank_part(setting: dict, seed: int) -> str:
-    """LogME (and the other scores) of five text encoders against a linear probe's accuracy."""
+def rank_part(setting: dict, seeds: list[int]) -> str:
+    """LogME (and the other scores) of five text encoders against a linear probe's accuracy, per seed
+    (each seed its own few-shot sample, scored examples and probe); the table gives means over seeds and
+    Kendall's tau is computed within each seed."""
     from scipy.stats import kendalltau
 
     from transferkit.selection import rank
 
     length = setting["max_length"]
-    data, few = _splits(setting, seed)
-    n = data.num_classes
-    torch.manual_seed(seed)
-    trained = create_model("text_transformer", num_classes=n, max_length=length)
-    Trainer(trained, TrainConfig(epochs=30, lr=1e-3, batch_size=16, backbone_lr_scale=1.0, seed=seed)).fit(
-        few.train, few.val)
-    candidates = {
-        "minilm (mean pooling)": create_model("minilm", num_classes=n, pretrained=True, max_length=length),
-        "minilm (CLS pooling)": create_model("minilm", num_classes=n, pretrained=True, max_length=length,
-                                             pooling="cls"),
-        "minilm, random weights": create_model("minilm", num_classes=n, pretrained=False,
-                                               max_length=length),
-        "text_transformer, random weights": create_model("text_transformer", num_classes=n,
-                                                         max_length=length),
-        "text_transformer trained on the few labels": trained,
-    }
-    result = rank(candidates, few.train, scores=("logme", "h_score_shrinkage", "knn"))
-    probe_acc = {}
-    for name, model in candidates.items():
-        model = copy.deepcopy(model)
-        replace_head(model, n)
-        probe = TrainConfig(epochs=50, lr=1e-2, batch_size=16, strategy="linear_probe", seed=seed)
-        Trainer(model, probe).fit(few.train, few.val)
-        probe_acc[name] = evaluate(model, data.test).accuracy
-        print(name, probe_acc[name], flush=True)
+    scores = ("logme", "h_score_shrinkage", "knn")
+    table: dict[str, dict[str, list[float]]] = {}
+    taus: dict[str, list[float]] = {s: [] for s in scores}
+    for seed in seeds:
+        data, few = _splits(setting, seed)
+        n = data.num_classes
+        torch.manual_seed(seed)
+        trained = create_model("text_transformer", num_classes=n, max_length=length)
+        Trainer(trained, TrainConfig(epochs=30, lr=1e-3, batch_size=16, backbone_lr_scale=1.0,
+                                     seed=seed)).fit(few.train, few.val)
+        minilm = {"num_classes": n, "pretrained": True, "max_length": length}
+        candidates = {
+            "minilm (mean pooling)": create_model("minilm", **minilm),
+            "minilm (CLS pooling)": create_model("minilm", **minilm, pooling="cls"),
+            "minilm, random weights": create_model("minilm", num_classes=n, pretrained=False,
+                                                   max_length=length),
+            "text_transformer, random weights": create_model("text_transformer", num_classes=n,
+                                                             max_length=length),
+            "text_transformer trained on the few labels": trained,
+        }
+        result = rank(candidates, few.train, scores=scores)
+        probe_acc = {}
+        for name, model in candidates.items():
+            model = copy.deepcopy(model)
+            replace_head(model, n)
+            probe = TrainConfig(epochs=50, lr=1e-2, batch_size=16, strategy="linear_probe", seed=seed)
+            Trainer(model, probe).fit(few.train, few.val)
+            probe_acc[name] = evaluate(model, data.test).accuracy
+            print(seed, name, probe_acc[name], flush=True)
+        for row in result.rows:
+            entry = table.setdefault(row["name"], {k: [] for k in (*scores, "probe")})
+            for k in scores:
+                entry[k].append(row[k])
+            entry["probe"].append(probe_acc[row["name"]])
+        names = [r["name"] for r in result.rows]
+        for k in scores:
+            taus[k].append(kendalltau([r[k] for r in result.rows], [probe_acc[nm] for nm in names])[0])
+
+    def mean(values: list[float], digits: int = 3) -> str:
+        text = f"{statistics.fmean(values):.{digits}f}"
+        return text + (f" ± {statistics.stdev(values):.{digits}f}" if len(values) > 1 else "")
+
     lines = ["| encoder | LogME | H-score (shrinkage) | k-NN | linear-probe test accuracy |",
              "|---|---|---|---|---|"]
-    for row in result.rows:
-        lines.append(f"| {row['name']} | {row['logme']:.3f} | {row['h_score_shrinkage']:.3f} | "
-                     f"{row['knn']:.3f} | {100 * probe_acc[row['name']]:.1f} % |")
-    names = [r["name"] for r in result.rows]
-    taus = {s: kendalltau([r[s] for r in result.rows], [probe_acc[nm] for nm in names])[0]
-            for s in ("logme", "h_score_shrinkage", "knn")}
+    for name, entry in table.items():
+        lines.append(f"| {name} | {mean(entry['logme'])} | {mean(entry['h_score_shrinkage'])} | "
+                     f"{mean(entry['knn'])} | {_pct(entry['probe'])} |")
     lines.append("")
-    lines.append("Kendall's tau with the linear probe's accuracy: "
-                 + ", ".join(f"{s} {t:+.2f}" for s, t in taus.items()) + ".")
+    lines.append("Kendall's tau with the linear probe's accuracy, within each seed "
+                 f"({', '.join(str(s) for s in seeds)}): "
+                 + "; ".join(f"{k} {', '.join(f'{t:+.2f}' for t in v)} (mean {statistics.fmean(v):+.2f})"
+                             for k, v in taus.items()) + ".")
     return "\n".join(lines) + "\n"
 
 
@@ -288,12 +306,13 @@ def main() -> None:
             with args.out.open("a") as fh:
                 fh.write(head + body + "\n")
             return
-        body = distill_part(s, seeds, args.epochs or 10) if args.part == "distill" else rank_part(s, seeds[0])
+        body = distill_part(s, seeds, args.epochs or 10) if args.part == "distill" else rank_part(s, seeds)
         classes = ", ".join(s["classes"]) if s["classes"] else "all 20"
         head = (f"## {args.part}: {s['dataset']} ({classes}), {s['shots']} labels per class, first "
-                f"{s['max_length']} tokens, seeds {args.seeds if args.part == 'distill' else seeds[0]}\n\n"
-                f"`python bench/text.py --part {args.part} --setting {args.setting}` on {os.cpu_count()} "
-                "cores, "
+                f"{s['max_length']} tokens, seeds {args.seeds}\n\n"
+                f"`python bench/text.py --part {args.part} --setting {args.setting} --seeds {args.seeds}"
+                f"{f' --epochs {args.epochs}' if args.epochs else ''}{' --bf16' if args.bf16 else ''}` on "
+                f"{os.cpu_count()} cores, "
                 f"{date.today().isoformat()}, {(time.perf_counter() - start) / 60:.1f} min in all.\n\n")
         print(head + body, flush=True)
         with args.out.open("a") as fh:
