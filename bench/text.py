@@ -26,6 +26,7 @@ Run (2 cores; the MiniLM test passes dominate):
     python bench/text.py --setting 20ng-full --strategies linear_probe --epochs 3 --bf16
     python bench/text.py --setting 20ng-full --strategies lora,full --epochs 1 --bf16
     python bench/text.py --part distill --out bench/results/text.md
+    python bench/text.py --part distill --seeds 0,1,2 --bf16 --out bench/results/text_parts.md
     python bench/text.py --part rank --out bench/results/text.md
     python bench/text.py --part adapt --out bench/results/text_adapt.md
     python bench/text.py --part adapt --encoder minilm --out bench/results/text_adapt.md
@@ -75,8 +76,11 @@ def _splits(setting: dict, seed: int) -> tuple[DataSplits, DataSplits]:
     return data, few
 
 
-def distill_part(setting: dict, seeds: list[int], epochs: int) -> str:
-    """Teacher (MiniLM linear probe on the few labels) -> small student on the unlabelled rest."""
+def distill_part(setting: dict, seeds: list[int], epochs: int, bf16: bool = False) -> str:
+    """Teacher (MiniLM linear probe on the few labels) -> small student on the unlabelled rest.
+
+    ``bf16``: teacher and students train (and the teacher's per-step forwards run) in bfloat16 mixed
+    precision; the examples/s column is measured in float32 either way."""
     from transferkit.engine import CrossEntropy
     from transferkit.transfer.distill import LayerHints, LogitKD, SelfAttentionKD, Teacher
 
@@ -85,12 +89,13 @@ def distill_part(setting: dict, seeds: list[int], epochs: int) -> str:
     rows: dict[str, dict[str, list[float]]] = {}
     params: dict[str, int] = {}
     speed: dict[str, float] = {}
+    amp = {"amp_dtype": "bfloat16"} if bf16 else {}
     for seed in seeds:
         data, few = _splits(setting, seed)
         torch.manual_seed(seed)
         teacher = create_model("minilm", num_classes=data.num_classes, pretrained=True, max_length=length)
         Trainer(teacher, TrainConfig(epochs=50, lr=1e-2, batch_size=16, strategy="linear_probe",
-                                     seed=seed)).fit(few.train, few.val)
+                                     seed=seed, **amp)).fit(few.train, few.val)
         arms = {"teacher: MiniLM linear probe": None}
         arms["student, few labels only"] = lambda t: [CrossEntropy()]
         arms["student, KD on the unlabelled rest"] = lambda t: [LogitKD(t, temperature=2.0)]
@@ -107,7 +112,7 @@ def distill_part(setting: dict, seeds: list[int], epochs: int) -> str:
                 unlabelled = make is not arms["student, few labels only"]
                 train, val = (data.train, few.val) if unlabelled else (few.train, few.val)
                 cfg = TrainConfig(epochs=epochs if unlabelled else 30, lr=1e-3, batch_size=32,
-                                  backbone_lr_scale=1.0, seed=seed)
+                                  backbone_lr_scale=1.0, seed=seed, **amp)
                 Trainer(model, cfg, objectives=make(Teacher(teacher, precompute=True))).fit(train, val)
             metrics = evaluate(model, data.test)
             row = rows.setdefault(name, {"acc": [], "f1": [], "s": []})
@@ -193,12 +198,14 @@ ADAPT_METHODS = ["dann", "cdan", "cdan_e", "dan", "jan", "coral", "mcd"]
 
 
 def adapt_part(seeds: list[int], epochs: int, weights: list[float], work: Path, source_size: int,
-               encoder: str = "small", methods: list[str] | None = None, oracle: bool = True) -> str:
+               encoder: str = "small", methods: list[str] | None = None, oracle: bool = True,
+               bf16: bool = False) -> str:
     """tweets:airline -> tweets:apple with every adaptation method; model choice without target labels.
 
     ``encoder`` "small": every arm starts from a small text transformer trained here on the airline
     tweets; "minilm": every arm starts from the pretrained MiniLM encoder with a new head (the usual
     domain-adaptation setting: a pretrained backbone fine-tuned on the labelled source while adapting).
+    ``bf16``: every arm trains in bfloat16 mixed precision (its own work folder).
     """
     import json
 
@@ -227,7 +234,7 @@ def adapt_part(seeds: list[int], epochs: int, weights: list[float], work: Path, 
         sample.write_text("".join(json.dumps({"text": airline.train.texts[i],
                                               "label": airline.classes[int(airline.train.y[i])]}) + "\n"
                                   for i in pick))
-    out = work / f"airline-to-apple-{encoder}"
+    out = work / f"airline-to-apple-{encoder}{'-bf16' if bf16 else ''}"
     # the small model trains whole at 3e-4 in batches of 64; MiniLM's encoder at 1e-4 (BERT-style
     # fine-tuning, at the high end for a few dozen steps), the new head and the adaptation objectives' own
     # layers at 2e-3, in batches of 32 (twice the steps for the same compute)
@@ -239,7 +246,8 @@ def adapt_part(seeds: list[int], epochs: int, weights: list[float], work: Path, 
         "model": {"source": str(folder) if encoder == "small" else "minilm"},
         "methods": [{"name": m} for m in methods], "weights": weights, "seeds": seeds,
         "select": "dev", "resume": True, "oracle": oracle,
-        "train": {"epochs": epochs, "scheduler": "none", **train},
+        "train": {"epochs": epochs, "scheduler": "none", **train,
+                  **({"amp_dtype": "bfloat16"} if bf16 else {})},
     })
     choice = (out / "report.html").read_text().split("Model choice without target labels</h2>\n<pre>")[1]
     choice = choice.split("</pre>")[0].replace("&amp;", "&").replace("&#x27;", "'").replace("&gt;", ">")
@@ -259,7 +267,8 @@ def adapt_part(seeds: list[int], epochs: int, weights: list[float], work: Path, 
     return (
         f"{what} over a seeded sample of {source_size:,} of the airline training tweets ({sample.name}, "
         f"split 80/20 by the file loader: its training part is the labelled source), {rates}, "
-        f"methods {', '.join(methods)}, trade-off weights {weights}. Apple test tweets: {len(test)} "
+        f"{'bfloat16 mixed precision, ' if bf16 else ''}methods {', '.join(methods)}, "
+        f"trade-off weights {weights}. Apple test tweets: {len(test)} "
         f"({spread}; always predicting the largest class scores {100 * max(counts) / len(test):.1f} %).\n\n"
         f"### Model choice (target test accuracy, %)\n\n```\n{choice}\n```\n\n"
         f"### Every arm, checkpoint chosen by DEV\n\n```\n{result.table()}\n```\n"
@@ -282,7 +291,8 @@ def main() -> None:
                         help="--part adapt: train the target oracle (on the target's labels) too")
     parser.add_argument("--work", type=Path, default=Path("bench-out/text"))
     parser.add_argument("--bf16", action="store_true",
-                        help="finetune parts: bfloat16 mixed precision (on the CPU too; amp_dtype=bfloat16)")
+                        help="finetune, distill and adapt parts: bfloat16 mixed precision (on the CPU too; "
+                             "amp_dtype=bfloat16)")
     parser.add_argument("--resume", action="store_true",
                         help="finetune parts: continue the runs in --work (finished seeds are kept)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/text.md"))
@@ -294,19 +304,20 @@ def main() -> None:
         if args.part == "adapt":
             body = adapt_part(seeds, args.epochs or 3, [float(w) for w in args.weights.split(",")],
                               args.work / "adapt", args.source_size, args.encoder, args.methods.split(","),
-                              args.oracle)
+                              args.oracle, args.bf16)
             head = (f"## adapt ({args.encoder} encoder): tweets:airline -> tweets:apple, "
                     f"seeds {args.seeds}\n\n"
                     f"`python bench/text.py --part adapt --encoder {args.encoder} --methods {args.methods} "
                     f"--seeds {args.seeds} --weights {args.weights} --source-size {args.source_size}"
-                    f"{'' if args.oracle else ' --no-oracle'}"
+                    f"{'' if args.oracle else ' --no-oracle'}{' --bf16' if args.bf16 else ''}"
                     f"{f' --epochs {args.epochs}' if args.epochs else ''}` on {os.cpu_count()} cores, "
                     f"{date.today().isoformat()}, {(time.perf_counter() - start) / 60:.1f} min in all.\n\n")
             print(head + body, flush=True)
             with args.out.open("a") as fh:
                 fh.write(head + body + "\n")
             return
-        body = distill_part(s, seeds, args.epochs or 10) if args.part == "distill" else rank_part(s, seeds)
+        body = (distill_part(s, seeds, args.epochs or 10, args.bf16) if args.part == "distill"
+                else rank_part(s, seeds))
         classes = ", ".join(s["classes"]) if s["classes"] else "all 20"
         head = (f"## {args.part}: {s['dataset']} ({classes}), {s['shots']} labels per class, first "
                 f"{s['max_length']} tokens, seeds {args.seeds}\n\n"
