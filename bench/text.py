@@ -30,6 +30,8 @@ Run (2 cores; the MiniLM test passes dominate):
     python bench/text.py --part rank --out bench/results/text.md
     python bench/text.py --part adapt --out bench/results/text_adapt.md
     python bench/text.py --part adapt --encoder minilm --out bench/results/text_adapt.md
+    python bench/text.py --part adapt --encoder minilm --methods dann,dan,coral --weights 0.1,0.3
+        (and --source-size 800 --epochs 2 --no-oracle --bf16 --out bench/results/text_adapt.md)
 """
 
 from __future__ import annotations
