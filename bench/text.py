@@ -70,6 +70,11 @@ def _pct(values: list[float]) -> str:
     return f"{mean:.1f} ± {100 * statistics.stdev(values):.1f} %" if len(values) > 1 else f"{mean:.1f} %"
 
 
+def _precision(bf16: bool) -> dict[str, str]:
+    """The TrainConfig entries of ``--bf16``: bfloat16 mixed precision (on the CPU too)."""
+    return {"amp_dtype": "bfloat16"} if bf16 else {}
+
+
 def _splits(setting: dict, seed: int) -> tuple[DataSplits, DataSplits]:
     """(all splits, few-shot splits) of a setting for one seed."""
     data = load_dataset(setting["dataset"], val_fraction=0.1, seed=seed, classes=setting["classes"])
@@ -91,7 +96,7 @@ def distill_part(setting: dict, seeds: list[int], epochs: int, bf16: bool = Fals
     rows: dict[str, dict[str, list[float]]] = {}
     params: dict[str, int] = {}
     speed: dict[str, float] = {}
-    amp = {"amp_dtype": "bfloat16"} if bf16 else {}
+    amp = _precision(bf16)
     for seed in seeds:
         data, few = _splits(setting, seed)
         torch.manual_seed(seed)
@@ -248,8 +253,7 @@ def adapt_part(seeds: list[int], epochs: int, weights: list[float], work: Path, 
         "model": {"source": str(folder) if encoder == "small" else "minilm"},
         "methods": [{"name": m} for m in methods], "weights": weights, "seeds": seeds,
         "select": "dev", "resume": True, "oracle": oracle,
-        "train": {"epochs": epochs, "scheduler": "none", **train,
-                  **({"amp_dtype": "bfloat16"} if bf16 else {})},
+        "train": {"epochs": epochs, "scheduler": "none", **train, **_precision(bf16)},
     })
     choice = (out / "report.html").read_text().split("Model choice without target labels</h2>\n<pre>")[1]
     choice = choice.split("</pre>")[0].replace("&amp;", "&").replace("&#x27;", "'").replace("&gt;", ">")
@@ -352,7 +356,7 @@ def main() -> None:
         if s["classes"]:
             data["classes"] = s["classes"]
         train = {"strategy": strategy, **({"epochs": args.epochs} if args.epochs else {}),
-                 **({"amp_dtype": "bfloat16"} if args.bf16 else {})}
+                 **_precision(args.bf16)}
         cfg = {
             "name": strategy,
             "data": data,
