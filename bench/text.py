@@ -288,6 +288,9 @@ def main() -> None:
     parser.add_argument("--strategies", default="linear_probe,full,lora")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--epochs", type=int, default=None, help="default: the recipe's")
+    parser.add_argument("--patience", type=int, default=None,
+                        help="finetune parts: stop an arm (and its baseline) when validation accuracy "
+                             "has not improved for this many epochs")
     parser.add_argument("--weights", default="0.3,1", help="--part adapt: trade-off weights")
     parser.add_argument("--source-size", type=int, default=3750, help="--part adapt: airline tweets sampled")
     parser.add_argument("--encoder", choices=("small", "minilm"), default="small",
@@ -304,6 +307,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/results/text.md"))
     args = parser.parse_args()
     s = SETTINGS[args.setting]
+    # a non-default work folder is part of the command that reproduces the run
+    work = "" if args.work == parser.get_default("work") else f" --work {args.work}"
     if args.part != "finetune":
         start = time.perf_counter()
         seeds = [int(x) for x in args.seeds.split(",")]
@@ -316,7 +321,7 @@ def main() -> None:
                     f"`python bench/text.py --part adapt --encoder {args.encoder} --methods {args.methods} "
                     f"--seeds {args.seeds} --weights {args.weights} --source-size {args.source_size}"
                     f"{'' if args.oracle else ' --no-oracle'}{' --bf16' if args.bf16 else ''}"
-                    f"{f' --epochs {args.epochs}' if args.epochs else ''}` on {os.cpu_count()} cores, "
+                    f"{f' --epochs {args.epochs}' if args.epochs else ''}{work}` on {os.cpu_count()} cores, "
                     f"{date.today().isoformat()}, {(time.perf_counter() - start) / 60:.1f} min in all.\n\n")
             print(head + body, flush=True)
             with args.out.open("a") as fh:
@@ -328,8 +333,8 @@ def main() -> None:
         head = (f"## {args.part}: {s['dataset']} ({classes}), {s['shots']} labels per class, first "
                 f"{s['max_length']} tokens, seeds {args.seeds}\n\n"
                 f"`python bench/text.py --part {args.part} --setting {args.setting} --seeds {args.seeds}"
-                f"{f' --epochs {args.epochs}' if args.epochs else ''}{' --bf16' if args.bf16 else ''}` on "
-                f"{os.cpu_count()} cores, "
+                f"{f' --epochs {args.epochs}' if args.epochs else ''}{' --bf16' if args.bf16 else ''}"
+                f"{work}` on {os.cpu_count()} cores, "
                 f"{date.today().isoformat()}, {(time.perf_counter() - start) / 60:.1f} min in all.\n\n")
         print(head + body, flush=True)
         with args.out.open("a") as fh:
@@ -341,8 +346,9 @@ def main() -> None:
         f"## {args.setting}: {s['dataset']} ({classes}), {shots}, first {s['max_length']} tokens, "
         f"seeds {args.seeds}\n\n"
         f"`python bench/text.py --setting {args.setting} --strategies {args.strategies}"
-        f"{f' --epochs {args.epochs}' if args.epochs else ''}{' --bf16' if args.bf16 else ''}` on "
-        f"{os.cpu_count()} cores "
+        f"{f' --epochs {args.epochs}' if args.epochs else ''}"
+        f"{f' --patience {args.patience}' if args.patience else ''}{' --bf16' if args.bf16 else ''}{work}` "
+        f"on {os.cpu_count()} cores "
         f"({platform.processor() or platform.machine()}), {date.today().isoformat()}. Training settings: "
         "the recipe the workflow picks (few-shot / linear-probe / lora); baseline: text_transformer with "
         "MiniLM's tokenizer, new weights; TF-IDF + logistic regression on the same examples.\n\n"
@@ -356,7 +362,7 @@ def main() -> None:
         if s["classes"]:
             data["classes"] = s["classes"]
         train = {"strategy": strategy, **({"epochs": args.epochs} if args.epochs else {}),
-                 **_precision(args.bf16)}
+                 **({"patience": args.patience} if args.patience else {}), **_precision(args.bf16)}
         cfg = {
             "name": strategy,
             "data": data,
