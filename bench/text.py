@@ -316,23 +316,19 @@ def main() -> None:
             body = adapt_part(seeds, args.epochs or 3, [float(w) for w in args.weights.split(",")],
                               args.work / "adapt", args.source_size, args.encoder, args.methods.split(","),
                               args.oracle, args.bf16)
-            head = (f"## adapt ({args.encoder} encoder): tweets:airline -> tweets:apple, "
-                    f"seeds {args.seeds}\n\n"
-                    f"`python bench/text.py --part adapt --encoder {args.encoder} --methods {args.methods} "
-                    f"--seeds {args.seeds} --weights {args.weights} --source-size {args.source_size}"
-                    f"{'' if args.oracle else ' --no-oracle'}{' --bf16' if args.bf16 else ''}"
-                    f"{f' --epochs {args.epochs}' if args.epochs else ''}{work}` on {os.cpu_count()} cores, "
-                    f"{date.today().isoformat()}, {(time.perf_counter() - start) / 60:.1f} min in all.\n\n")
-            print(head + body, flush=True)
-            with args.out.open("a") as fh:
-                fh.write(head + body + "\n")
-            return
-        body = (distill_part(s, seeds, args.epochs or 10, args.bf16) if args.part == "distill"
-                else rank_part(s, seeds))
-        classes = ", ".join(s["classes"]) if s["classes"] else "all 20"
-        head = (f"## {args.part}: {s['dataset']} ({classes}), {s['shots']} labels per class, first "
-                f"{s['max_length']} tokens, seeds {args.seeds}\n\n"
-                f"`python bench/text.py --part {args.part} --setting {args.setting} --seeds {args.seeds}"
+            title = f"adapt ({args.encoder} encoder): tweets:airline -> tweets:apple"
+            flags = (f"--encoder {args.encoder} --methods {args.methods} --seeds {args.seeds} "
+                     f"--weights {args.weights} --source-size {args.source_size}"
+                     f"{'' if args.oracle else ' --no-oracle'}")
+        else:
+            body = (distill_part(s, seeds, args.epochs or 10, args.bf16) if args.part == "distill"
+                    else rank_part(s, seeds))
+            classes = ", ".join(s["classes"]) if s["classes"] else "all 20"
+            title = (f"{args.part}: {s['dataset']} ({classes}), {s['shots']} labels per class, first "
+                     f"{s['max_length']} tokens")
+            flags = f"--setting {args.setting} --seeds {args.seeds}"
+        head = (f"## {title}, seeds {args.seeds}\n\n"
+                f"`python bench/text.py --part {args.part} {flags}"
                 f"{f' --epochs {args.epochs}' if args.epochs else ''}{' --bf16' if args.bf16 else ''}"
                 f"{work}` on {os.cpu_count()} cores, "
                 f"{date.today().isoformat()}, {(time.perf_counter() - start) / 60:.1f} min in all.\n\n")
