@@ -25,13 +25,16 @@ Run (2 cores; the MiniLM test passes dominate):
     python bench/text.py --setting 20ng --strategies linear_probe --out bench/results/text.md
     python bench/text.py --setting 20ng-full --strategies linear_probe --epochs 3 --bf16
     python bench/text.py --setting 20ng-full --strategies lora,full --epochs 1 --bf16
+    python bench/text.py --setting 20ng-full --strategies linear_probe --patience 5 --bf16
+        (and --work bench-out/text-full: the recipe's 50 epochs, arm and baseline stopped on validation)
     python bench/text.py --part distill --out bench/results/text.md
     python bench/text.py --part distill --seeds 0,1,2 --bf16 --out bench/results/text_parts.md
     python bench/text.py --part rank --out bench/results/text.md
     python bench/text.py --part adapt --out bench/results/text_adapt.md
     python bench/text.py --part adapt --encoder minilm --out bench/results/text_adapt.md
     python bench/text.py --part adapt --encoder minilm --methods dann,dan,coral --weights 0.1,0.3
-        (and --source-size 800 --epochs 2 --no-oracle --bf16 --out bench/results/text_adapt.md)
+        (and --source-size 800 --epochs 2 --no-oracle --bf16 --out bench/results/text_adapt.md; then
+        --methods cdan_e and --methods jan,mcd, each with its own --work folder)
 """
 
 from __future__ import annotations
