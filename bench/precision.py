@@ -15,7 +15,11 @@ engine's per-fit checks count. Rows:
 Whether bfloat16 pays depends on the CPU: with AVX512-BF16 or AMX it runs natively, without them
 it is emulated and can be slower than float32. The flags this machine has are in the output.
 
-Run: ``python bench/precision.py --out bench/results/precision.md`` (alone on the machine).
+``--channels-last``: the same with ``channels_last=True`` (the convolutional rows run in the channels-last
+memory format; the text rows have no 4-D weights and are unchanged).
+
+Run: ``python bench/precision.py --out bench/results/precision.md`` (alone on the machine), and
+``python bench/precision.py --channels-last --out bench/results/precision_channels_last.md``.
 """
 
 from __future__ import annotations
@@ -65,11 +69,11 @@ def _rows(n_image: int, n_resnet: int, n_text: int) -> list[tuple[str, object, o
     ]
 
 
-def _fit(model, data, batch: int, bf16: bool) -> tuple[float, float, float]:
+def _fit(model, data, batch: int, bf16: bool, channels_last: bool = False) -> tuple[float, float, float]:
     """(training examples/s, mean training loss, inference examples/s) of one fresh fit."""
     cfg = TrainConfig(epochs=1, batch_size=batch, lr=1e-4, strategy="full", backbone_lr_scale=1.0,
                       scheduler="none", weight_decay=0.0, device="cpu", amp=bf16, amp_dtype="bfloat16",
-                      seed=0, progress=False, divergence_factor=None)
+                      seed=0, progress=False, divergence_factor=None, channels_last=channels_last)
     model = copy.deepcopy(model)
     trainer = Trainer(model, cfg)
     start = time.perf_counter()
@@ -87,19 +91,22 @@ def main() -> None:
     ap.add_argument("--n-image", type=int, default=2048)
     ap.add_argument("--n-resnet", type=int, default=256)
     ap.add_argument("--n-text", type=int, default=256)
+    ap.add_argument("--channels-last", action="store_true",
+                    help="every arm with channels_last=True (convolutional models only; text rows unchanged)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
+    cl = args.channels_last
     lines = ["| model | examples | float32 train ex/s | bfloat16 train ex/s | speed-up | loss float32 | "
              "loss bfloat16 | float32 infer ex/s | bfloat16 infer ex/s |",
              "|---|---|---|---|---|---|---|---|---|"]
     start_all = time.perf_counter()
     for name, model, data, batch in _rows(args.n_image, args.n_resnet, args.n_text):
-        _fit(model, data.subset(list(range(batch * 2))), batch, True)  # warm-up (oneDNN kernels, caches)
-        _fit(model, data.subset(list(range(batch * 2))), batch, False)
+        _fit(model, data.subset(list(range(batch * 2))), batch, True, cl)  # warm-up (oneDNN kernels, caches)
+        _fit(model, data.subset(list(range(batch * 2))), batch, False, cl)
         runs: dict[bool, list[tuple[float, float, float]]] = {True: [], False: []}
         for rep in range(args.reps):
             for bf16 in ((False, True) if rep % 2 == 0 else (True, False)):
-                runs[bf16].append(_fit(model, data, batch, bf16))
+                runs[bf16].append(_fit(model, data, batch, bf16, cl))
         med = {k: [statistics.median(r[i] for r in v) for i in range(3)] for k, v in runs.items()}
         lines.append(f"| {name} | {len(data):,} | {med[False][0]:.1f} | {med[True][0]:.1f} | "
                      f"{med[True][0] / med[False][0]:.2f}x | {med[False][1]:.4f} | {med[True][1]:.4f} | "
@@ -109,7 +116,7 @@ def main() -> None:
     text = (f"# float32 vs bfloat16 mixed precision on the CPU (bench/precision.py)\n\n"
             f"`python bench/precision.py --reps {args.reps} --n-image {args.n_image} "
             f"--n-resnet {args.n_resnet} "
-            f"--n-text {args.n_text}` "
+            f"--n-text {args.n_text}{' --channels-last' if cl else ''}` "
             f"on {os.cpu_count()} cores ({_cpu_flags()}), torch {torch.__version__}, "
             f"{date.today().isoformat()}, "
             f"{minutes:.1f} min in all. Medians of {args.reps} one-epoch fits per arm, interleaved.\n\n"
