@@ -27,6 +27,8 @@ Run (2 cores; the MiniLM test passes dominate):
     python bench/text.py --setting 20ng-full --strategies lora,full --epochs 1 --bf16
     python bench/text.py --setting 20ng-full --strategies linear_probe --patience 5 --bf16
         (and --work bench-out/text-full: the recipe's 50 epochs, arm and baseline stopped on validation)
+    python bench/text.py --setting 20ng-full --strategies full,lora --bf16   (the recipes' 10 / 30 epochs:
+        hours a seed on 2 cores, not yet run; GPU work)
     python bench/text.py --part distill --out bench/results/text.md
     python bench/text.py --part distill --seeds 0,1,2 --bf16 --out bench/results/text_parts.md
     python bench/text.py --part rank --out bench/results/text.md
