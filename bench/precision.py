@@ -113,7 +113,9 @@ def main() -> None:
                      f"{med[False][2]:.1f} | {med[True][2]:.1f} |")
         print(lines[-1], flush=True)
     minutes = (time.perf_counter() - start_all) / 60
-    text = (f"# float32 vs bfloat16 mixed precision on the CPU (bench/precision.py)\n\n"
+    title = ("channels-last memory format on the CPU (bench/precision.py --channels-last)" if cl
+             else "float32 vs bfloat16 mixed precision on the CPU (bench/precision.py)")
+    text = (f"# {title}\n\n"
             f"`python bench/precision.py --reps {args.reps} --n-image {args.n_image} "
             f"--n-resnet {args.n_resnet} "
             f"--n-text {args.n_text}{' --channels-last' if cl else ''}` "

@@ -312,8 +312,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/results/text.md"))
     args = parser.parse_args()
     s = SETTINGS[args.setting]
-    # a non-default work folder is part of the command that reproduces the run
-    work = "" if args.work == parser.get_default("work") else f" --work {args.work}"
+    if args.patience and args.part != "finetune":
+        parser.error("--patience applies to the finetune part only; drop it or use --part finetune")
+    # the flags after each part's own that reproduce the run (a non-default work folder among them)
+    tail = (f"{f' --epochs {args.epochs}' if args.epochs else ''}"
+            f"{f' --patience {args.patience}' if args.patience else ''}{' --bf16' if args.bf16 else ''}"
+            f"{'' if args.work == parser.get_default('work') else f' --work {args.work}'}")
     if args.part != "finetune":
         start = time.perf_counter()
         seeds = [int(x) for x in args.seeds.split(",")]
@@ -333,9 +337,7 @@ def main() -> None:
                      f"{s['max_length']} tokens")
             flags = f"--setting {args.setting} --seeds {args.seeds}"
         head = (f"## {title}, seeds {args.seeds}\n\n"
-                f"`python bench/text.py --part {args.part} {flags}"
-                f"{f' --epochs {args.epochs}' if args.epochs else ''}{' --bf16' if args.bf16 else ''}"
-                f"{work}` on {os.cpu_count()} cores, "
+                f"`python bench/text.py --part {args.part} {flags}{tail}` on {os.cpu_count()} cores, "
                 f"{date.today().isoformat()}, {(time.perf_counter() - start) / 60:.1f} min in all.\n\n")
         print(head + body, flush=True)
         with args.out.open("a") as fh:
@@ -346,9 +348,7 @@ def main() -> None:
     header = (
         f"## {args.setting}: {s['dataset']} ({classes}), {shots}, first {s['max_length']} tokens, "
         f"seeds {args.seeds}\n\n"
-        f"`python bench/text.py --setting {args.setting} --strategies {args.strategies}"
-        f"{f' --epochs {args.epochs}' if args.epochs else ''}"
-        f"{f' --patience {args.patience}' if args.patience else ''}{' --bf16' if args.bf16 else ''}{work}` "
+        f"`python bench/text.py --setting {args.setting} --strategies {args.strategies}{tail}` "
         f"on {os.cpu_count()} cores "
         f"({platform.processor() or platform.machine()}), {date.today().isoformat()}. Training settings: "
         "the recipe the workflow picks (few-shot / linear-probe / lora); baseline: text_transformer with "
