@@ -453,6 +453,45 @@ def test_checkpoint_is_one_file_and_refuses_bad_ones(tmp_path):
         Trainer(make_net(), cpu(epochs=3), run_dir=tmp_path).fit(blobs(12), resume=True)
 
 
+def _shared(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_checkpoint_stores_weights_equal_to_the_best_ones_once(tmp_path, cache):
+    """A linear probe's frozen backbone is in last.ckpt once, not as current and best weights."""
+    net = make_net(hidden=256)
+    backbone = {f"backbone.{k}" for k in net.backbone.state_dict()}
+    cfg = cpu(epochs=3, strategy="linear_probe", cache_features=cache, lr=0.05)
+    Trainer(net, cfg, run_dir=tmp_path).fit(blobs(48), blobs(48, seed=1))
+    rd = RunDir(tmp_path)
+    weights, st = rd.load_checkpoint()
+    best = st["best_model"]
+    assert set(best) == set(weights) and all(torch.equal(best[k], weights[k]) for k in backbone)
+    assert all(_shared(best[k], weights[k]) for k in backbone)
+    assert torch.equal(best["head.weight"], load_state_dict(rd.best_weights)["head.weight"])
+    model_bytes = sum(v.numel() * v.element_size() for v in weights.values())
+    assert rd.last.stat().st_size < 1.2 * model_bytes  # was 2x: current and best weights
+
+
+def test_checkpoint_of_a_best_last_epoch_holds_the_model_once(tmp_path):
+    """When the last epoch is the best, nothing is stored twice; an earlier best is kept apart."""
+    train, val = blobs(48), blobs(48, seed=1)
+    Trainer(make_net(hidden=64), cpu(epochs=1, optimizer="sgd", momentum=0.0), run_dir=tmp_path / "a").fit(
+        train, val)
+    weights, st = RunDir(tmp_path / "a").load_checkpoint()
+    assert all(_shared(st["best_model"][k], weights[k]) for k in weights)
+    # a run whose best epoch is not its last (a learning rate too high): stored apart
+    hist = Trainer(make_net(hidden=64), cpu(epochs=4, lr=1.0, optimizer="sgd", momentum=0.0),
+                   run_dir=tmp_path / "b").fit(train, val)
+    assert hist.best_epoch < 4
+    rd = RunDir(tmp_path / "b")
+    weights, st = rd.load_checkpoint()
+    assert not _shared(st["best_model"]["head.weight"], weights["head.weight"])
+    best_file = load_state_dict(rd.best_weights)
+    assert all(torch.equal(st["best_model"][k], best_file[k]) for k in best_file)
+
+
 def test_old_two_file_checkpoint_is_refused_on_resume_and_cleared_on_a_fresh_run(tmp_path):
     ckpt = tmp_path / "checkpoints"
     ckpt.mkdir()

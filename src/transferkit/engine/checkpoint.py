@@ -184,8 +184,17 @@ class TrainingState:
     guard: Any
     device: torch.device
 
-    def save(self, run_dir: RunDir, epoch: int, history: Any, best_state: dict | None) -> None:
-        """Write ``last.ckpt`` after 1-based ``epoch`` (atomically, one file)."""
+    def save(self, run_dir: RunDir, epoch: int, history: Any, best_state: dict | None,
+             fixed: frozenset[str] = frozenset()) -> None:
+        """Write ``last.ckpt`` after 1-based ``epoch`` (atomically, one file).
+
+        The best weights are stored once where they equal the current ones (frozen parameters, or
+        every tensor when this epoch is the best): the file holds the model once, not twice.
+
+        Args:
+            fixed: Keys whose tensors can't change in this fit (see :func:`cpu_state_dict`).
+        """
+        model_state = cpu_state_dict(self.model, fixed)
         state = {
             "epoch": epoch,
             "optimizer": self.optimizer.state_dict(),
@@ -194,12 +203,12 @@ class TrainingState:
             "rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
             "history": history.to_dict(),
-            "best_model": best_state,
+            "best_model": share_equal(best_state, model_state),
             "objectives": [o.state_dict() for o in self.objectives],
             "config": self.config.model_dump(),
             "guard": self.guard.state_dict(),
         }
-        run_dir.save_checkpoint(cpu_state_dict(self.model), state)
+        run_dir.save_checkpoint(model_state, state)
 
     def restore(self, run_dir: RunDir) -> tuple[Any, dict[str, torch.Tensor] | None] | None:
         """Load ``last.ckpt`` into the parts; returns ``(history, best weights)``, or ``None``
@@ -287,4 +296,22 @@ def cpu_state_dict(module: torch.nn.Module, fixed: frozenset[str] = frozenset())
             for k, v in module.state_dict().items()}
 
 
-__all__ = ["RunDir", "TrainingState", "cpu_state_dict", "load_training_state"]
+def share_equal(best: Mapping[str, torch.Tensor] | None,
+                current: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+    """``best`` with every tensor that equals ``current``'s under the same key replaced by that
+    tensor, so that ``torch.save`` writes the storage once (it stores a shared storage once and
+    loads it shared: frozen weights, or all weights when the last epoch is the best, cost nothing
+    twice)."""
+    if best is None:
+        return None
+    shared = {}
+    for key, tensor in best.items():
+        other = current.get(key)
+        same = other is not None and other.dtype == tensor.dtype and other.shape == tensor.shape and (
+            (other.data_ptr() == tensor.data_ptr() and other.stride() == tensor.stride())
+            or torch.equal(other, tensor))
+        shared[key] = other if same else tensor
+    return shared
+
+
+__all__ = ["RunDir", "TrainingState", "cpu_state_dict", "load_training_state", "share_equal"]

@@ -410,7 +410,7 @@ class Trainer:
             # last.ckpt alone is the resumable state; best.safetensors and metrics.jsonl follow it
             # (and are rewritten from it on resume), so a kill between the writes loses nothing
             t_save = time.perf_counter()
-            self._state.save(self.run_dir, epoch + 1, history, best_state)
+            self._state.save(self.run_dir, epoch + 1, history, best_state, self._fixed)
             if self._best_unsaved:
                 self.run_dir.save_best(best_state, history.best_epoch)
             self.run_dir.write_metrics(history.epochs)
