@@ -404,14 +404,14 @@ CASES: dict[str, Case] = {
     "csv-no-label-column": (
         csv_no_label_column,
         DataError,
-        ("nolabel.csv'", "no label column 'label'", "label_column="),
+        ("nolabel.csv'", "no label column 'label'", "pass --label-column NAME (label_column=)"),
     ),
     "csv-close-label-column": (
         csv_close_label_column,
         DataError,
         (
             "close.csv'",
-            "did you mean label_column='Label'",
+            "did you mean --label-column Label (label_column='Label' in Python or a config)?",
         ),
     ),
     "csv-headerless": (csv_headerless, DataError, ("nohead.csv'", "first line looks like data")),

@@ -214,7 +214,11 @@ def test_unlabelled_data_and_the_methods_that_read_it_come_together(digits_sourc
     kind = run("finetune", "--source", digits_source, "--data", "digits", "--shots", "3", "-m", "fixmatch",
                "--unlabeled", "20newsgroups", "--out", tmp_path / "c")
     assert_one_line_error(kind, "holds texts but the target 'digits' holds images or vectors")
-    assert not any((tmp_path / n).exists() for n in "abc")
+    (tmp_path / "texts.txt").write_text("a text\nanother text\n")
+    txt = run("finetune", "--source", digits_source, "--data", "digits", "--shots", "3", "-m", "fixmatch",
+              "--unlabeled", tmp_path / "texts.txt", "--out", tmp_path / "d")
+    assert_one_line_error(txt, "texts.txt' holds texts but the target 'digits' holds images or vectors")
+    assert not any((tmp_path / n).exists() for n in "abcd")
 
 
 def test_distill_unlabeled_distils_on_the_transfer_set(digits_source, tmp_path):

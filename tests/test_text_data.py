@@ -67,7 +67,8 @@ def test_errors(tmp_path):
         DataError, match=r"no text column 'body' \(columns found: \['id', 'text', 'label'\]\)"
     ):
         read_text_file(p, text_column="body")
-    with pytest.raises(DataError, match="no label column 'lab'.*did you mean label_column='label'"):
+    with pytest.raises(DataError, match=r"no label column 'lab'.*did you mean --label-column label "
+                       r"\(label_column='label' in Python or a config\)\?"):
         read_text_file(p, label_column="lab")
     empty = _write(tmp_path / "e.tsv", "tsv", [("x", "a"), ("  ", "b")])
     with pytest.raises(DataError, match=r"line 3 of tsv file .*e\.tsv.* empty text"):
@@ -87,8 +88,29 @@ def test_errors(tmp_path):
     with pytest.raises(DataError, match="line 2 .*must be a string or an integer"):
         read_text_file(code)
     (tmp_path / "d.txt").write_text("x")
-    with pytest.raises(DataError, match="supported are .csv, .tsv and .jsonl"):
+    with pytest.raises(DataError, match=r"supported are .csv, .tsv and .jsonl, a .txt file only as unlab"):
         read_text_file(tmp_path / "d.txt")
+
+
+@pytest.mark.parametrize("fmt", ["txt", "csv", "tsv", "jsonl"])
+def test_unlabelled_texts_need_no_label_column(tmp_path, fmt):
+    """label_column=None reads the texts alone: a .txt file (one a line, empty lines skipped), or a
+    table without a label column; the labels are all 0 of one class."""
+    texts = [t for t, _ in ROWS[:5]]
+    path = tmp_path / f"u.{fmt}"
+    if fmt == "txt":
+        path.write_text("\n".join(texts[:2]) + "\n\n  \n" + "\n".join(texts[2:]), encoding="utf-8")
+    elif fmt == "jsonl":
+        path.write_text("".join(json.dumps({"body": t}) + "\n" for t in texts), encoding="utf-8")
+    else:
+        sep = "\t" if fmt == "tsv" else ","
+        path.write_text("body" + "\n" + "\n".join(f'"{t}"' if sep in t else t for t in texts) + "\n",
+                        encoding="utf-8")
+    ds = read_text_file(path, text_column="body", label_column=None)
+    assert ds.texts == texts and ds.y.tolist() == [0] * 5 and ds.classes == ["unlabelled"]
+    if fmt != "txt":
+        with pytest.raises(DataError, match="no label (column|key) 'label'"):
+            read_text_file(path, text_column="body")
 
 
 def test_fixed_test_split_independent_of_seed(tmp_path):

@@ -7,13 +7,14 @@ import csv
 import math
 import shutil
 import time
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from cli_helpers import assert_one_line_error, run
-from transferkit.data import DataSplits, TextDataset
+from transferkit.data import DataSplits, TextDataset, load_dataset
 from transferkit.data import tokens as tokens_mod
 from transferkit.data.tokens import PAD, TokenDataset, model_inputs, tokenize, tokenizer_key
 from transferkit.engine import TrainConfig, Trainer
@@ -44,12 +45,19 @@ def _sentiment(n: int, seed: int, name: str) -> TextDataset:
     return TextDataset(texts, torch.tensor(labels), ["neg", "pos"], name)
 
 
-def write_csv(path, texts, labels) -> None:
+def write_csv(path, texts, labels, header: tuple[str, str] = ("text", "label")) -> None:
     """A text file in the on-disk format users bring: a header ``text,label`` and one row each."""
     with path.open("w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["text", "label"])
+        w.writerow(list(header))
         w.writerows(zip(texts, labels, strict=True))
+
+
+def _read_back(path) -> tuple[list[str], list[str]]:
+    """The texts and labels of a file :func:`write_csv` wrote."""
+    with path.open(newline="") as fh:
+        rows = list(csv.reader(fh))[1:]
+    return [r[0] for r in rows], [r[1] for r in rows]
 
 
 def _labels_of(data: TextDataset) -> list[str]:
@@ -327,6 +335,33 @@ def test_finetune_on_a_text_file_compares_with_scratch_and_tfidf(tiny_bert, tmp_
     assert (tmp_path / "out" / "model" / "config.json").is_file()
     back = load_model(tmp_path / "out" / "model")
     assert back.tokenizer is not None
+
+
+def test_named_columns_of_a_jsonl_file_work_in_finetune_and_evaluate(tiny_bert, tmp_path):
+    """A file whose columns are not text / label: the flags name them; without them, one line says so."""
+    import json
+
+    data = _sentiment(200, 6, "reviews")
+    path = tmp_path / "reviews.jsonl"
+    path.write_text("".join(json.dumps({"id": i, "review": t, "stars": ["one", "five"][int(y)]}) + "\n"
+                            for i, (t, y) in enumerate(zip(data.texts, data.y, strict=True))))
+    common = ["--source", f"hf:{tiny_bert}", "--data", path, "--shots", 8, "--epochs", 2, "--seeds", "0",
+              "--no-baseline", "--out", tmp_path / "out"]
+    assert_one_line_error(run("finetune", *common), "no text key 'text'",
+                          "add it or name the text key with --text-column NAME (text_column=)")
+    assert_one_line_error(run("finetune", *common, "--text-column", "revue"), "no text key 'revue'",
+                          "did you mean --text-column review (text_column='review' in Python or a config)?")
+    assert_one_line_error(run("finetune", *common, "--text-column", "review"), "no label key 'label'")
+    result = run("finetune", *common, "--text-column", "review", "--label-column", "stars")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    (arm,) = [r for r in metrics["runs"] if r["name"] != "tfidf+lr"]
+    evaluated = run("evaluate", tmp_path / "out" / "model", "--data", path, "--text-column", "review",
+                    "--label-column", "stars", "--json")
+    assert evaluated.exit_code == 0, evaluated.output
+    scores = json.loads(evaluated.stdout)
+    assert scores["n"] == 40 and scores["accuracy"] == pytest.approx(arm["accuracy"])
+    assert scores["class_names"] == ["five", "one"]
 
 
 def test_adapt_between_two_text_domains_without_target_labels(tiny_bert, tmp_path):
@@ -630,3 +665,33 @@ def test_distill_on_an_unlabelled_text_transfer_set_across_tokenizers(tiny_bert,
     rows = {r["name"]: r for r in metrics["summary"]}
     assert metrics["about"]["recipe"]["unlabeled"] == "216 examples of rest, 8 per labelled example in a step"
     assert rows["distill/kd"]["accuracy_mean"] > rows["distill/scratch"]["accuracy_mean"] + 0.1
+
+
+def test_an_unlabelled_text_file_is_read_as_the_same_transfer_set(tiny_bert, text_teacher, tmp_path):
+    """A file of texts alone (.txt, one a line, empty lines skipped; .jsonl objects with only a text
+    key, named with --text-column) holding the target's training texts trains exactly as ``rest``."""
+    import json
+
+    path, teacher = text_teacher
+    texts = load_dataset(path, seed=0).train.texts  # what `rest` is for the first seed
+    (tmp_path / "pool.txt").write_text("\n\n".join(texts) + "\n")
+    (tmp_path / "pool.jsonl").write_text("".join(json.dumps({"body": t}) + "\n" for t in texts))
+    accuracy = {}
+    for pool, flags in (("rest", []), (tmp_path / "pool.txt", []),
+                        (tmp_path / "pool.jsonl", ["--text-column", "body"])):
+        out = tmp_path / f"out-{Path(pool).suffix or 'rest'}"
+        # the pool's column name also names the target's text column: give the target that column too
+        data = path
+        if flags:
+            data = tmp_path / "reviews.csv"
+            write_csv(data, *_read_back(path), header=("body", "label"))
+        result = run("distill", "--teacher", teacher, "--student", f"hf:{tiny_bert}", "--data", data,
+                     "--shots", 2, "--unlabeled", pool, *flags, "-m", "cross_entropy:weight=0.1",
+                     "-m", "kd:weight=0.9,temperature=2", "--epochs", 4, "--seeds", "0", "--no-baseline",
+                     "--out", out, "train.unlabeled_ratio=8", "train.lr=0.003", "train.batch_size=4")
+        assert result.exit_code == 0, result.output
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["about"]["recipe"]["unlabeled"].startswith(f"216 examples of {pool}, ")
+        accuracy[str(pool)] = [(r["accuracy"], r["history"][-1]["train_loss"])
+                               for r in metrics["runs"] if r["name"] == "distill/kd"]
+    assert len(set(map(str, accuracy.values()))) == 1, accuracy

@@ -34,7 +34,21 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class DataConfig(_Strict):
+class _Columns(_Strict):
+    """The columns of a table of data (csv, tsv, jsonl): ``text_column`` (text classification) and
+    ``label_column``; each passed to the loader only when it differs from its default, so a built-in
+    dataset refuses a column it does not have."""
+
+    text_column: str = Field("text", min_length=1)
+    label_column: str = Field("label", min_length=1)
+
+    def column_options(self) -> dict[str, str]:
+        """The column names that differ from their defaults, as loader arguments."""
+        return {k: getattr(self, k) for k in ("text_column", "label_column")
+                if getattr(self, k) != type(self).model_fields[k].default}
+
+
+class DataConfig(_Columns):
     """Target data.
 
     Attributes:
@@ -56,6 +70,9 @@ class DataConfig(_Strict):
             never the validation or test split), or another dataset (built-in name or path) whose
             training split's inputs are used, brought to the target's input shape.
         unlabeled_size: Use this many unlabelled examples (drawn with the first seed); ``None``: all.
+        text_column, label_column: The text and label columns of a ``.csv`` / ``.tsv`` / ``.jsonl``
+            target (a numeric ``.csv``: its label column), also the text column of an ``unlabeled``
+            text file (which may be a ``.txt`` file, one text a line).
     """
 
     dataset: str = "digits"
@@ -484,7 +501,7 @@ class DistillConfig(_Strict):
         return v
 
 
-class DomainDataConfig(_Strict):
+class DomainDataConfig(_Columns):
     """One domain's data in a domain-adaptation run.
 
     Attributes:
@@ -494,6 +511,7 @@ class DomainDataConfig(_Strict):
             only the oracle baseline's validation set).
         classes: Keep only these classes (train and test), relabelled in this order; give the same
             list for both domains.
+        text_column, label_column: As in :class:`DataConfig`.
     """
 
     dataset: str
@@ -561,12 +579,13 @@ class AdaptConfig(_Strict):
         return v
 
 
-class TaskConfig(_Strict):
+class TaskConfig(_Columns):
     """One task of a multi-task run.
 
     Attributes:
         dataset: A built-in name or a path (as ``data.dataset``).
-        root, val_fraction, shots, val_shots, classes: As in :class:`DataConfig`.
+        root, val_fraction, shots, val_shots, classes, text_column, label_column: As in
+            :class:`DataConfig`.
         weight: The task's fixed weight in the shared loss (below 1 for an auxiliary task, e.g. the
             source task kept while learning the target).
     """

@@ -165,6 +165,30 @@ def augment_option() -> Any:
     )
 
 
+def text_column_option() -> Any:
+    """The ``--text-column NAME`` flag: the text column of a .csv / .tsv / .jsonl file."""
+    return typer.Option(None, "--text-column", help="Text column of a .csv / .tsv / .jsonl data file "
+                        "(default: text); also of an --unlabeled text file.")
+
+
+def label_column_option() -> Any:
+    """The ``--label-column NAME`` flag: the label column of a data file."""
+    return typer.Option(None, "--label-column", help="Label column of a .csv / .tsv / .jsonl data file "
+                        "(default: label).")
+
+
+def column_kwargs(text_column: str | None, label_column: str | None) -> dict[str, str]:
+    """``--text-column`` / ``--label-column`` as :func:`~transferkit.data.load_dataset` arguments."""
+    given = {"text_column": text_column, "label_column": label_column}
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def column_overrides(sections: Sequence[str], text_column: str | None, label_column: str | None) -> list[str]:
+    """``--text-column`` / ``--label-column`` as ``key=value`` overrides of each config section."""
+    return [f"{section}.{k}={json.dumps(v)}" for section in sections
+            for k, v in column_kwargs(text_column, label_column).items()]
+
+
 def unlabeled_option(readers: str) -> Any:
     """The ``--unlabeled DATA`` flag (sets ``data.unlabeled``); ``readers`` names the methods that read it."""
     return typer.Option(

@@ -11,16 +11,19 @@ from transferkit.cli._common import (
     allowed_code,
     apply_augment,
     augment_option,
+    column_overrides,
     console,
     handle_errors,
     head_option,
     input_size_option,
+    label_column_option,
     mean_option,
     parse_objective_spec,
     setup_logging,
     source_arch_option,
     source_overrides,
     std_option,
+    text_column_option,
     trust_remote_code_option,
 )
 
@@ -40,6 +43,8 @@ def adapt(
     target_data: str | None = typer.Option(
         None, "--target-data", help="Target data (its training labels are never used): name or path."
     ),
+    text_column: str | None = text_column_option(),
+    label_column: str | None = label_column_option(),
     weights: str | None = typer.Option(
         None, "--weights", help="Comma-separated grid of the trade-off weight, e.g. 0.1,0.3,1."
     ),
@@ -95,6 +100,7 @@ def adapt(
         "overwrite": True if overwrite else None,
     }
     items = [f"{k}={v}" for k, v in pairs.items() if v is not None]
+    items += column_overrides(["source_data", "target_data"], text_column, label_column)
     items += source_overrides("model.", "source_arch", arch=source_arch, head=head, input_size=input_size,
                               mean=mean, std=std, pretrained=None)
     if progress if progress is not None else sys.stderr.isatty():

@@ -7,7 +7,14 @@ from pathlib import Path
 
 import typer
 
-from transferkit.cli._common import console, handle_errors, setup_logging
+from transferkit.cli._common import (
+    column_kwargs,
+    console,
+    handle_errors,
+    label_column_option,
+    setup_logging,
+    text_column_option,
+)
 
 
 @handle_errors
@@ -15,6 +22,8 @@ def compare(
     model_a: str = typer.Argument(..., help="First model folder (e.g. the source)."),
     model_b: str = typer.Argument(..., help="Second model folder (e.g. the fine-tuned model)."),
     data: str = typer.Option(..., "--data", help="Dataset whose inputs both models see (name or path)."),
+    text_column: str | None = text_column_option(),
+    label_column: str | None = label_column_option(),
     split: str = typer.Option("test", "--split", help="train | val | test"),
     examples: int = typer.Option(512, "--examples", min=2, help="How many inputs the CKA is measured on."),
     out: Path | None = typer.Option(None, "--out", help="Folder for compare.json and similarity.png."),
@@ -32,7 +41,8 @@ def compare(
     if split not in ("train", "val", "test"):
         raise ConfigError(f"--split must be train, val or test, got {split!r}")
     a, b = load_model(model_a), load_model(model_b)
-    result = compare_models(a, b, getattr(load_dataset(data), split), examples=examples)
+    splits = load_dataset(data, **column_kwargs(text_column, label_column))
+    result = compare_models(a, b, getattr(splits, split), examples=examples)
     if out is not None:
         from transferkit.evaluation.report import plot_similarity
         from transferkit.io import atomic_write_bytes, atomic_write_json

@@ -11,10 +11,12 @@ from transferkit.cli._common import (
     allowed_code,
     apply_augment,
     augment_option,
+    column_overrides,
     console,
     handle_errors,
     head_option,
     input_size_option,
+    label_column_option,
     mean_option,
     parse_objective_spec,
     pretrained_option,
@@ -22,6 +24,7 @@ from transferkit.cli._common import (
     source_arch_option,
     source_overrides,
     std_option,
+    text_column_option,
     trust_remote_code_option,
     unlabeled_option,
     unlabeled_override,
@@ -45,6 +48,8 @@ def distill(
         None, "--student", help="narrow:N (teacher N times narrower), a built-in name or a model folder."
     ),
     data: str | None = typer.Option(None, "--data", help="Data: built-in name or path."),
+    text_column: str | None = text_column_option(),
+    label_column: str | None = label_column_option(),
     method: list[str] | None = typer.Option(
         None,
         "--method",
@@ -90,6 +95,7 @@ def distill(
         "overwrite": True if overwrite else None,
     }
     items = [f"{k}={v}" for k, v in pairs.items() if v is not None] + unlabeled_override(unlabeled)
+    items += column_overrides(["data"], text_column, label_column)
     items += source_overrides("teacher.", "arch", arch=source_arch, head=head, input_size=input_size,
                               mean=mean, std=std, pretrained=pretrained)
     if progress if progress is not None else sys.stderr.isatty():

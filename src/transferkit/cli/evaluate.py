@@ -9,9 +9,12 @@ import typer
 
 from transferkit.cli._common import (
     allowed_code,
+    column_kwargs,
     console,
     handle_errors,
+    label_column_option,
     setup_logging,
+    text_column_option,
     trust_remote_code_option,
 )
 
@@ -22,6 +25,8 @@ def evaluate(
     data: str = typer.Option(..., "--data", help="Dataset: built-in name or path."),
     split: str = typer.Option("test", "--split", help="train | val | test"),
     root: Path | None = typer.Option(None, "--root", help="Folder with the dataset's files."),
+    text_column: str | None = text_column_option(),
+    label_column: str | None = label_column_option(),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
     arch: str | None = typer.Option(
         None, "--arch", "--source-arch", help="The class of a model built from your own code "
@@ -41,7 +46,7 @@ def evaluate(
         raise ConfigError(f"--split must be train, val or test, got {split!r}")
     with allowed_code(arch):
         net = load_model(model, arch=arch, trust_remote_code=trust_remote_code)
-    splits = load_dataset(data, root=root)
+    splits = load_dataset(data, root=root, **column_kwargs(text_column, label_column))
     metrics = run_evaluate(net, getattr(splits, split))
     if as_json:
         typer.echo(json.dumps(metrics.to_dict(), indent=2))

@@ -8,7 +8,15 @@ from pathlib import Path
 
 import typer
 
-from transferkit.cli._common import console, handle_errors, setup_logging, trust_remote_code_option
+from transferkit.cli._common import (
+    column_kwargs,
+    console,
+    handle_errors,
+    label_column_option,
+    setup_logging,
+    text_column_option,
+    trust_remote_code_option,
+)
 
 
 def default_output(model: str) -> Path:
@@ -40,6 +48,8 @@ def export(
         None, "--data", help="Check on real examples of this dataset's test split (built-in name or path)."
     ),
     root: Path | None = typer.Option(None, "--root", help="Folder with the dataset's files."),
+    text_column: str | None = text_column_option(),
+    label_column: str | None = label_column_option(),
     samples: int = typer.Option(16, "--samples", min=1, help="Examples to check the file on."),
     atol: float = typer.Option(
         1e-4, "--atol", help="Largest absolute difference allowed between onnxruntime and PyTorch."
@@ -76,7 +86,7 @@ def export(
     if data is not None:
         from transferkit.data import load_dataset
 
-        examples = load_dataset(data, root=root).test
+        examples = load_dataset(data, root=root, **column_kwargs(text_column, label_column)).test
     report = export_onnx(
         net,
         target,

@@ -12,10 +12,12 @@ from transferkit.cli._common import (
     allowed_code,
     apply_augment,
     augment_option,
+    column_overrides,
     console,
     handle_errors,
     head_option,
     input_size_option,
+    label_column_option,
     mean_option,
     parse_objective_spec,
     pretrained_option,
@@ -23,6 +25,7 @@ from transferkit.cli._common import (
     source_arch_option,
     source_overrides,
     std_option,
+    text_column_option,
     trust_remote_code_option,
     unlabeled_option,
     unlabeled_override,
@@ -87,6 +90,8 @@ def finetune(
     std: str | None = std_option(),
     pretrained: bool | None = pretrained_option(),
     data: str | None = typer.Option(None, "--data", help="Target data: built-in name or path."),
+    text_column: str | None = text_column_option(),
+    label_column: str | None = label_column_option(),
     strategy: str | None = typer.Option(
         None, "--strategy", help="full | linear_probe | gradual | lora (peft adapters; see --lora)"
     ),
@@ -163,6 +168,7 @@ def finetune(
     if source_data is not None:
         items.append(f"data.source_dataset={source_data}")
     items += unlabeled_override(unlabeled)
+    items += column_overrides(["data"], text_column, label_column)
     merged = apply_overrides(read_yaml(config) if config else {}, items + list(overrides or []))
     merged = apply_augment(merged, augment)
     if reg_weight is not None and not regularizer:

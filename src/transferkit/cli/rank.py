@@ -8,16 +8,19 @@ import typer
 
 from transferkit.cli._common import (
     allowed_code,
+    column_kwargs,
     console,
     handle_errors,
     head_option,
     input_size_option,
+    label_column_option,
     mean_option,
     pretrained_option,
     setup_logging,
     source_arch_option,
     source_spec_of,
     std_option,
+    text_column_option,
     trust_remote_code_option,
 )
 
@@ -29,6 +32,8 @@ def rank(
         "name (repeatable; --source as in finetune)."
     ),
     data: str = typer.Option(..., "--data", help="Target data: built-in name or path."),
+    text_column: str | None = text_column_option(),
+    label_column: str | None = label_column_option(),
     source_arch: str | None = source_arch_option(),
     head: str | None = head_option(),
     input_size: str | None = input_size_option(),
@@ -69,7 +74,7 @@ def rank(
         )
     if len(set(candidates)) != len(candidates):
         raise ConfigError(f"--source repeats a model ({candidates}); give each one once")
-    train = load_dataset(data).train
+    train = load_dataset(data, **column_kwargs(text_column, label_column)).train
     if shots is not None:
         train = few_shot(train, shots, seed)
     # --source-arch, --head and the preprocessing flags describe the candidates given as weights files

@@ -801,17 +801,14 @@ def load_csv(
     header, body, body_lines = [h.strip() for h in rows[0]], rows[1:], lines[1:]
     if label_column not in header:
         close = difflib.get_close_matches(label_column, header, n=1)
-        hint = (
-            f"; did you mean label_column={close[0]!r}?"
+        fix = (
+            f"did you mean --label-column {close[0]} (label_column={close[0]!r} in Python or a config)?"
             if close
-            else "; its first line looks like data: add a header row naming the columns"
+            else "its first line looks like data: add a header row naming the columns"
             if all(_is_number(h) for h in header)
-            else ""
+            else f"name the label column {label_column!r} or pass --label-column NAME (label_column=)"
         )
-        raise DataError(
-            f"{where} has no label column {label_column!r} (columns: {header[:12]}); name the label "
-            f"column {label_column!r} or pass label_column={hint}"
-        )
+        raise DataError(f"{where} has no label column {label_column!r} (columns: {header[:12]}); {fix}")
     if header.count(label_column) > 1:
         raise DataError(
             f"{where} has {header.count(label_column)} columns named {label_column!r}; rename all but one"
@@ -843,10 +840,12 @@ def load_csv(
             for r, value in enumerate(cols[:, j]):
                 if not _is_number(value):
                     shown = repr(value) if value.strip() else "an empty field"
+                    text = (f"; for text classification name the text column with --text-column {header[i]}"
+                            if value.strip() else "")
                     raise DataError(
                         f"column {header[i]!r} of {where} is not numeric: line {body_lines[r]} holds "
                         f"{shown}; every column except the label column {label_column!r} must hold "
-                        "numbers (fix the value, drop the column, or pass label_column=)"
+                        f"numbers (fix the value, drop the column, or pass --label-column){text}"
                     ) from None
         raise
     with np.errstate(over="ignore"):  # values beyond float32 become inf and are refused below

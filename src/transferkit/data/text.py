@@ -130,14 +130,23 @@ def _label_classes(labels: list[str], where: str) -> tuple[list[int], list[str]]
     return ids, classes
 
 
+def _column_fix(what: str, name: str) -> str:
+    """How to name the column: the command-line flag and the argument (Python, config)."""
+    return f"--{what}-column {name} ({what}_column={name!r} in Python or a config)"
+
+
 def _missing_column(where: str, what: str, column: str, header: list[str]) -> DataError:
     close = difflib.get_close_matches(column, header, n=1)
-    hint = f"did you mean {what}_column={close[0]!r}?" if close else f"pass {what}_column=<name>"
+    hint = (f"did you mean {_column_fix(what, close[0])}?" if close
+            else f"name the {what} column with --{what}-column (or {what}_column=)")
     return DataError(f"{where} has no {what} column {column!r} (columns found: {header[:12]}); {hint}")
 
 
-def _read_rows(path: Path, where: str, text_column: str, label_column: str) -> list[tuple[int, str, str]]:
-    """``(line, text, label)`` for every data row (JSON and csv are parsed as data only)."""
+def _read_rows(
+    path: Path, where: str, text_column: str, label_column: str | None
+) -> list[tuple[int, str, str]]:
+    """``(line, text, label)`` for every data row (JSON and csv are parsed as data only); the label is
+    ``""`` when ``label_column`` is ``None`` (unlabelled texts; a ``.txt`` file: one text a line)."""
     try:
         raw = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -147,6 +156,8 @@ def _read_rows(path: Path, where: str, text_column: str, label_column: str) -> l
             "(e.g. `iconv -f latin1 -t utf-8`)"
         ) from exc
     rows: list[tuple[int, str, str]] = []
+    if path.suffix.lower() == ".txt":
+        return [(n, line, "") for n, line in enumerate(raw.splitlines(), 1) if line.strip()]
     if path.suffix.lower() == ".jsonl":
         seen: set[str] = set()
         for n, line in enumerate(raw.splitlines(), 1):
@@ -162,12 +173,15 @@ def _read_rows(path: Path, where: str, text_column: str, label_column: str) -> l
                 raise DataError(f"line {n} of {where} is not a JSON object; write one {{...}} per line")
             seen.update(obj)
             for col, what in ((text_column, "text"), (label_column, "label")):
-                if col not in obj:
+                if col is not None and col not in obj:
+                    close = difflib.get_close_matches(col, list(obj), n=1)
+                    fix = (f"did you mean {_column_fix(what, close[0])}?" if close
+                           else f"add it or name the {what} key with --{what}-column NAME ({what}_column=)")
                     raise DataError(
                         f"line {n} of {where} has no {what} key {col!r} (keys found: {sorted(obj)[:12]}); "
-                        f"add it or pass {what}_column=<name>"
+                        f"{fix}"
                     )
-            text, label = obj[text_column], obj[label_column]
+            text, label = obj[text_column], "" if label_column is None else obj[label_column]
             if not isinstance(text, str):
                 raise DataError(f"line {n} of {where}: {text_column!r} must be a string, got {text!r:.40}")
             if label is None or isinstance(label, (dict, list, float)):
@@ -184,9 +198,9 @@ def _read_rows(path: Path, where: str, text_column: str, label_column: str) -> l
             header = [h.strip() for h in record]
             if text_column not in header:
                 raise _missing_column(where, "text", text_column, header)
-            if label_column not in header:
+            if label_column is not None and label_column not in header:
                 raise _missing_column(where, "label", label_column, header)
-            ti, li = header.index(text_column), header.index(label_column)
+            ti, li = header.index(text_column), None if label_column is None else header.index(label_column)
             continue
         if not record or all(not f.strip() for f in record):
             continue
@@ -195,21 +209,22 @@ def _read_rows(path: Path, where: str, text_column: str, label_column: str) -> l
                 f"line {n} of {where} has {len(record)} fields but the header has {len(header)}; "
                 "quote values that contain the delimiter"
             )
-        rows.append((n, record[ti], record[li].strip()))
+        rows.append((n, record[ti], "" if li is None else record[li].strip()))
     if header is None:
-        raise DataError(
-            f"{where} is empty; it needs a header row naming {text_column!r} and {label_column!r}"
-        )
+        named = repr(text_column) if label_column is None else f"{text_column!r} and {label_column!r}"
+        raise DataError(f"{where} is empty; it needs a header row naming {named}")
     return rows
 
 
 def read_text_file(
-    path: str | os.PathLike, *, text_column: str = "text", label_column: str = "label", name: str = ""
+    path: str | os.PathLike, *, text_column: str = "text", label_column: str | None = "label", name: str = ""
 ) -> TextDataset:
     """Read a ``.csv``, ``.tsv`` (header row) or ``.jsonl`` (one object per line) file, UTF-8.
 
     Labels may be strings or integers; classes are the sorted distinct labels (integers sorted
-    numerically). Nothing in the file is executed.
+    numerically). Nothing in the file is executed. With ``label_column=None`` the texts are read
+    without labels (an unlabelled pool: labels all 0, one class ``"unlabelled"``), and a ``.txt`` file
+    (one text a line, empty lines skipped) is read too.
 
     Raises:
         DataNotFoundError: The file does not exist.
@@ -218,9 +233,11 @@ def read_text_file(
     p = Path(path)
     if not p.is_file():
         raise DataNotFoundError(f"text file {str(p)!r} does not exist; check the path")
-    if p.suffix.lower() not in TEXT_SUFFIXES:
+    labelled = label_column is not None
+    if p.suffix.lower() not in TEXT_SUFFIXES + (() if labelled else (".txt",)):
+        also = ", a .txt file only as unlabelled texts" if p.suffix.lower() == ".txt" else ""
         raise DataError(
-            f"cannot read {str(p)!r} as text data: supported are .csv, .tsv and .jsonl; convert it"
+            f"cannot read {str(p)!r} as text data: supported are .csv, .tsv and .jsonl{also}; convert it"
         )
     where = f"{p.suffix.lower()[1:]} file {str(p)!r}"
     rows = _read_rows(p, where, text_column, label_column)
@@ -231,10 +248,13 @@ def read_text_file(
             raise DataError(
                 f"line {n} of {where} has an empty text in column {text_column!r}; fill it or drop the row"
             )
-        if not label:
+        if labelled and not label:
             raise DataError(
                 f"line {n} of {where} has an empty label in column {label_column!r}; fill it or drop the row"
             )
+    if not labelled:
+        return TextDataset([r[1] for r in rows], torch.zeros(len(rows), dtype=torch.long), ["unlabelled"],
+                           name or p.stem)
     ids, classes = _label_classes([r[2] for r in rows], where)
     return TextDataset([r[1] for r in rows], torch.tensor(ids), classes, name or p.stem)
 

@@ -12,7 +12,8 @@ Layout of ``run_dir``::
 instant resumes from the previous epoch or from the new one. It holds only tensors and plain
 containers (model weights, optimiser/scheduler/scaler state, RNG, history, best weights, the
 objectives' state, the config) and is read with ``torch.load(weights_only=True)``, so it cannot run
-code. ``metrics.jsonl`` and ``best.safetensors`` are rewritten from it on resume.
+code; a best weight equal to the current one (a frozen layer, or all of them when the last epoch is
+the best) is stored once. ``metrics.jsonl`` and ``best.safetensors`` are rewritten from it on resume.
 """
 
 from __future__ import annotations

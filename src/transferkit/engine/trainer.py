@@ -347,6 +347,8 @@ class Trainer:
             for path in run_dir.remove_stale_temporaries():
                 logger.info("removed %s, left by an interrupted write", path)
         if resume:
+            # every rank reads the checkpoint rank 0 wrote: wait until no rank is still writing it
+            distributed.barrier()
             restored = self._state.restore(run_dir)
             if restored is not None:
                 history, best_state = restored

@@ -9,6 +9,7 @@ from typing import Any
 
 from transferkit.config import DataConfig, FinetuneConfig, build_config
 from transferkit.data import DataSplits, TensorDataset, TextDataset, load_dataset, match_shape, without_labels
+from transferkit.data.text import TEXT_SUFFIXES, read_text_file
 from transferkit.engine import (
     OBJECTIVES,
     CrossEntropy,
@@ -40,7 +41,7 @@ def load_source(cfg: FinetuneConfig) -> TransferNet | None:
 def load_target_data(cfg: DataConfig, seed: int = 0) -> DataSplits:
     """The target dataset's splits (validation carved from training with ``seed``)."""
     return load_dataset(cfg.dataset, root=cfg.root, val_fraction=cfg.val_fraction, seed=seed,
-                        classes=cfg.classes)
+                        classes=cfg.classes, **cfg.column_options())
 
 
 #: ``data.unlabeled`` naming the target's own training split.
@@ -49,8 +50,9 @@ REST = "rest"
 
 def load_unlabelled(cfg: DataConfig, data: DataSplits, seed: int = 0) -> Any:
     """The unlabelled pool of ``cfg.unlabeled`` (``None`` when unset): the target's training split
-    (``"rest"``) or another dataset's training split at the target's input shape, labels dropped,
-    ``cfg.unlabeled_size`` of it drawn with ``seed``.
+    (``"rest"``), a text file's texts for a text target (``.txt``: one a line; ``.csv`` / ``.tsv`` /
+    ``.jsonl``: the ``cfg.text_column`` column, labels not needed) or another dataset's training split
+    at the target's input shape, labels dropped, ``cfg.unlabeled_size`` of it drawn with ``seed``.
 
     Raises:
         DataError: the pool is empty, or is text for an image target (or the other way round).
@@ -59,6 +61,14 @@ def load_unlabelled(cfg: DataConfig, data: DataSplits, seed: int = 0) -> Any:
         return None
     if cfg.unlabeled == REST:
         return without_labels(data.train, cfg.unlabeled_size, seed)
+    path = Path(cfg.unlabeled).expanduser()
+    text_file = path.suffix.lower() in (".txt", *TEXT_SUFFIXES) and path.is_file()
+    if text_file and isinstance(data.train, TextDataset):
+        return without_labels(read_text_file(path, text_column=cfg.text_column, label_column=None),
+                              cfg.unlabeled_size, seed)
+    if path.suffix.lower() == ".txt" and path.is_file():
+        raise DataError(f"unlabeled data {cfg.unlabeled!r} holds texts but the target {cfg.dataset!r} holds "
+                        "images or vectors; give unlabelled data of the target's kind, or 'rest'")
     pool = load_dataset(cfg.unlabeled, val_fraction=0.0, seed=seed).train
     if isinstance(pool, TextDataset) != isinstance(data.train, TextDataset):
         kinds = ("texts", "images or vectors")
