@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
+import json
 import struct
 import time
 from pathlib import Path
@@ -266,6 +267,55 @@ def test_csv_string_labels_and_label_column(tmp_path):
     for (f1, f2), label in zip(both.x.tolist(), both.y.tolist(), strict=True):
         assert f2 == pytest.approx(f1 * 0.5)
         assert label == (0 if int(f1) % 2 else 1)  # odd rows are "abc" -> index 0
+
+
+@pytest.mark.parametrize("fmt", ["csv", "text-csv", "jsonl", "npz"])
+def test_an_ordered_split_holds_out_the_last_rows(tmp_path, fmt):
+    """Rows in time order: test is the last 20 % of rows, validation the last 10 % of the rest, in
+    file order, whatever the seed; without ``ordered`` both are stratified draws from all rows."""
+    n = 50
+    ids = list(range(n))
+    labels = [i % 3 for i in ids]  # every class at every time
+    path = tmp_path / f"rows.{'csv' if fmt == 'text-csv' else fmt}"
+    if fmt == "csv":
+        path.write_text("t,label\n" + "".join(f"{i},{y}\n" for i, y in zip(ids, labels, strict=True)))
+    elif fmt == "text-csv":
+        path.write_text("text,label\n" + "".join(f"post {i},{y}\n" for i, y in zip(ids, labels, strict=True)))
+    elif fmt == "jsonl":
+        path.write_text("".join(json.dumps({"text": f"post {i}", "label": y}) + "\n"
+                                for i, y in zip(ids, labels, strict=True)))
+    else:
+        np.savez(path, x=np.array(ids, dtype=np.float32)[:, None], y=np.array(labels))
+
+    def rows(part) -> list[int]:
+        if hasattr(part, "texts"):
+            return [int(t.split()[1]) for t in part.texts]
+        return [int(v) for v in part.x.flatten().tolist()]
+
+    for seed in (0, 1):
+        splits = load_dataset(path, val_fraction=0.1, seed=seed, ordered=True)
+        assert rows(splits.test) == ids[40:] and rows(splits.val) == ids[36:40]
+        assert rows(splits.train) == ids[:36]
+        assert splits.test.y.tolist() == labels[40:]
+    shuffled = load_dataset(path, val_fraction=0.1, seed=0)
+    assert sorted(rows(shuffled.test)) != ids[40:] and len(shuffled.test) == 10
+    assert sorted(rows(shuffled.train) + rows(shuffled.val) + rows(shuffled.test)) == ids
+
+
+def test_an_ordered_split_is_refused_where_rows_have_no_order(tmp_path):
+    with pytest.raises(ConfigError, match=r"built-in dataset 'digits' \(its own test split\) has no row "
+                       r"order: drop ordered \(--ordered-split\)"):
+        load_dataset("digits", ordered=True)
+    folder = tmp_path / "imgs"
+    for c in ("a", "b"):
+        (folder / c).mkdir(parents=True)
+        for i in range(3):
+            Image.new("L", (4, 4), color=i * 40).save(folder / c / f"{i}.png")
+    with pytest.raises(ConfigError, match=r"an ordered split takes the last rows of a file .* the folder "):
+        load_dataset(folder, ordered=True)
+    (tmp_path / "two.csv").write_text("a,label\n1,0\n")
+    with pytest.raises(DataError, match="cannot split 1 examples in order"):
+        load_dataset(tmp_path / "two.csv", ordered=True)
 
 
 def test_csv_errors(tmp_path):

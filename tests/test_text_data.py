@@ -201,3 +201,55 @@ def test_classes_keeps_and_relabels_the_named_classes_in_every_split():
         load_dataset("20newsgroups", classes=["sci.spase", "comp.graphics"])
     with pytest.raises(DataError, match="at least two different classes"):
         load_dataset("digits", classes=["3", "3"])
+
+
+def _drifting_posts(path):
+    """400 posts in time order whose sentiment words change in the last quarter (new slang)."""
+    import random
+
+    rng = random.Random(0)
+    early = {"pos": ["good", "great"], "neg": ["bad", "awful"]}
+    late = {"pos": ["fire", "goat"], "neg": ["mid", "cringe"]}  # unseen in the earlier posts
+    rows = []
+    for i in range(400):
+        label = ["neg", "pos"][i % 2]
+        words = (early if i < 300 else late)[label]
+        rows.append((f"the show was {rng.choice(words)} {rng.choice(['today', 'again', 'tonight'])}", label))
+    return _write(path, "csv", rows)
+
+
+def test_an_ordered_split_shows_the_drift_a_random_split_hides(tmp_path):
+    """Posts whose sentiment words change over time: a random split tests on rows like the training
+    rows and reads high; the ordered split tests on the latest rows, as deployment would, and shows
+    the drop (TF-IDF + LR)."""
+    path = _drifting_posts(tmp_path / "posts.csv")
+    shuffled = tfidf_baseline(load_dataset(path, seed=0))
+    ordered = tfidf_baseline(load_dataset(path, seed=0, ordered=True))
+    assert shuffled["accuracy"] > 0.9 and ordered["accuracy"] < 0.75
+    assert ordered["val_accuracy"] < 0.75  # validation too is later than training: the drop shows there
+
+
+def test_ordered_split_from_the_command_line(tmp_path):
+    """--ordered-split reaches the data in finetune (the TF-IDF row reads the drift) and evaluate; a
+    built-in dataset refuses it in one line."""
+    from cli_helpers import assert_one_line_error, run
+
+    path = _drifting_posts(tmp_path / "posts.csv")
+    accuracy = {}
+    for flags in ([], ["--ordered-split"]):
+        out = tmp_path / f"out{len(flags)}"
+        result = run("finetune", "--arch", "text_transformer", "--data", path, "--epochs", 8, "--seeds", "0",
+                     "--no-baseline", "--out", out, *flags, "model.kwargs={hidden: 32, heads: 2, layers: 1}")
+        assert result.exit_code == 0, result.output
+        rows = {r["name"]: r for r in json.loads((out / "metrics.json").read_text())["summary"]}
+        accuracy[bool(flags)] = rows["tfidf+lr"]["accuracy_mean"]
+        (arm,) = [r for r in rows if r != "tfidf+lr"]
+        evaluated = run("evaluate", out / "model", "--data", path, "--json", *flags)
+        assert evaluated.exit_code == 0, evaluated.output
+        scores = json.loads(evaluated.stdout)  # the same model on the same test rows as the run's
+        assert scores["n"] == 80 and scores["accuracy"] == pytest.approx(rows[arm]["accuracy_mean"])
+    assert accuracy[False] == 1.0 and accuracy[True] < 0.6
+    assert_one_line_error(run("finetune", "--arch", "text_transformer", "--data", "20newsgroups",
+                              "--ordered-split", "--out", tmp_path / "x"),
+                          "built-in dataset '20newsgroups' (its own test split) has no row order")
+    assert not (tmp_path / "x").exists()

@@ -34,21 +34,23 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class _Columns(_Strict):
-    """The columns of a table of data (csv, tsv, jsonl): ``text_column`` (text classification) and
-    ``label_column``; each passed to the loader only when it differs from its default, so a built-in
-    dataset refuses a column it does not have."""
+class _FileOptions(_Strict):
+    """How a data file is read: its ``text_column`` (text classification) and ``label_column``
+    (csv, tsv, jsonl), and whether its rows are in time order (``ordered``: test and validation
+    are its last rows, see :func:`~transferkit.data.load_dataset`). Each is passed to the loader
+    only when it differs from its default, so a built-in dataset refuses an option it can't take."""
 
     text_column: str = Field("text", min_length=1)
     label_column: str = Field("label", min_length=1)
+    ordered: bool = False
 
-    def column_options(self) -> dict[str, str]:
-        """The column names that differ from their defaults, as loader arguments."""
-        return {k: getattr(self, k) for k in ("text_column", "label_column")
+    def file_options(self) -> dict[str, Any]:
+        """The options that differ from their defaults, as :func:`load_dataset` arguments."""
+        return {k: getattr(self, k) for k in ("text_column", "label_column", "ordered")
                 if getattr(self, k) != type(self).model_fields[k].default}
 
 
-class DataConfig(_Columns):
+class DataConfig(_FileOptions):
     """Target data.
 
     Attributes:
@@ -73,6 +75,8 @@ class DataConfig(_Columns):
         text_column, label_column: The text and label columns of a ``.csv`` / ``.tsv`` / ``.jsonl``
             target (a numeric ``.csv``: its label column), also the text column of an ``unlabeled``
             text file (which may be a ``.txt`` file, one text a line).
+        ordered: The target file's rows are in time order: its test split is the last 20 % of rows
+            and validation the last ``val_fraction`` of the rest (files only).
     """
 
     dataset: str = "digits"
@@ -501,7 +505,7 @@ class DistillConfig(_Strict):
         return v
 
 
-class DomainDataConfig(_Columns):
+class DomainDataConfig(_FileOptions):
     """One domain's data in a domain-adaptation run.
 
     Attributes:
@@ -511,7 +515,7 @@ class DomainDataConfig(_Columns):
             only the oracle baseline's validation set).
         classes: Keep only these classes (train and test), relabelled in this order; give the same
             list for both domains.
-        text_column, label_column: As in :class:`DataConfig`.
+        text_column, label_column, ordered: As in :class:`DataConfig`.
     """
 
     dataset: str
@@ -579,12 +583,12 @@ class AdaptConfig(_Strict):
         return v
 
 
-class TaskConfig(_Columns):
+class TaskConfig(_FileOptions):
     """One task of a multi-task run.
 
     Attributes:
         dataset: A built-in name or a path (as ``data.dataset``).
-        root, val_fraction, shots, val_shots, classes, text_column, label_column: As in
+        root, val_fraction, shots, val_shots, classes, text_column, label_column, ordered: As in
             :class:`DataConfig`.
         weight: The task's fixed weight in the shared loss (below 1 for an auxiliary task, e.g. the
             source task kept while learning the target).

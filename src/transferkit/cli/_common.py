@@ -177,16 +177,26 @@ def label_column_option() -> Any:
                         "(default: label).")
 
 
-def column_kwargs(text_column: str | None, label_column: str | None) -> dict[str, str]:
-    """``--text-column`` / ``--label-column`` as :func:`~transferkit.data.load_dataset` arguments."""
-    given = {"text_column": text_column, "label_column": label_column}
+def ordered_split_option() -> Any:
+    """The ``--ordered-split`` flag: a data file's rows are in time order."""
+    return typer.Option(False, "--ordered-split", help="The data file's rows are in time order: test is "
+                        "its last 20 % of rows, validation the last rows before them (not shuffled).")
+
+
+def file_kwargs(text_column: str | None, label_column: str | None, ordered: bool = False) -> dict[str, Any]:
+    """``--text-column`` / ``--label-column`` / ``--ordered-split`` as
+    :func:`~transferkit.data.load_dataset` arguments (those given)."""
+    given = {"text_column": text_column, "label_column": label_column, "ordered": ordered or None}
     return {k: v for k, v in given.items() if v is not None}
 
 
-def column_overrides(sections: Sequence[str], text_column: str | None, label_column: str | None) -> list[str]:
-    """``--text-column`` / ``--label-column`` as ``key=value`` overrides of each config section."""
+def file_overrides(
+    sections: Sequence[str], text_column: str | None, label_column: str | None, ordered: bool = False
+) -> list[str]:
+    """``--text-column`` / ``--label-column`` / ``--ordered-split`` as ``key=value`` overrides of each
+    config section."""
     return [f"{section}.{k}={json.dumps(v)}" for section in sections
-            for k, v in column_kwargs(text_column, label_column).items()]
+            for k, v in file_kwargs(text_column, label_column, ordered).items()]
 
 
 def unlabeled_option(readers: str) -> Any:

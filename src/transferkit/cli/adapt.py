@@ -11,13 +11,14 @@ from transferkit.cli._common import (
     allowed_code,
     apply_augment,
     augment_option,
-    column_overrides,
     console,
+    file_overrides,
     handle_errors,
     head_option,
     input_size_option,
     label_column_option,
     mean_option,
+    ordered_split_option,
     parse_objective_spec,
     setup_logging,
     source_arch_option,
@@ -45,6 +46,7 @@ def adapt(
     ),
     text_column: str | None = text_column_option(),
     label_column: str | None = label_column_option(),
+    ordered_split: bool = ordered_split_option(),
     weights: str | None = typer.Option(
         None, "--weights", help="Comma-separated grid of the trade-off weight, e.g. 0.1,0.3,1."
     ),
@@ -100,7 +102,7 @@ def adapt(
         "overwrite": True if overwrite else None,
     }
     items = [f"{k}={v}" for k, v in pairs.items() if v is not None]
-    items += column_overrides(["source_data", "target_data"], text_column, label_column)
+    items += file_overrides(["source_data", "target_data"], text_column, label_column, ordered_split)
     items += source_overrides("model.", "source_arch", arch=source_arch, head=head, input_size=input_size,
                               mean=mean, std=std, pretrained=None)
     if progress if progress is not None else sys.stderr.isatty():

@@ -8,10 +8,11 @@ from pathlib import Path
 import typer
 
 from transferkit.cli._common import (
-    column_kwargs,
     console,
+    file_kwargs,
     handle_errors,
     label_column_option,
+    ordered_split_option,
     setup_logging,
     text_column_option,
 )
@@ -24,6 +25,7 @@ def compare(
     data: str = typer.Option(..., "--data", help="Dataset whose inputs both models see (name or path)."),
     text_column: str | None = text_column_option(),
     label_column: str | None = label_column_option(),
+    ordered_split: bool = ordered_split_option(),
     split: str = typer.Option("test", "--split", help="train | val | test"),
     examples: int = typer.Option(512, "--examples", min=2, help="How many inputs the CKA is measured on."),
     out: Path | None = typer.Option(None, "--out", help="Folder for compare.json and similarity.png."),
@@ -41,7 +43,7 @@ def compare(
     if split not in ("train", "val", "test"):
         raise ConfigError(f"--split must be train, val or test, got {split!r}")
     a, b = load_model(model_a), load_model(model_b)
-    splits = load_dataset(data, **column_kwargs(text_column, label_column))
+    splits = load_dataset(data, **file_kwargs(text_column, label_column, ordered_split))
     result = compare_models(a, b, getattr(splits, split), examples=examples)
     if out is not None:
         from transferkit.evaluation.report import plot_similarity

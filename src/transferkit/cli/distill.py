@@ -11,13 +11,14 @@ from transferkit.cli._common import (
     allowed_code,
     apply_augment,
     augment_option,
-    column_overrides,
     console,
+    file_overrides,
     handle_errors,
     head_option,
     input_size_option,
     label_column_option,
     mean_option,
+    ordered_split_option,
     parse_objective_spec,
     pretrained_option,
     setup_logging,
@@ -50,6 +51,7 @@ def distill(
     data: str | None = typer.Option(None, "--data", help="Data: built-in name or path."),
     text_column: str | None = text_column_option(),
     label_column: str | None = label_column_option(),
+    ordered_split: bool = ordered_split_option(),
     method: list[str] | None = typer.Option(
         None,
         "--method",
@@ -95,7 +97,7 @@ def distill(
         "overwrite": True if overwrite else None,
     }
     items = [f"{k}={v}" for k, v in pairs.items() if v is not None] + unlabeled_override(unlabeled)
-    items += column_overrides(["data"], text_column, label_column)
+    items += file_overrides(["data"], text_column, label_column, ordered_split)
     items += source_overrides("teacher.", "arch", arch=source_arch, head=head, input_size=input_size,
                               mean=mean, std=std, pretrained=pretrained)
     if progress if progress is not None else sys.stderr.isatty():

@@ -9,10 +9,11 @@ import typer
 
 from transferkit.cli._common import (
     allowed_code,
-    column_kwargs,
     console,
+    file_kwargs,
     handle_errors,
     label_column_option,
+    ordered_split_option,
     setup_logging,
     text_column_option,
     trust_remote_code_option,
@@ -27,6 +28,7 @@ def evaluate(
     root: Path | None = typer.Option(None, "--root", help="Folder with the dataset's files."),
     text_column: str | None = text_column_option(),
     label_column: str | None = label_column_option(),
+    ordered_split: bool = ordered_split_option(),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
     arch: str | None = typer.Option(
         None, "--arch", "--source-arch", help="The class of a model built from your own code "
@@ -46,7 +48,7 @@ def evaluate(
         raise ConfigError(f"--split must be train, val or test, got {split!r}")
     with allowed_code(arch):
         net = load_model(model, arch=arch, trust_remote_code=trust_remote_code)
-    splits = load_dataset(data, root=root, **column_kwargs(text_column, label_column))
+    splits = load_dataset(data, root=root, **file_kwargs(text_column, label_column, ordered_split))
     metrics = run_evaluate(net, getattr(splits, split))
     if as_json:
         typer.echo(json.dumps(metrics.to_dict(), indent=2))

@@ -9,10 +9,11 @@ from pathlib import Path
 import typer
 
 from transferkit.cli._common import (
-    column_kwargs,
     console,
+    file_kwargs,
     handle_errors,
     label_column_option,
+    ordered_split_option,
     setup_logging,
     text_column_option,
     trust_remote_code_option,
@@ -50,6 +51,7 @@ def export(
     root: Path | None = typer.Option(None, "--root", help="Folder with the dataset's files."),
     text_column: str | None = text_column_option(),
     label_column: str | None = label_column_option(),
+    ordered_split: bool = ordered_split_option(),
     samples: int = typer.Option(16, "--samples", min=1, help="Examples to check the file on."),
     atol: float = typer.Option(
         1e-4, "--atol", help="Largest absolute difference allowed between onnxruntime and PyTorch."
@@ -86,7 +88,7 @@ def export(
     if data is not None:
         from transferkit.data import load_dataset
 
-        examples = load_dataset(data, root=root, **column_kwargs(text_column, label_column)).test
+        examples = load_dataset(data, root=root, **file_kwargs(text_column, label_column, ordered_split)).test
     report = export_onnx(
         net,
         target,

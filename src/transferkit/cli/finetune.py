@@ -12,13 +12,14 @@ from transferkit.cli._common import (
     allowed_code,
     apply_augment,
     augment_option,
-    column_overrides,
     console,
+    file_overrides,
     handle_errors,
     head_option,
     input_size_option,
     label_column_option,
     mean_option,
+    ordered_split_option,
     parse_objective_spec,
     pretrained_option,
     setup_logging,
@@ -92,6 +93,7 @@ def finetune(
     data: str | None = typer.Option(None, "--data", help="Target data: built-in name or path."),
     text_column: str | None = text_column_option(),
     label_column: str | None = label_column_option(),
+    ordered_split: bool = ordered_split_option(),
     strategy: str | None = typer.Option(
         None, "--strategy", help="full | linear_probe | gradual | lora (peft adapters; see --lora)"
     ),
@@ -168,7 +170,7 @@ def finetune(
     if source_data is not None:
         items.append(f"data.source_dataset={source_data}")
     items += unlabeled_override(unlabeled)
-    items += column_overrides(["data"], text_column, label_column)
+    items += file_overrides(["data"], text_column, label_column, ordered_split)
     merged = apply_overrides(read_yaml(config) if config else {}, items + list(overrides or []))
     merged = apply_augment(merged, augment)
     if reg_weight is not None and not regularizer:

@@ -8,13 +8,14 @@ import typer
 
 from transferkit.cli._common import (
     allowed_code,
-    column_kwargs,
     console,
+    file_kwargs,
     handle_errors,
     head_option,
     input_size_option,
     label_column_option,
     mean_option,
+    ordered_split_option,
     pretrained_option,
     setup_logging,
     source_arch_option,
@@ -34,6 +35,7 @@ def rank(
     data: str = typer.Option(..., "--data", help="Target data: built-in name or path."),
     text_column: str | None = text_column_option(),
     label_column: str | None = label_column_option(),
+    ordered_split: bool = ordered_split_option(),
     source_arch: str | None = source_arch_option(),
     head: str | None = head_option(),
     input_size: str | None = input_size_option(),
@@ -74,7 +76,7 @@ def rank(
         )
     if len(set(candidates)) != len(candidates):
         raise ConfigError(f"--source repeats a model ({candidates}); give each one once")
-    train = load_dataset(data, **column_kwargs(text_column, label_column)).train
+    train = load_dataset(data, **file_kwargs(text_column, label_column, ordered_split)).train
     if shots is not None:
         train = few_shot(train, shots, seed)
     # --source-arch, --head and the preprocessing flags describe the candidates given as weights files

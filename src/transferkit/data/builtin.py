@@ -266,10 +266,12 @@ def load_torchvision(
 
 
 # -------------------------------------------------------------------------------------- paths
-def _load_path(path: Path, **kwargs: Any) -> tuple[TensorDataset, TensorDataset]:
+def _load_path(path: Path, ordered: bool = False, **kwargs: Any) -> tuple[TensorDataset, TensorDataset]:
     name = path.stem if path.is_file() else path.name
     if path.is_dir():
         _no_kwargs(str(path), kwargs)
+        if ordered:
+            raise ConfigError(_UNORDERED.format(what=f"folder {str(path)!r}"))
         if _idx_dir(path) is not None:
             return load_idx_folder(_idx_dir(path), name)  # type: ignore[arg-type]
         stems = [s for pair in _IDX_STEMS.values() for s in pair]
@@ -290,14 +292,14 @@ def _load_path(path: Path, **kwargs: Any) -> tuple[TensorDataset, TensorDataset]
         label_column = str(kwargs.pop("label_column", "label"))
         _no_kwargs(str(path), kwargs)
         full = read_text_file(path, text_column=text_column, label_column=label_column)
-        return _fixed_split(full, 0.2, name)  # type: ignore[return-value]
+        return _fixed_split(full, 0.2, name, ordered)  # type: ignore[return-value]
     if suffix == ".npz":
         _no_kwargs(str(path), kwargs)
-        return load_npz(path, name, 0.2, TEST_SPLIT_SEED)
+        return load_npz(path, name, 0.2, TEST_SPLIT_SEED, ordered)
     if suffix == ".csv":
         label_column = kwargs.pop("label_column", "label")
         _no_kwargs(str(path), kwargs)
-        return load_csv(path, name, str(label_column), 0.2, TEST_SPLIT_SEED)
+        return load_csv(path, name, str(label_column), 0.2, TEST_SPLIT_SEED, ordered)
     if path.name.endswith(".csv.gz"):
         raise DataError(f"{str(path)!r} is gzipped; decompress it (gunzip) to a .csv first")
     if suffix == ".npy":
@@ -309,6 +311,12 @@ def _load_path(path: Path, **kwargs: Any) -> tuple[TensorDataset, TensorDataset]
         f"cannot read {str(path)!r}: supported are image folders, IDX folders, .npz and .csv files, and "
         ".csv / .tsv / .jsonl text files with text and label columns; convert the data to one of them"
     )
+
+
+_UNORDERED = (
+    "an ordered split takes the last rows of a file whose rows are in time order (.csv, .tsv, .jsonl, "
+    ".npz); the {what} has no row order: drop ordered (--ordered-split)"
+)
 
 
 def _has_text_column(path: Path) -> bool:
@@ -382,6 +390,7 @@ def load_dataset(
     val_fraction: float = 0.1,
     seed: int = 0,
     classes: Sequence[str] | None = None,
+    ordered: bool = False,
     **kwargs: Any,
 ) -> DataSplits:
     """Load a built-in dataset, a torchvision dataset or a dataset on disk as train/val/test.
@@ -396,6 +405,10 @@ def load_dataset(
         seed: Seed of the validation split. The test split never depends on it.
         classes: Keep only these classes, relabelled in that order (see :func:`select_classes`);
             ``None`` keeps all.
+        ordered: The file's rows are in time order: test is its last 20 % of rows and validation
+            the last ``val_fraction`` of the rest (not stratified, not shuffled), so the model is
+            chosen and tested on later examples than it learns from. Files only (.csv, .tsv,
+            .jsonl, .npz; an .npz with its own test arrays: validation only).
         **kwargs: ``label_column`` (and ``text_column``) for csv files;
             ``download`` and dataset arguments for torchvision.
 
@@ -413,6 +426,9 @@ def load_dataset(
             f"val_fraction must be in [0, 1), got {val_fraction!r}; use e.g. 0.1 for 10% validation"
         )
     text = os.fspath(name_or_path)
+    builtin = isinstance(name_or_path, str) and (text in DATASETS or text.lower().startswith("torchvision:"))
+    if ordered and builtin:
+        raise ConfigError(_UNORDERED.format(what=f"built-in dataset {text!r} (its own test split)"))
     if isinstance(name_or_path, str) and text in DATASETS:
         train, test = DATASETS.get(text)(root=root, **kwargs)
     elif isinstance(name_or_path, str) and text.lower().startswith("torchvision:"):
@@ -421,10 +437,10 @@ def load_dataset(
         path = Path(text).expanduser()
         if not path.exists():
             raise DataNotFoundError(_not_found_message(text, path))
-        train, test = _load_path(path, **kwargs)
+        train, test = _load_path(path, ordered, **kwargs)
     if classes is not None:
         train, test = select_classes(train, classes), select_classes(test, classes)
-    train, val = split_train_val(train, val_fraction, seed)
+    train, val = split_train_val(train, val_fraction, seed, ordered)
     logger.info(
         "loaded %s: %d train, %d val, %d test, input %s, %d classes",
         text,

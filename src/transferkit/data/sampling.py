@@ -6,6 +6,7 @@ Every function here is seeded and reproducible: the same data and seed give the 
 from __future__ import annotations
 
 import logging
+import math
 
 import numpy as np
 import torch
@@ -15,7 +16,9 @@ from transferkit.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["few_shot", "match_shape", "split_train_val", "stratified_indices", "without_labels"]
+__all__ = [
+    "few_shot", "match_shape", "split_indices", "split_train_val", "stratified_indices", "without_labels",
+]
 
 
 def stratified_indices(y: torch.Tensor, test_size: float | int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -59,8 +62,30 @@ def _base_name(name: str) -> str:
     return name
 
 
+def split_indices(
+    y: torch.Tensor, test_size: float | int, seed: int, ordered: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices ``(keep, held_out)``: :func:`stratified_indices`, or with ``ordered`` the last
+    ``test_size`` rows held out in their order (rows in time order: the held-out rows are the
+    latest; as many as a stratified split holds out, ``ceil(test_size * N)`` of a fraction).
+
+    Raises:
+        DataError: an ordered split that would leave no row on one side.
+    """
+    if not ordered:
+        return stratified_indices(y, test_size, seed)
+    n = len(y)
+    held = int(test_size) if isinstance(test_size, int) else math.ceil(float(test_size) * n)
+    if not 0 < held < n:
+        raise DataError(
+            f"cannot split {n} examples in order with test_size={test_size!r}: it leaves a side empty; "
+            "use more data or a different fraction"
+        )
+    return np.arange(n - held), np.arange(n - held, n)
+
+
 def split_train_val(
-    data: TensorDataset, val_fraction: float, seed: int
+    data: TensorDataset, val_fraction: float, seed: int, ordered: bool = False
 ) -> tuple[TensorDataset, TensorDataset]:
     """Carve a stratified validation split out of ``data``.
 
@@ -69,10 +94,12 @@ def split_train_val(
         val_fraction: Fraction of ``data`` that goes to validation, in ``[0, 1)``. ``0`` gives an
             empty validation set with the same input shape and classes.
         seed: Random seed; the same seed gives the same split.
+        ordered: Hold out the last rows instead (``data`` in time order: the model is chosen on
+            later examples than it trains on); not stratified, ``seed`` unused.
 
     Returns:
-        ``(train, val)``: disjoint subsets whose class proportions match ``data``'s. They are named
-        ``"<base>/train"`` and ``"<base>/val"``.
+        ``(train, val)``: disjoint subsets whose class proportions match ``data``'s (unless
+        ``ordered``). They are named ``"<base>/train"`` and ``"<base>/val"``.
 
     Raises:
         ConfigError: ``val_fraction`` is outside ``[0, 1)``.
@@ -87,7 +114,7 @@ def split_train_val(
         return data.subset(torch.arange(len(data)), train_name), data.subset(
             torch.zeros(0, dtype=torch.long), val_name
         )
-    keep, held = stratified_indices(data.y, float(val_fraction), seed)
+    keep, held = split_indices(data.y, float(val_fraction), seed, ordered)
     return data.subset(torch.from_numpy(keep), train_name), data.subset(torch.from_numpy(held), val_name)
 
 

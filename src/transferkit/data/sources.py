@@ -655,13 +655,14 @@ def _read_npz(p: Path) -> dict[str, Any]:
 
 
 def load_npz(
-    path: str | os.PathLike, name: str, test_fraction: float = 0.2, test_seed: int = 0
+    path: str | os.PathLike, name: str, test_fraction: float = 0.2, test_seed: int = 0, ordered: bool = False
 ) -> tuple[TensorDataset, TensorDataset]:
     """Read ``x``/``y`` (test split carved with a fixed seed) or ``x_train``/``y_train``/
     ``x_test``/``y_test`` arrays from an ``.npz`` file; an optional ``classes`` array names them.
 
     The file is read with ``allow_pickle=False``: object arrays are refused. Without ``classes``,
-    integer labels of all splits together must cover ``0..K-1``.
+    integer labels of all splits together must cover ``0..K-1``. With ``ordered`` the test split of
+    ``x``/``y`` is its last rows (rows in time order; see :func:`~transferkit.data.split_indices`).
 
     Raises:
         DataNotFoundError: The file does not exist.
@@ -669,7 +670,7 @@ def load_npz(
             lacks the keys, or its inputs hold NaN / inf.
         LabelError: Labels are negative, not integers, or leave classes empty.
     """
-    from transferkit.data.sampling import stratified_indices
+    from transferkit.data.sampling import split_indices
 
     p = Path(path)
     if not p.is_file():
@@ -704,7 +705,7 @@ def load_npz(
         return train, test
     if {"x", "y"} <= set(arrays):
         full = _from_arrays(arrays["x"], arrays["y"], classes, name, where, ("x", "y"))
-        keep, held = stratified_indices(full.y, test_fraction, test_seed)
+        keep, held = split_indices(full.y, test_fraction, test_seed, ordered)
         return full.subset(torch.from_numpy(keep), f"{name}/train"), full.subset(
             torch.from_numpy(held), f"{name}/test"
         )
@@ -772,6 +773,7 @@ def load_csv(
     label_column: str = "label",
     test_fraction: float = 0.2,
     test_seed: int = 0,
+    ordered: bool = False,
 ) -> tuple[TensorDataset, TensorDataset]:
     """Read a UTF-8 table with a header row: ``label_column`` holds labels, every other column is a
     numeric feature. Integer labels are class indices (covering ``0..K-1``); other labels map to
@@ -779,7 +781,7 @@ def load_csv(
 
     Returns:
         ``(train, test)`` with ``x`` of shape ``(N, D)``; the test split (``test_fraction``) is
-        stratified with the fixed ``test_seed``.
+        stratified with the fixed ``test_seed``, or with ``ordered`` the last rows.
 
     Raises:
         DataNotFoundError: The file does not exist.
@@ -789,7 +791,7 @@ def load_csv(
     """
     import difflib
 
-    from transferkit.data.sampling import stratified_indices
+    from transferkit.data.sampling import split_indices
 
     p = Path(path)
     if not p.is_file():
@@ -856,7 +858,7 @@ def load_csv(
     except (ValueError, OverflowError):
         y = np.array(raw_labels, dtype=str)
     full = _from_arrays(x, y, None, name, where)
-    keep, held = stratified_indices(full.y, test_fraction, test_seed)
+    keep, held = split_indices(full.y, test_fraction, test_seed, ordered)
     return full.subset(torch.from_numpy(keep), f"{name}/train"), full.subset(
         torch.from_numpy(held), f"{name}/test"
     )

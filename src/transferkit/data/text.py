@@ -37,7 +37,7 @@ from torch.utils.data import Dataset
 
 from transferkit.data.base import DataSplits, checked_classes
 from transferkit.data.builtin import TEST_SPLIT_SEED, _builtin, _no_kwargs
-from transferkit.data.sampling import split_train_val, stratified_indices
+from transferkit.data.sampling import split_indices, split_train_val
 from transferkit.data.sources import _labels
 from transferkit.errors import ConfigError, DataError, DataNotFoundError
 
@@ -259,8 +259,10 @@ def read_text_file(
     return TextDataset([r[1] for r in rows], torch.tensor(ids), classes, name or p.stem)
 
 
-def _fixed_split(full: TextDataset, test_size: float | int, name: str) -> tuple[TextDataset, TextDataset]:
-    keep, held = stratified_indices(full.y, test_size, TEST_SPLIT_SEED)
+def _fixed_split(
+    full: TextDataset, test_size: float | int, name: str, ordered: bool = False
+) -> tuple[TextDataset, TextDataset]:
+    keep, held = split_indices(full.y, test_size, TEST_SPLIT_SEED, ordered)
     return full.subset(keep.tolist(), f"{name}/train"), full.subset(held.tolist(), f"{name}/test")
 
 
@@ -272,13 +274,16 @@ def load_text_file(
     val_fraction: float = 0.1,
     seed: int = 0,
     test_fraction: float = 0.2,
+    ordered: bool = False,
 ) -> DataSplits:
     """A text file as :class:`DataSplits`: a fixed stratified test split (``test_fraction``, seeded
     by the constant ``TEST_SPLIT_SEED`` as for ``.npz`` files; never depends on ``seed``), then a
-    stratified validation split of ``val_fraction`` carved from train with ``seed``."""
+    stratified validation split of ``val_fraction`` carved from train with ``seed``. With ``ordered``
+    (rows in time order) test is the last ``test_fraction`` of the rows and validation the last
+    ``val_fraction`` of the rest."""
     full = read_text_file(path, text_column=text_column, label_column=label_column)
-    train, test = _fixed_split(full, test_fraction, full.name)
-    train, val = split_train_val(train, val_fraction, seed)
+    train, test = _fixed_split(full, test_fraction, full.name, ordered)
+    train, val = split_train_val(train, val_fraction, seed, ordered)
     return DataSplits(train=train, val=val, test=test)  # type: ignore[arg-type]
 
 

@@ -32,7 +32,7 @@ CHOICES: dict[str, tuple[str, str]] = {**CRITERIA, "oracle": ("oracle_accuracy",
 
 def _load_domain(cfg: DomainDataConfig, seed: int) -> DataSplits:
     return load_dataset(cfg.dataset, root=cfg.root, val_fraction=cfg.val_fraction, seed=seed,
-                        classes=cfg.classes, **cfg.column_options())
+                        classes=cfg.classes, **cfg.file_options())
 
 
 def _to_shape(splits: DataSplits, shape: tuple[int, ...]) -> DataSplits:

@@ -41,7 +41,7 @@ def load_source(cfg: FinetuneConfig) -> TransferNet | None:
 def load_target_data(cfg: DataConfig, seed: int = 0) -> DataSplits:
     """The target dataset's splits (validation carved from training with ``seed``)."""
     return load_dataset(cfg.dataset, root=cfg.root, val_fraction=cfg.val_fraction, seed=seed,
-                        classes=cfg.classes, **cfg.column_options())
+                        classes=cfg.classes, **cfg.file_options())
 
 
 #: ``data.unlabeled`` naming the target's own training split.

@@ -64,8 +64,7 @@ class MultitaskResult:
 
 def _task_data(cfg: MultitaskConfig, seed: int) -> dict[str, DataSplits]:
     return {t: load_target_data(DataConfig(dataset=c.dataset, root=c.root, val_fraction=c.val_fraction,
-                                           classes=c.classes, text_column=c.text_column,
-                                           label_column=c.label_column), seed=seed)
+                                           classes=c.classes, **c.file_options()), seed=seed)
             for t, c in cfg.tasks.items()}
 
 
