@@ -382,6 +382,9 @@ def test_adapt_between_two_text_domains_without_target_labels(tiny_bert, tmp_pat
     names = {r["name"] for r in metrics["summary"]}
     assert {"adapt/source-only", "adapt/dann/w=0.3", "adapt/coral/w=0.3", "tfidf+lr"} <= names
     assert metrics["model_choice"]["criterion"] and metrics["about"]["kind"] == "adapt"
+    use = metrics["about"]["data_use"]
+    assert "labelled training texts" in use and "training texts without labels" in use
+    assert use.endswith("inputs: texts") and "images" not in use
 
 
 def test_embeddings_move_by_token_string_between_tokenizers(tiny_bert):

@@ -265,13 +265,15 @@ def adapt(cfg: AdaptConfig | dict[str, Any]) -> WorkflowResult:
     if cfg.oracle:
         baseline_text += ("; target oracle: trained on the labelled target training split, an upper bound "
                           "that needs the target labels adaptation does without")
-    oracle_text = (f"; the target oracle trains on {len(target.train):,} labelled target training images "
+    items = "texts" if isinstance(source.train, TextDataset) else "images"
+    oracle_text = (f"; the target oracle trains on {len(target.train):,} labelled target training {items} "
                    f"({len(target.val):,} validation)" if cfg.oracle else "")
+    inputs = "; inputs: texts" if items == "texts" else f"; inputs {shape}"
     data_use = (
-        f"source {cfg.source_data.dataset}: all {len(source.train):,} labelled training images "
-        f"({len(source.val):,} validation images for model choice); target {cfg.target_data.dataset}: "
-        f"{len(unlabelled):,} training images without labels, {len(target.test):,} labelled test images "
-        f"used only for the reported accuracy{oracle_text}; inputs {shape}"
+        f"source {cfg.source_data.dataset}: all {len(source.train):,} labelled training {items} "
+        f"({len(source.val):,} validation {items} for model choice); target {cfg.target_data.dataset}: "
+        f"{len(unlabelled):,} training {items} without labels, {len(target.test):,} labelled test {items} "
+        f"used only for the reported accuracy{oracle_text}{inputs}"
     )
     about = describe_run(
         "adapt",
