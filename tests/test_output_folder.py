@@ -11,7 +11,7 @@ import pytest
 
 from cli_helpers import assert_one_line_error, run
 from transferkit.errors import ConfigError
-from transferkit.workflows.output import differences, open_output
+from transferkit.workflows.output import data_fingerprint, differences, open_output
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
@@ -146,6 +146,17 @@ def test_differences_leave_out_how_to_run():
     assert differences(old, new) == ["train.lr: 0.1 -> 0.2"]
 
 
+def test_a_run_recorded_before_the_data_file_options_still_resumes():
+    """Runs recorded before text_column / label_column / ordered existed read with their defaults."""
+    old = {"config": {"data": {"dataset": "x.csv"}, "train": {"lr": 0.1}}}
+    new = {"config": {"data": {"dataset": "x.csv", "text_column": "text", "label_column": "label",
+                               "ordered": False}, "train": {"lr": 0.1}}}
+    assert differences(old, new) == []
+    changed = {"config": {"data": {**new["config"]["data"], "ordered": True}, "train": {"lr": 0.1}}}
+    assert differences(old, changed) == ["data.ordered: (absent) -> true"]
+    assert differences(new, changed) == ["data.ordered: false -> true"]
+
+
 def test_open_output_on_an_empty_folder_and_leftovers(tmp_path):
     (tmp_path / "o").mkdir()
     (tmp_path / "o" / ".staging").mkdir()  # an interrupted replacement, nothing else
@@ -161,3 +172,18 @@ def test_a_workflow_launched_as_one_of_several_processes_is_refused(tmp_path, mo
     with pytest.raises(ConfigError, match=pattern):
         open_output(tmp_path / "o", {"config": {}}, kind="finetune")
     assert not (tmp_path / "o").exists()
+
+
+def test_an_unlabelled_pool_is_fingerprinted_by_its_contents():
+    """A pool is one dataset without splits: its size and inputs are hashed, so a resume with another
+    pool (another file at the same path) is refused."""
+    import torch
+
+    from transferkit.data import TensorDataset, TextDataset
+
+    a = data_fingerprint(TextDataset(["one", "two"], torch.zeros(2)), "pool.txt")
+    b = data_fingerprint(TextDataset(["one", "three"], torch.zeros(2)), "pool.txt")
+    assert a["size"] == 2 and a["sha256"] != b["sha256"]
+    images = [data_fingerprint(TensorDataset(torch.full((3, 1, 2, 2), v), torch.zeros(3)))
+              for v in (0.0, 1.0)]
+    assert images[0]["size"] == 3 and images[0]["sha256"] != images[1]["sha256"]

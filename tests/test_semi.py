@@ -218,7 +218,10 @@ def test_unlabelled_data_and_the_methods_that_read_it_come_together(digits_sourc
     txt = run("finetune", "--source", digits_source, "--data", "digits", "--shots", "3", "-m", "fixmatch",
               "--unlabeled", tmp_path / "texts.txt", "--out", tmp_path / "d")
     assert_one_line_error(txt, "texts.txt' holds texts but the target 'digits' holds images or vectors")
-    assert not any((tmp_path / n).exists() for n in "abcd")
+    same = run("finetune", "--source", digits_source, "--data", "digits", "--shots", "3", "-m", "fixmatch",
+               "--unlabeled", "digits", "--out", tmp_path / "e")
+    assert_one_line_error(same, "unlabeled data 'digits' is the target data itself", "--unlabeled rest")
+    assert not any((tmp_path / n).exists() for n in "abcde")
 
 
 def test_distill_unlabeled_distils_on_the_transfer_set(digits_source, tmp_path):

@@ -367,24 +367,41 @@ def test_named_columns_of_a_jsonl_file_work_in_finetune_and_evaluate(tiny_bert, 
 def test_adapt_between_two_text_domains_without_target_labels(tiny_bert, tmp_path):
     import json
 
-    def write(path, data, filler):
+    def write(path, data, filler):  # both domains' files name their text column "post"
         texts = [" ".join(filler[len(word) % len(filler)] if word in WORDS else word for word in t.split())
                  for t in data.texts]
-        write_csv(path, texts, _labels_of(data))
+        write_csv(path, texts, _labels_of(data), header=("post", "label"))
 
     write(tmp_path / "source.csv", _sentiment(200, 8, "s"), WORDS[:6])
     write(tmp_path / "target.csv", _sentiment(200, 9, "t"), WORDS[6:])
     result = run("adapt", "--source", f"hf:{tiny_bert}", "--source-data", tmp_path / "source.csv",
                  "--target-data", tmp_path / "target.csv", "-m", "dann", "-m", "coral", "--weights", "0.3",
-                 "--epochs", 2, "--seeds", "0", "--out", tmp_path / "out")
+                 "--epochs", 2, "--seeds", "0", "--out", tmp_path / "out", "--text-column", "post")
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     names = {r["name"] for r in metrics["summary"]}
     assert {"adapt/source-only", "adapt/dann/w=0.3", "adapt/coral/w=0.3", "tfidf+lr"} <= names
     assert metrics["model_choice"]["criterion"] and metrics["about"]["kind"] == "adapt"
     use = metrics["about"]["data_use"]
-    assert "labelled training texts" in use and "training texts without labels" in use
+    assert "labelled training texts" in use and "144 training texts without labels" in use
     assert use.endswith("inputs: texts") and "images" not in use
+    # a pool of unlabelled target-domain texts (a .txt file) to adapt to instead of the training split
+    pool = tmp_path / "pool.txt"
+    target_words = _sentiment(300, 10, "p")
+    pool.write_text("\n".join(" ".join(WORDS[6:][len(w) % 6] if w in WORDS else w for w in t.split())
+                              for t in target_words.texts) + "\n")
+    result = run("adapt", "--source", f"hf:{tiny_bert}", "--source-data", tmp_path / "source.csv",
+                 "--target-data", tmp_path / "target.csv", "-m", "coral", "--weights", "0.3", "--no-oracle",
+                 "--epochs", 1, "--seeds", "0", "--out", tmp_path / "pooled", "--text-column", "post",
+                 "--unlabeled", pool, "target_data.unlabeled_size=250")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "pooled" / "metrics.json").read_text())
+    assert f"250 texts without labels ({pool}), 40 labelled test texts" in metrics["about"]["data_use"]
+    identity = json.loads((tmp_path / "pooled" / "run.json").read_text())["identity"]
+    assert identity["unlabeled"]["size"] == 250  # a resume with another pool is refused
+    bad = run("adapt", "--source-data", tmp_path / "source.csv", "--target-data", tmp_path / "target.csv",
+              "source_data.unlabeled=x.txt", "--out", tmp_path / "bad")
+    assert_one_line_error(bad, "the source domain is labelled", "target_data.unlabeled (--unlabeled)")
 
 
 def test_embeddings_move_by_token_string_between_tokenizers(tiny_bert):
@@ -698,3 +715,7 @@ def test_an_unlabelled_text_file_is_read_as_the_same_transfer_set(tiny_bert, tex
         accuracy[str(pool)] = [(r["accuracy"], r["history"][-1]["train_loss"])
                                for r in metrics["runs"] if r["name"] == "distill/kd"]
     assert len(set(map(str, accuracy.values()))) == 1, accuracy
+    # the target file itself as the pool would train on its test rows: refused
+    same = run("distill", "--teacher", teacher, "--student", f"hf:{tiny_bert}", "--data", path, "--shots", 2,
+               "--unlabeled", path, "-m", "kd", "--out", tmp_path / "same")
+    assert_one_line_error(same, "is the target data itself", "--unlabeled rest")

@@ -516,12 +516,20 @@ class DomainDataConfig(_FileOptions):
         classes: Keep only these classes (train and test), relabelled in this order; give the same
             list for both domains.
         text_column, label_column, ordered: As in :class:`DataConfig`.
+        unlabeled: Target only: the unlabelled target inputs the methods adapt to, instead of the
+            target's training split without labels: a text file (``.txt``, one text a line, or a
+            table's ``text_column``) or a dataset (its training split) of the target's kind; its
+            labels, if any, are never read. The target's labelled test split still gives the
+            reported accuracy (and its training split the oracle).
+        unlabeled_size: Use this many of the unlabelled inputs (drawn with the first seed).
     """
 
     dataset: str
     root: str | None = None
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     classes: list[str] | None = Field(None, min_length=2)
+    unlabeled: str | None = None
+    unlabeled_size: int | None = Field(None, ge=1)
 
 
 def _default_adapt_methods() -> list[dict[str, Any]]:
@@ -580,6 +588,14 @@ class AdaptConfig(_Strict):
     def _weights_ok(cls, v: list[float]) -> list[float]:
         if not v or any(not w >= 0 for w in v):
             raise ValueError(f"weights must be a non-empty list of numbers >= 0, got {v}")
+        return v
+
+    @field_validator("source_data")
+    @classmethod
+    def _source_is_labelled(cls, v: DomainDataConfig) -> DomainDataConfig:
+        if v.unlabeled is not None or v.unlabeled_size is not None:
+            raise ValueError("the source domain is labelled; give unlabelled target inputs as "
+                             "target_data.unlabeled (--unlabeled)")
         return v
 
 

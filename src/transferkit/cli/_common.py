@@ -165,22 +165,23 @@ def augment_option() -> Any:
     )
 
 
-def text_column_option() -> Any:
-    """The ``--text-column NAME`` flag: the text column of a .csv / .tsv / .jsonl file."""
-    return typer.Option(None, "--text-column", help="Text column of a .csv / .tsv / .jsonl data file "
-                        "(default: text); also of an --unlabeled text file.")
+def text_column_option(where: str = "the --data file") -> Any:
+    """The ``--text-column NAME`` flag: the text column of ``where`` (a .csv / .tsv / .jsonl file)."""
+    return typer.Option(None, "--text-column", help=f"Text column of {where} (.csv / .tsv / .jsonl; "
+                        "default: text).")
 
 
-def label_column_option() -> Any:
-    """The ``--label-column NAME`` flag: the label column of a data file."""
-    return typer.Option(None, "--label-column", help="Label column of a .csv / .tsv / .jsonl data file "
-                        "(default: label).")
+def label_column_option(where: str = "the --data file") -> Any:
+    """The ``--label-column NAME`` flag: the label column of ``where``."""
+    return typer.Option(None, "--label-column", help=f"Label column of {where} (.csv / .tsv / .jsonl, "
+                        "numeric .csv; default: label).")
 
 
-def ordered_split_option() -> Any:
-    """The ``--ordered-split`` flag: a data file's rows are in time order."""
-    return typer.Option(False, "--ordered-split", help="The data file's rows are in time order: test is "
-                        "its last 20 % of rows, validation the last rows before them (not shuffled).")
+def ordered_split_option(where: str = "the --data file") -> Any:
+    """The ``--ordered-split`` flag: the rows of ``where`` are in time order."""
+    return typer.Option(False, "--ordered-split", help=f"The rows of {where} are in time order: test is its "
+                        "last 20 % of rows (an .npz with its own test arrays keeps them), validation the "
+                        "last rows before them; not shuffled.")
 
 
 def file_kwargs(text_column: str | None, label_column: str | None, ordered: bool = False) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -28,6 +29,9 @@ from transferkit.cli._common import (
     trust_remote_code_option,
 )
 
+#: What the file options of ``adapt`` apply to.
+_DOMAIN_FILES = "the --target-data file (and of --source-data when it is a file)"
+
 
 @handle_errors
 def adapt(
@@ -44,9 +48,14 @@ def adapt(
     target_data: str | None = typer.Option(
         None, "--target-data", help="Target data (its training labels are never used): name or path."
     ),
-    text_column: str | None = text_column_option(),
-    label_column: str | None = label_column_option(),
-    ordered_split: bool = ordered_split_option(),
+    text_column: str | None = text_column_option(_DOMAIN_FILES),
+    label_column: str | None = label_column_option(_DOMAIN_FILES),
+    ordered_split: bool = ordered_split_option(_DOMAIN_FILES),
+    unlabeled: str | None = typer.Option(
+        None, "--unlabeled", help="Unlabelled target inputs to adapt to, instead of the --target-data "
+        "training split: a text file (.txt: one text a line; a table: its text column), a built-in name or "
+        "a path; their labels are never read. The target's test split still gives the accuracy."
+    ),
     weights: str | None = typer.Option(
         None, "--weights", help="Comma-separated grid of the trade-off weight, e.g. 0.1,0.3,1."
     ),
@@ -102,7 +111,13 @@ def adapt(
         "overwrite": True if overwrite else None,
     }
     items = [f"{k}={v}" for k, v in pairs.items() if v is not None]
-    items += file_overrides(["source_data", "target_data"], text_column, label_column, ordered_split)
+    # the file options name the target file's columns, and the source's when it is a file too (a
+    # built-in source domain takes none)
+    src = source_data or (base.get("source_data") or {}).get("dataset")
+    domains = ["target_data"] + (["source_data"] if src and Path(str(src)).expanduser().is_file() else [])
+    items += file_overrides(domains, text_column, label_column, ordered_split)
+    if unlabeled is not None:
+        items.append(f"target_data.unlabeled={json.dumps(unlabeled)}")
     items += source_overrides("model.", "source_arch", arch=source_arch, head=head, input_size=input_size,
                               mean=mean, std=std, pretrained=None)
     if progress if progress is not None else sys.stderr.isatty():

@@ -49,7 +49,7 @@ def distill(
         None, "--student", help="narrow:N (teacher N times narrower), a built-in name or a model folder."
     ),
     data: str | None = typer.Option(None, "--data", help="Data: built-in name or path."),
-    text_column: str | None = text_column_option(),
+    text_column: str | None = text_column_option("the --data file and of an --unlabeled text file"),
     label_column: str | None = label_column_option(),
     ordered_split: bool = ordered_split_option(),
     method: list[str] | None = typer.Option(

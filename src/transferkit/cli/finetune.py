@@ -91,7 +91,7 @@ def finetune(
     std: str | None = std_option(),
     pretrained: bool | None = pretrained_option(),
     data: str | None = typer.Option(None, "--data", help="Target data: built-in name or path."),
-    text_column: str | None = text_column_option(),
+    text_column: str | None = text_column_option("the --data file and of an --unlabeled text file"),
     label_column: str | None = label_column_option(),
     ordered_split: bool = ordered_split_option(),
     strategy: str | None = typer.Option(

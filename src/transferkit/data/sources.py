@@ -16,6 +16,7 @@ import gzip
 import io
 import logging
 import os
+import shlex
 import zlib
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -804,7 +805,8 @@ def load_csv(
     if label_column not in header:
         close = difflib.get_close_matches(label_column, header, n=1)
         fix = (
-            f"did you mean --label-column {close[0]} (label_column={close[0]!r} in Python or a config)?"
+            f"did you mean --label-column {shlex.quote(close[0])} (label_column={close[0]!r} in Python or "
+            "a config)?"
             if close
             else "its first line looks like data: add a header row naming the columns"
             if all(_is_number(h) for h in header)
@@ -842,7 +844,8 @@ def load_csv(
             for r, value in enumerate(cols[:, j]):
                 if not _is_number(value):
                     shown = repr(value) if value.strip() else "an empty field"
-                    text = (f"; for text classification name the text column with --text-column {header[i]}"
+                    text = (f"; for text classification name the text column with --text-column "
+                            f"{shlex.quote(header[i])}"
                             if value.strip() else "")
                     raise DataError(
                         f"column {header[i]!r} of {where} is not numeric: line {body_lines[r]} holds "

@@ -24,9 +24,11 @@ import csv
 import difflib
 import functools
 import importlib.util
+import io
 import json
 import os
 import re
+import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,7 +134,7 @@ def _label_classes(labels: list[str], where: str) -> tuple[list[int], list[str]]
 
 def _column_fix(what: str, name: str) -> str:
     """How to name the column: the command-line flag and the argument (Python, config)."""
-    return f"--{what}-column {name} ({what}_column={name!r} in Python or a config)"
+    return f"--{what}-column {shlex.quote(name)} ({what}_column={name!r} in Python or a config)"
 
 
 def _missing_column(where: str, what: str, column: str, header: list[str]) -> DataError:
@@ -156,11 +158,12 @@ def _read_rows(
             "(e.g. `iconv -f latin1 -t utf-8`)"
         ) from exc
     rows: list[tuple[int, str, str]] = []
-    if path.suffix.lower() == ".txt":
-        return [(n, line, "") for n, line in enumerate(raw.splitlines(), 1) if line.strip()]
+    if path.suffix.lower() == ".txt":  # lines end at \n (or \r\n) only, never at other line breaks
+        lines = raw.split("\n")
+        return [(n, line.removesuffix("\r"), "") for n, line in enumerate(lines, 1) if line.strip()]
     if path.suffix.lower() == ".jsonl":
         seen: set[str] = set()
-        for n, line in enumerate(raw.splitlines(), 1):
+        for n, line in enumerate(raw.split("\n"), 1):  # a U+2028 inside a string ends no line
             if not line.strip():
                 continue
             try:
@@ -189,7 +192,7 @@ def _read_rows(
             rows.append((n, text, str(label)))
         return rows
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-    reader = csv.reader(raw.splitlines(keepends=True), delimiter=delimiter)
+    reader = csv.reader(io.StringIO(raw, newline=""), delimiter=delimiter)
     header: list[str] | None = None
     ti = li = 0
     for record in reader:

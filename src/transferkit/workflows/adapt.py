@@ -22,6 +22,7 @@ from transferkit.evaluation import RunResult
 from transferkit.models import fitted_kwargs, load_source
 from transferkit.transfer.adapt.monitor import CRITERIA
 from transferkit.workflows.arms import Arm, WorkflowResult, run_arms
+from transferkit.workflows.finetune import load_unlabelled
 from transferkit.workflows.output import data_fingerprint, describe_lines, describe_run, model_fingerprint
 
 logger = logging.getLogger(__name__)
@@ -203,7 +204,11 @@ def adapt(cfg: AdaptConfig | dict[str, Any]) -> WorkflowResult:
     source, target = prepare_domains(
         _load_domain(cfg.source_data, seed0), _load_domain(cfg.target_data, seed0), cfg.image_size
     )
-    unlabelled = without_labels(target.train)
+    pool = cfg.target_data.unlabeled
+    if pool is None:
+        unlabelled = without_labels(target.train, cfg.target_data.unlabeled_size, seed0)
+    else:
+        unlabelled = load_unlabelled(cfg.target_data, target, seed0)
     shape = source.train.input_shape
     spec = cfg.model.source_spec()
     start = load_source(spec) if spec is not None else None
@@ -248,6 +253,8 @@ def adapt(cfg: AdaptConfig | dict[str, Any]) -> WorkflowResult:
         "target_data": data_fingerprint(target, cfg.target_data.dataset),
         "start": model_fingerprint(start, cfg.model.source),
     }
+    if pool is not None:
+        fingerprints["unlabeled"] = data_fingerprint(unlabelled, pool)
     method_names = list(dict.fromkeys(name for name, _, _ in grid))
     t = cfg.train
     recipe = {
@@ -272,7 +279,8 @@ def adapt(cfg: AdaptConfig | dict[str, Any]) -> WorkflowResult:
     data_use = (
         f"source {cfg.source_data.dataset}: all {len(source.train):,} labelled training {items} "
         f"({len(source.val):,} validation {items} for model choice); target {cfg.target_data.dataset}: "
-        f"{len(unlabelled):,} training {items} without labels, {len(target.test):,} labelled test {items} "
+        f"{len(unlabelled):,} {'training ' if pool is None else ''}{items} without labels"
+        f"{'' if pool is None else f' ({pool})'}, {len(target.test):,} labelled test {items} "
         f"used only for the reported accuracy{oracle_text}{inputs}"
     )
     about = describe_run(

@@ -7,7 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from transferkit.config import DataConfig, FinetuneConfig, build_config
+from transferkit.config import DataConfig, DomainDataConfig, FinetuneConfig, build_config
 from transferkit.data import DataSplits, TensorDataset, TextDataset, load_dataset, match_shape, without_labels
 from transferkit.data.text import TEXT_SUFFIXES, read_text_file
 from transferkit.engine import (
@@ -48,7 +48,7 @@ def load_target_data(cfg: DataConfig, seed: int = 0) -> DataSplits:
 REST = "rest"
 
 
-def load_unlabelled(cfg: DataConfig, data: DataSplits, seed: int = 0) -> Any:
+def load_unlabelled(cfg: DataConfig | DomainDataConfig, data: DataSplits, seed: int = 0) -> Any:
     """The unlabelled pool of ``cfg.unlabeled`` (``None`` when unset): the target's training split
     (``"rest"``), a text file's texts for a text target (``.txt``: one a line; ``.csv`` / ``.tsv`` /
     ``.jsonl``: the ``cfg.text_column`` column, labels not needed) or another dataset's training split
@@ -62,6 +62,12 @@ def load_unlabelled(cfg: DataConfig, data: DataSplits, seed: int = 0) -> Any:
     if cfg.unlabeled == REST:
         return without_labels(data.train, cfg.unlabeled_size, seed)
     path = Path(cfg.unlabeled).expanduser()
+    target = Path(cfg.dataset).expanduser()
+    same = path.exists() and target.exists() and path.resolve() == target.resolve()
+    if cfg.unlabeled == cfg.dataset or same:
+        raise DataError(f"unlabeled data {cfg.unlabeled!r} is the target data itself: its test and "
+                        "validation examples would be trained on; use --unlabeled rest (the target's "
+                        "training split without labels)")
     text_file = path.suffix.lower() in (".txt", *TEXT_SUFFIXES) and path.is_file()
     if text_file and isinstance(data.train, TextDataset):
         return without_labels(read_text_file(path, text_column=cfg.text_column, label_column=None),

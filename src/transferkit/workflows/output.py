@@ -45,6 +45,9 @@ STAGING = ".staging"
 _OLD = ".replaced"
 # Config keys that say how to run, not what: they may differ on --resume.
 VOLATILE_KEYS = frozenset({"out", "resume", "overwrite", "train.progress"})
+# Data options added after runs were recorded (last part of the key -> the value those runs had): a
+# record without the key equals one with that value, so their runs still resume.
+ADDED_KEYS: dict[str, Any] = {"text_column": "text", "label_column": "label", "ordered": False}
 
 
 # ---------------------------------------------------------------------------------- fingerprints
@@ -227,7 +230,8 @@ def _inputs_tensor(ds: Any) -> torch.Tensor:
 
 
 def data_fingerprint(splits: Any, spec: str | None = None) -> dict[str, Any]:
-    """What a dataset is: its spec (name or path), split sizes, classes and a hash of the tensors."""
+    """What a dataset is: its spec (name or path), split sizes, classes and a hash of the tensors;
+    of one dataset without splits (an unlabelled pool): its size and the hash of its inputs."""
     out: dict[str, Any] = {"spec": spec}
     parts = []
     for split in ("train", "val", "test"):
@@ -236,6 +240,9 @@ def data_fingerprint(splits: Any, spec: str | None = None) -> dict[str, Any]:
             continue
         out[f"{split}_size"] = len(ds)
         parts += [(f"{split}.x", _inputs_tensor(ds)), (f"{split}.y", ds.y)]
+    if not parts and hasattr(splits, "y"):
+        out["size"] = len(splits)
+        parts = [("x", _inputs_tensor(splits)), ("y", splits.y)]
     out["num_classes"] = int(getattr(splits, "num_classes", 0) or 0)
     out["sha256"] = tensor_digest(parts)
     return out
@@ -300,7 +307,9 @@ def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
         if short in VOLATILE_KEYS:
             continue
         va, vb = a.get(key, "(absent)"), b.get(key, "(absent)")
-        if va != vb:
+        added = ADDED_KEYS.get(key.rsplit(".", 1)[-1], "(absent)")
+        recorded_before = (va == "(absent)" and vb == added) or (vb == "(absent)" and va == added)
+        if va != vb and not recorded_before:
             out.append(f"{short}: {_short(va)} -> {_short(vb)}")
     return out
 
