@@ -98,14 +98,6 @@ def test_target_training_labels_are_never_read(tmp_path):
 
 
 def test_bad_domains_give_clear_errors(tmp_path):
-    # --ordered-split names the target file's order; the built-in source domain takes no file options
-    target = _digits_npz(tmp_path / "ordered.npz", False)
-    res = run("adapt", "--method", "coral", "--source-data", "mnist5k", "--target-data", target,
-              "--ordered-split", "--epochs", "1", "--weights", "1", "--no-oracle", "--image-size", "8",
-              "--out", tmp_path / "ordered", "model.arch=mlp", "model.kwargs={hidden: [16]}")
-    assert res.exit_code == 0, res.output
-    saved = (tmp_path / "ordered" / "config.yaml").read_text()
-    assert "ordered: true" in saved and saved.count("ordered: true") == 1  # the target's only
     rgb = _digits_npz(tmp_path / "rgb.npz", False, channels=3)
     with pytest.raises(ShapeError, match="1 vs 3 channels.*match_shape"):
         adapt({**FAST, "out": str(tmp_path / "a"), "target_data": {"dataset": str(rgb)}})
@@ -134,10 +126,13 @@ def test_cli_adapt_writes_the_run_folder_and_rejects_bad_input(tmp_path):
     target = _digits_npz(tmp_path / "ordered.npz", False)
     res = run("adapt", "--method", "coral", "--source-data", "mnist5k", "--target-data", target,
               "--ordered-split", "--epochs", "1", "--weights", "1", "--no-oracle", "--image-size", "8",
-              "--out", tmp_path / "ordered", "model.arch=mlp", "model.kwargs={hidden: [16]}")
+              "--unlabeled", "rest", "--out", tmp_path / "ordered", "model.arch=mlp",
+              "model.kwargs={hidden: [16]}")
     assert res.exit_code == 0, res.output
     saved = (tmp_path / "ordered" / "config.yaml").read_text()
     assert "ordered: true" in saved and saved.count("ordered: true") == 1  # the target's only
+    use = json.loads((tmp_path / "ordered" / "metrics.json").read_text())["about"]["data_use"]
+    assert "1,131 training images without labels, 540 labelled test images" in use  # rest: the default
     rgb = _digits_npz(tmp_path / "rgb.npz", False, channels=3)
     assert_one_line_error(run("adapt", "--target-data", rgb, "--out", tmp_path / "z", "--image-size", "8"),
                           "channels")

@@ -155,6 +155,13 @@ def test_a_run_recorded_before_the_data_file_options_still_resumes():
     changed = {"config": {"data": {**new["config"]["data"], "ordered": True}, "train": {"lr": 0.1}}}
     assert differences(old, changed) == ["data.ordered: (absent) -> true"]
     assert differences(new, changed) == ["data.ordered: false -> true"]
+    # adapt's domains gained unlabeled / unlabeled_size (null unless given)
+    old_adapt = {"config": {"source_data": {"dataset": "a.csv"}, "target_data": {"dataset": "b.csv"}}}
+    new_adapt = {"config": {d: {"dataset": f, "unlabeled": None, "unlabeled_size": None, "ordered": False}
+                            for d, f in (("source_data", "a.csv"), ("target_data", "b.csv"))}}
+    assert differences(old_adapt, new_adapt) == []
+    new_adapt["config"]["target_data"]["unlabeled"] = "pool.txt"
+    assert differences(old_adapt, new_adapt) == ["target_data.unlabeled: (absent) -> pool.txt"]
 
 
 def test_open_output_on_an_empty_folder_and_leftovers(tmp_path):

@@ -220,7 +220,8 @@ def test_unlabelled_data_and_the_methods_that_read_it_come_together(digits_sourc
     assert_one_line_error(txt, "texts.txt' holds texts but the target 'digits' holds images or vectors")
     same = run("finetune", "--source", digits_source, "--data", "digits", "--shots", "3", "-m", "fixmatch",
                "--unlabeled", "digits", "--out", tmp_path / "e")
-    assert_one_line_error(same, "unlabeled data 'digits' is the target data itself", "--unlabeled rest")
+    assert_one_line_error(same, "unlabeled data 'digits' is (part of) the target data 'digits'",
+                          "--unlabeled rest")
     assert not any((tmp_path / n).exists() for n in "abcde")
 
 
@@ -301,3 +302,20 @@ def test_mean_teacher_on_texts_compares_the_batch_as_it_is():
     history = Trainer(student, TrainConfig(epochs=2, batch_size=8, lr=1e-3, backbone_lr_scale=1.0),
                       [CrossEntropy(), term]).fit(texts, target=without_labels(_sentiment(40, 1, "u")))
     assert not term.needs_views and all(math.isfinite(r["loss_mean_teacher"]) for r in history.epochs)
+
+
+def test_datasets_that_may_share_examples_are_recognised(tmp_path):
+    """The target data under another name, a corpus and its domain, or a folder and a path in it
+    overlap (an unlabelled pool of them would hold held-out target examples); others don't."""
+    from transferkit.workflows.finetune import overlaps
+
+    assert overlaps("digits", "Digits") and overlaps("mnist5k", "mnist-5k")
+    assert overlaps("tweets", "tweets:apple") and overlaps("tweets:apple", "TWEETS")
+    assert not overlaps("tweets:apple", "tweets:airline") and not overlaps("digits", "mnist5k")
+    (tmp_path / "imgs" / "test").mkdir(parents=True)
+    (tmp_path / "a.txt").write_text("x")
+    (tmp_path / "b.txt").write_text("x")
+    assert overlaps(str(tmp_path / "imgs"), str(tmp_path / "imgs" / "test"))
+    assert overlaps(str(tmp_path / "a.txt"), str(tmp_path / "." / "a.txt"))
+    assert not overlaps(str(tmp_path / "a.txt"), str(tmp_path / "b.txt"))
+    assert not overlaps(str(tmp_path / "a.txt"), "digits")

@@ -110,8 +110,8 @@ def test_unlabelled_texts_need_no_label_column(tmp_path, fmt):
     assert ds.texts == texts and ds.y.tolist() == [0] * 5 and ds.classes == ["unlabelled"]
     # only \n (or \r\n) ends a line: a U+2028 or a form feed inside a text is part of it
     odd = ["one\u2028two", "three\x0cfour", "five"]
-    if fmt == "txt":
-        path.write_text("\r\n".join(odd) + "\r\n", encoding="utf-8")
+    if fmt == "txt":  # \r\n, \r (old Mac) and \n end lines
+        path.write_text(f"{odd[0]}\r\n{odd[1]}\r{odd[2]}\n", encoding="utf-8", newline="")
     elif fmt == "jsonl":
         lines = (json.dumps({"body": t}, ensure_ascii=False) + "\n" for t in odd)
         path.write_text("".join(lines), encoding="utf-8")

@@ -48,7 +48,7 @@ def adapt(
     target_data: str | None = typer.Option(
         None, "--target-data", help="Target data (its training labels are never used): name or path."
     ),
-    text_column: str | None = text_column_option(_DOMAIN_FILES),
+    text_column: str | None = text_column_option(_DOMAIN_FILES[:-1] + ", and of an --unlabeled table)"),
     label_column: str | None = label_column_option(_DOMAIN_FILES),
     ordered_split: bool = ordered_split_option(_DOMAIN_FILES),
     unlabeled: str | None = typer.Option(
@@ -111,11 +111,6 @@ def adapt(
         "overwrite": True if overwrite else None,
     }
     items = [f"{k}={v}" for k, v in pairs.items() if v is not None]
-    # the file options name the target file's columns, and the source's when it is a file too (a
-    # built-in source domain takes none)
-    src = source_data or (base.get("source_data") or {}).get("dataset")
-    domains = ["target_data"] + (["source_data"] if src and Path(str(src)).expanduser().is_file() else [])
-    items += file_overrides(domains, text_column, label_column, ordered_split)
     if unlabeled is not None:
         items.append(f"target_data.unlabeled={json.dumps(unlabeled)}")
     items += source_overrides("model.", "source_arch", arch=source_arch, head=head, input_size=input_size,
@@ -127,6 +122,11 @@ def adapt(
     if weights is not None:
         items.append(f"weights=[{weights}]")
     merged = apply_augment(apply_overrides(base, items + list(overrides or [])), augment)
+    # the file options name the target file's columns, and the source's when it is a file too (a
+    # built-in source domain takes none)
+    src = (merged.get("source_data") or {}).get("dataset")
+    domains = ["target_data"] + (["source_data"] if src and Path(str(src)).expanduser().is_file() else [])
+    merged = apply_overrides(merged, file_overrides(domains, text_column, label_column, ordered_split))
     if method:
         merged["methods"] = [parse_objective_spec(m, "--method") for m in method]
     cfg = build_config(merged, AdaptConfig)

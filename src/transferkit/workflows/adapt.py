@@ -22,7 +22,7 @@ from transferkit.evaluation import RunResult
 from transferkit.models import fitted_kwargs, load_source
 from transferkit.transfer.adapt.monitor import CRITERIA
 from transferkit.workflows.arms import Arm, WorkflowResult, run_arms
-from transferkit.workflows.finetune import load_unlabelled
+from transferkit.workflows.finetune import REST, load_unlabelled
 from transferkit.workflows.output import data_fingerprint, describe_lines, describe_run, model_fingerprint
 
 logger = logging.getLogger(__name__)
@@ -204,7 +204,7 @@ def adapt(cfg: AdaptConfig | dict[str, Any]) -> WorkflowResult:
     source, target = prepare_domains(
         _load_domain(cfg.source_data, seed0), _load_domain(cfg.target_data, seed0), cfg.image_size
     )
-    pool = cfg.target_data.unlabeled
+    pool = cfg.target_data.unlabeled if cfg.target_data.unlabeled != REST else None
     if pool is None:
         unlabelled = without_labels(target.train, cfg.target_data.unlabeled_size, seed0)
     else:

@@ -48,6 +48,23 @@ def load_target_data(cfg: DataConfig, seed: int = 0) -> DataSplits:
 REST = "rest"
 
 
+def overlaps(a: str, b: str) -> bool:
+    """Whether datasets ``a`` and ``b`` may share examples: one built-in under two names (case or
+    alias), a corpus and one of its domains (``tweets`` and ``tweets:apple``), one file or folder,
+    or a folder and a path inside it."""
+    from transferkit.data.builtin import DATASETS
+
+    if a in DATASETS and b in DATASETS:
+        base_a, _, domain_a = a.lower().partition(":")
+        base_b, _, domain_b = b.lower().partition(":")
+        return DATASETS.get(a) is DATASETS.get(b) or (base_a == base_b and not (domain_a and domain_b))
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    if not (pa.exists() and pb.exists()):
+        return False
+    pa, pb = pa.resolve(), pb.resolve()
+    return pa == pb or pa.is_relative_to(pb) or pb.is_relative_to(pa)
+
+
 def load_unlabelled(cfg: DataConfig | DomainDataConfig, data: DataSplits, seed: int = 0) -> Any:
     """The unlabelled pool of ``cfg.unlabeled`` (``None`` when unset): the target's training split
     (``"rest"``), a text file's texts for a text target (``.txt``: one a line; ``.csv`` / ``.tsv`` /
@@ -62,12 +79,10 @@ def load_unlabelled(cfg: DataConfig | DomainDataConfig, data: DataSplits, seed: 
     if cfg.unlabeled == REST:
         return without_labels(data.train, cfg.unlabeled_size, seed)
     path = Path(cfg.unlabeled).expanduser()
-    target = Path(cfg.dataset).expanduser()
-    same = path.exists() and target.exists() and path.resolve() == target.resolve()
-    if cfg.unlabeled == cfg.dataset or same:
-        raise DataError(f"unlabeled data {cfg.unlabeled!r} is the target data itself: its test and "
-                        "validation examples would be trained on; use --unlabeled rest (the target's "
-                        "training split without labels)")
+    if overlaps(cfg.unlabeled, cfg.dataset):
+        raise DataError(f"unlabeled data {cfg.unlabeled!r} is (part of) the target data {cfg.dataset!r}: its "
+                        "held-out (validation or test) examples would be trained on; use --unlabeled rest "
+                        "(the target's training split without labels)")
     text_file = path.suffix.lower() in (".txt", *TEXT_SUFFIXES) and path.is_file()
     if text_file and isinstance(data.train, TextDataset):
         return without_labels(read_text_file(path, text_column=cfg.text_column, label_column=None),

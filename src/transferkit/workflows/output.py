@@ -47,7 +47,8 @@ _OLD = ".replaced"
 VOLATILE_KEYS = frozenset({"out", "resume", "overwrite", "train.progress"})
 # Data options added after runs were recorded (last part of the key -> the value those runs had): a
 # record without the key equals one with that value, so their runs still resume.
-ADDED_KEYS: dict[str, Any] = {"text_column": "text", "label_column": "label", "ordered": False}
+ADDED_KEYS: dict[str, Any] = {"text_column": "text", "label_column": "label", "ordered": False,
+                              "unlabeled": None, "unlabeled_size": None}
 
 
 # ---------------------------------------------------------------------------------- fingerprints
