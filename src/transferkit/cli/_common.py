@@ -204,7 +204,8 @@ def unlabeled_option(readers: str) -> Any:
     """The ``--unlabeled DATA`` flag (sets ``data.unlabeled``); ``readers`` names the methods that read it."""
     return typer.Option(
         None, "--unlabeled", help=f"Unlabelled target data for {readers}: 'rest' (the target's training "
-        "split without labels), a built-in name or a path."
+        "split without labels), a built-in name or a path (for text: also a .txt file, one text a line, "
+        "or a table without labels)."
     )
 
 

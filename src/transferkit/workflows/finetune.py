@@ -72,7 +72,8 @@ def load_unlabelled(cfg: DataConfig | DomainDataConfig, data: DataSplits, seed: 
     at the target's input shape, labels dropped, ``cfg.unlabeled_size`` of it drawn with ``seed``.
 
     Raises:
-        DataError: the pool is empty, or is text for an image target (or the other way round).
+        DataError: the pool is empty, overlaps the target data (see :func:`overlaps`: its held-out
+            examples would be trained on), or is text for an image target (or the other way round).
     """
     if cfg.unlabeled is None:
         return None
