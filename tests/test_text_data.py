@@ -108,15 +108,15 @@ def test_unlabelled_texts_need_no_label_column(tmp_path, fmt):
                         encoding="utf-8")
     ds = read_text_file(path, text_column="body", label_column=None)
     assert ds.texts == texts and ds.y.tolist() == [0] * 5 and ds.classes == ["unlabelled"]
-    # only \n (or \r\n) ends a line: a U+2028 or a form feed inside a text is part of it
-    odd = ["one\u2028two", "three\x0cfour", "five"]
-    if fmt == "txt":  # \r\n, \r (old Mac) and \n end lines
-        path.write_text(f"{odd[0]}\r\n{odd[1]}\r{odd[2]}\n", encoding="utf-8", newline="")
+    # only \n (or \r\n) ends a line: a U+2028, a form feed or a lone \r inside a text is part of it
+    odd = ["one\u2028two", "three\x0cfour", "five\rsix"]
+    if fmt == "txt":
+        path.write_text(f"{odd[0]}\r\n{odd[1]}\n{odd[2]}\n", encoding="utf-8", newline="")
     elif fmt == "jsonl":
         lines = (json.dumps({"body": t}, ensure_ascii=False) + "\n" for t in odd)
         path.write_text("".join(lines), encoding="utf-8")
     else:
-        path.write_text("body\r\n" + "\r\n".join(odd) + "\r\n", encoding="utf-8")
+        path.write_text("body\r\n" + "\r\n".join(f'"{t}"' for t in odd) + "\r\n", encoding="utf-8")
     assert read_text_file(path, text_column="body", label_column=None).texts == odd
     if fmt != "txt":
         with pytest.raises(DataError, match="no label (column|key) 'label'"):
