@@ -62,6 +62,18 @@ def test_task_arithmetic_keeps_both_tasks(zoo, tmp_path):
     assert acc[MERGED]["digits"] > acc["digits"]["digits"] - 0.10
     assert acc[MERGED]["parity"] > acc["parity"]["parity"] - 0.10
     assert record["heads"] == "kept" and record["options"] == {"scale": 1}
+    # a task's data as a csv whose label column is named otherwise (the built-in digits takes no option)
+    parity = load_dataset(str(zoo / "parity.npz"), val_fraction=0.0)
+    rows = [",".join(f"{v:g}" for v in x.flatten().tolist()) + f",{y}"
+            for x, y in zip(parity.test.x, parity.test.y.tolist(), strict=True)]
+    header = ",".join(f"p{i}" for i in range(64)) + ",odd"
+    (tmp_path / "parity.csv").write_text(header + "\n" + "\n".join(rows) + "\n")
+    csv_run = run("merge", f"digits={zoo / 'digits'}", f"parity={zoo / 'parity'}", "--method",
+                  "task_arithmetic:scale=1", "--base", zoo / "base", "--data", "digits=digits", "--data",
+                  f"parity={tmp_path / 'parity.csv'}", "--label-column", "odd", "--out", tmp_path / "csv")
+    assert csv_run.exit_code == 0, csv_run.output
+    acc_csv = json.loads((tmp_path / "csv" / "merge.json").read_text())["accuracy"]
+    assert acc_csv["parity"]["parity"] > 0.8 and acc_csv["digits"]["digits"] == acc["digits"]["digits"]
     page = (out / "report.html").read_text()
     assert "parity" in page and "linear CKA to the merged model" in record["similarity"]
     assert (out / "similarity.png").stat().st_size > 1000

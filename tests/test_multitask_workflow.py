@@ -45,6 +45,22 @@ def test_multitask_against_single_task_models(parity, tmp_path):
     assert "single-task" in page and "multi-task" in page and "negative transfer between tasks" in page
 
 
+def test_a_task_file_with_its_own_label_column(parity, tmp_path):
+    """--label-column names the label column of every --task file; the built-in task takes none."""
+    d = load_dataset(str(parity), val_fraction=0.0)
+    rows = [",".join(f"{v:g}" for v in x.flatten().tolist()) + f",{y}"
+            for x, y in zip(d.train.x, d.train.y.tolist(), strict=True)]
+    path = tmp_path / "parity.csv"
+    path.write_text(",".join(f"p{i}" for i in range(64)) + ",odd\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "mt"
+    result = run("multitask", "--task", "digit=digits", "--task", f"parity={path}", "--label-column", "odd",
+                 "--arch", "mlp", "--seeds", "0", "--epochs", "2", "--no-baseline", "--out", out,
+                 "model.kwargs.in_features=64", "model.kwargs.hidden=[32]", "train.lr=0.01")
+    assert result.exit_code == 0, result.output
+    tasks = json.loads((out / "metrics.json").read_text())["tasks"]
+    assert [r["accuracy_mean"] > 0.6 for rows in tasks.values() for r in rows] == [True, True]
+
+
 def test_multitask_errors(parity, tmp_path):
     out = tmp_path / "bad"
     assert_one_line_error(run("multitask", "--task", "digit=digits", "--out", out), "at least two tasks")

@@ -7,7 +7,17 @@ from pathlib import Path
 
 import typer
 
-from transferkit.cli._common import console, handle_errors, parse_numbers, parse_objective_spec, setup_logging
+from transferkit.cli._common import (
+    console,
+    file_kwargs,
+    handle_errors,
+    label_column_option,
+    ordered_split_option,
+    parse_numbers,
+    parse_objective_spec,
+    setup_logging,
+    text_column_option,
+)
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 
@@ -40,6 +50,9 @@ def merge(
         None, "--data", help="DATA (the task of every model) or NAME=DATA (one model's task); repeatable. "
         "Test splits give the report; training splits the Fisher, activations and BatchNorm statistics; "
         "the validation split a greedy soup's choices."),
+    text_column: str | None = text_column_option("every --data file (not built-in names)"),
+    label_column: str | None = label_column_option("every --data file (not built-in names)"),
+    ordered_split: bool = ordered_split_option("every --data file (not built-in names)"),
     weights: str | None = typer.Option(None, "--weights", help="One weight per model, e.g. 1,1,2."),
     heads: str = typer.Option("auto", "--heads", help="auto | merge | keep (one head per model's task)."),
     align: str | None = typer.Option(
@@ -76,7 +89,8 @@ def merge(
         data_spec = value if name is None else {**(data_spec or {}), name: value}
     run = merge_workflow(named, spec.pop("name"), base=base, data=data_spec,
                          weights=parse_numbers(weights, "--weights"), options=spec, heads=heads, align=align,
-                         batchnorm=batchnorm, out=out, overwrite=overwrite, seed=seed)
+                         batchnorm=batchnorm, out=out, overwrite=overwrite, seed=seed,
+                         file_options=file_kwargs(text_column, label_column, ordered_split))
     result = run.result
     console.print(f"merged {', '.join(result.names)} with {result.method} ({result.heads} heads)")
     for rec in result.alignment or []:

@@ -7,7 +7,17 @@ from pathlib import Path
 
 import typer
 
-from transferkit.cli._common import console, handle_errors, setup_logging
+from transferkit.cli._common import (
+    console,
+    file_kwargs,
+    handle_errors,
+    label_column_option,
+    ordered_split_option,
+    setup_logging,
+    text_column_option,
+)
+
+_TASK_FILES = "every --task given as a file"
 
 
 @handle_errors
@@ -23,6 +33,9 @@ def multitask(
     surgery: str | None = typer.Option(None, "--surgery", help="pcgrad | cagrad (gradient surgery)"),
     sampling: str | None = typer.Option(
         None, "--sampling", help="all | proportional | uniform | temperature"),
+    text_column: str | None = text_column_option(_TASK_FILES),
+    label_column: str | None = label_column_option(_TASK_FILES),
+    ordered_split: bool = ordered_split_option(_TASK_FILES),
     shots: int | None = typer.Option(None, "--shots", help="Labelled examples per class, every task."),
     epochs: int | None = typer.Option(None, "--epochs", help="Training budget in epochs (every model)."),
     seeds: str | None = typer.Option(None, "--seeds", help="Comma-separated seeds, e.g. 0,1,2."),
@@ -56,6 +69,8 @@ def multitask(
         if name is None:
             raise ConfigError(f"--task {text!r} is not NAME=DATA; write e.g. --task digits=digits")
         merged.setdefault("tasks", {})[name] = {"dataset": data}
+        if Path(data).expanduser().is_file():  # a built-in task takes no file options
+            merged["tasks"][name].update(file_kwargs(text_column, label_column, ordered_split))
     if shots is not None:
         for spec in (merged.get("tasks") or {}).values():
             if isinstance(spec, dict):

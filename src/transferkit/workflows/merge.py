@@ -62,12 +62,16 @@ def _load(spec: str | TransferNet) -> TransferNet:
     return spec if isinstance(spec, TransferNet) else load_model(spec)
 
 
-def _task_data(data: str | Mapping[str, str] | None, names: Sequence[str],
-               seed: int) -> dict[str, DataSplits]:
+def _task_data(data: str | Mapping[str, str] | None, names: Sequence[str], seed: int,
+               file_options: Mapping[str, Any]) -> dict[str, DataSplits]:
     if data is None:
         return {}
+
+    def options(spec: str) -> Mapping[str, Any]:  # a built-in dataset takes no file options
+        return file_options if Path(spec).expanduser().exists() else {}
+
     if isinstance(data, str):
-        splits = load_dataset(data, val_fraction=0.1, seed=seed)
+        splits = load_dataset(data, val_fraction=0.1, seed=seed, **options(data))
         return {n: splits for n in names}
     unknown = [k for k in data if k not in names]
     if unknown:
@@ -77,7 +81,7 @@ def _task_data(data: str | Mapping[str, str] | None, names: Sequence[str],
     cache: dict[str, DataSplits] = {}
     for name, spec in data.items():
         if spec not in cache:
-            cache[spec] = load_dataset(spec, val_fraction=0.1, seed=seed)
+            cache[spec] = load_dataset(spec, val_fraction=0.1, seed=seed, **options(spec))
         loaded[name] = cache[spec]
     return loaded
 
@@ -100,6 +104,7 @@ def merge_workflow(
     out: str | os.PathLike | None = None,
     overwrite: bool = False,
     seed: int = 0,
+    file_options: Mapping[str, Any] | None = None,
 ) -> MergeRun:
     """Merge models and report what it gave, task by task.
 
@@ -118,12 +123,14 @@ def merge_workflow(
             nothing).
         overwrite: Replace earlier results in ``out`` (only once the new ones are complete).
         seed: Seeds the validation split (and DARE's masks unless ``options`` sets ``seed``).
+        file_options: How the ``data`` files (not built-in names) are read (``text_column``,
+            ``label_column``, ``ordered``; see :func:`~transferkit.data.load_dataset`).
     """
     spec = MERGE_METHODS.get(method)
     names = list(models)
     loaded = {n: _load(m) for n, m in models.items()}
     base_model = _load(base) if base is not None else None
-    tasks = _task_data(data, names, seed)
+    tasks = _task_data(data, names, seed, file_options or {})
     inputs = list(loaded.values())
     kwargs: dict[str, Any] = dict(options or {})
     if "seed" in spec.options and "seed" not in kwargs:
