@@ -45,7 +45,19 @@ def test_finetune_end_to_end(tmp_path, digits_source):
 
     evaluated = run("evaluate", out / "model", "--data", "digits", "--json")
     assert evaluated.exit_code == 0, evaluated.output
-    assert 0.0 <= json.loads(evaluated.stdout)["accuracy"] <= 1.0
+    scores = json.loads(evaluated.stdout)
+    assert 0.0 <= scores["accuracy"] <= 1.0
+    # the saved model names its classes; predict on the test split agrees with evaluate
+    import csv
+
+    predicted = run("predict", out / "model", "--data", "digits", "--out", tmp_path / "p.csv")
+    assert predicted.exit_code == 0, predicted.output
+    assert "wrote 540 predictions (classes 0, 1, 2, 3, 4, 5, 6, 7, 8, 9)" in predicted.output
+    rows = list(csv.DictReader((tmp_path / "p.csv").open(newline="")))
+    assert list(rows[0]) == ["row", "prediction", "probability", "label"]
+    assert sum(r["prediction"] == r["label"] for r in rows) / 540 == pytest.approx(scores["accuracy"])
+    assert_one_line_error(run("predict", out / "model", "--data", "digits", "--split", "all", "--out",
+                              tmp_path / "q.csv"), "--split must be train, val or test")
 
 
 def test_finetune_bad_inputs(tmp_path, digits_source):

@@ -362,6 +362,27 @@ def test_named_columns_of_a_jsonl_file_work_in_finetune_and_evaluate(tiny_bert, 
     scores = json.loads(evaluated.stdout)
     assert scores["n"] == 40 and scores["accuracy"] == pytest.approx(arm["accuracy"])
     assert scores["class_names"] == ["five", "one"]
+    # predict: the model names its classes; on the test split its rows give the evaluated accuracy
+    labelled = tmp_path / "test.csv"
+    done = run("predict", tmp_path / "out" / "model", "--data", path, "--text-column", "review",
+               "--label-column", "stars", "--split", "test", "--out", labelled)
+    assert done.exit_code == 0, done.output
+    rows = list(csv.DictReader(labelled.open(newline="")))
+    assert list(rows[0]) == ["row", "text", "prediction", "probability", "label"] and len(rows) == 40
+    hits = [r["prediction"] == r["label"] for r in rows]
+    assert sum(hits) / len(hits) == pytest.approx(scores["accuracy"])
+    assert {r["prediction"] for r in rows} <= {"five", "one"} and all(0.5 <= float(r["probability"]) <= 1
+                                                                      for r in rows)
+    new = tmp_path / "new.txt"
+    new.write_text("the film was great\nthe plot was awful, really\n")
+    done = run("predict", tmp_path / "out" / "model", "--data", new, "--out", tmp_path / "new.csv")
+    assert done.exit_code == 0, done.output
+    assert "wrote 2 predictions (classes five, one)" in done.output
+    rows = list(csv.DictReader((tmp_path / "new.csv").open(newline="")))
+    assert [r["text"] for r in rows] == ["the film was great", "the plot was awful, really"]
+    assert list(rows[0]) == ["row", "text", "prediction", "probability"]
+    assert_one_line_error(run("predict", tmp_path / "out" / "model", "--data", new, "--out",
+                              tmp_path / "new.csv"), "already exists; pass --overwrite")
 
 
 def test_adapt_between_two_text_domains_without_target_labels(tiny_bert, tmp_path):

@@ -17,6 +17,7 @@ from transferkit.cli import (
     inspect,
     merge,
     multitask,
+    predict,
     rank,
     recipes,
     validate,
@@ -44,6 +45,7 @@ app.command("grow")(grow.grow)
 app.command("inspect")(inspect.inspect)
 app.command("merge")(merge.merge)
 app.command("multitask")(multitask.multitask)
+app.command("predict")(predict.predict)
 app.command("rank")(rank.rank)
 app.command("recipes")(recipes.recipes)
 app.command("validate")(validate.validate)

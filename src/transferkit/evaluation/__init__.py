@@ -1,6 +1,7 @@
 """Evaluation: metrics, comparison with a from-scratch baseline, and reports.
 
 * :func:`evaluate` / :func:`predict` / :func:`classification_metrics` -> :class:`Metrics`;
+  :func:`predict_proba`: class probabilities;
 * :class:`RunResult` (one method, one seed), :func:`summarize` (mean/std over seeds, gain over the
   baseline, negative transfer, significance) and :func:`format_table`;
 * :func:`write_metrics_json` and :func:`write_report` (self-contained HTML with plots);
@@ -18,7 +19,9 @@ from transferkit.evaluation.metrics import (
     evaluate,
     evaluate_with_head,
     predict,
+    predict_proba,
 )
+from transferkit.evaluation.predictions import prediction_rows, predictions_csv, write_predictions
 from transferkit.evaluation.report import write_metrics_json, write_report
 from transferkit.evaluation.similarity import compare_models, layer_cka, linear_cka, weight_change
 from transferkit.evaluation.unsupervised import (
@@ -46,11 +49,15 @@ __all__ = [
     "layer_cka",
     "linear_cka",
     "predict",
+    "predict_proba",
     "prediction_entropy",
+    "prediction_rows",
+    "predictions_csv",
     "proxy_a_distance",
     "snd_score",
     "summarize",
     "weight_change",
     "write_metrics_json",
+    "write_predictions",
     "write_report",
 ]

@@ -126,15 +126,33 @@ def predict(
         ConfigError: ``batch_size`` is not a positive integer.
         DataError: The model's output is not logits of shape ``(B, num_classes)``.
     """
-    y_pred, y_true, _ = _predict(model, data, batch_size, device)
+    y_pred, y_true, _, _ = _predict(model, data, batch_size, device)
     return y_pred, y_true
 
 
+def predict_proba(
+    model: nn.Module,
+    data: TensorDataset,
+    *,
+    batch_size: int = 512,
+    device: str | torch.device | None = None,
+) -> Tensor:
+    """Class probabilities (softmax of the logits) of ``model`` on every example of ``data``, as
+    :func:`predict` runs it (eval mode, inference mode, the model not moved).
+
+    Returns:
+        A float32 CPU tensor of shape ``(N, num_classes)``.
+    """
+    return _predict(model, data, batch_size, device, keep_probs=True)[3]
+
+
 def _predict(
-    model: nn.Module, data: TensorDataset, batch_size: int, device: str | torch.device | None
-) -> tuple[Tensor, Tensor, int]:
-    """:func:`predict` plus the width of the model's logits (its number of classes). ``data`` may
-    also be any map-style Dataset with ``classes`` (a streamed image folder)."""
+    model: nn.Module, data: TensorDataset, batch_size: int, device: str | torch.device | None,
+    keep_probs: bool = False,
+) -> tuple[Tensor, Tensor, int, Tensor | None]:
+    """:func:`predict` plus the width of the model's logits (its number of classes) and, with
+    ``keep_probs``, the softmax probabilities. ``data`` may also be any map-style Dataset with
+    ``classes`` (a streamed image folder)."""
     if len(data) == 0:
         raise DataError(
             f"cannot evaluate on dataset {data.name!r}: it has 0 examples; pass a non-empty split"
@@ -148,6 +166,7 @@ def _predict(
     model.eval()
     preds: list[Tensor] = []
     labels: list[Tensor] = []
+    probs: list[Tensor] = []
     width = 0
     try:
         with torch.inference_mode():
@@ -161,10 +180,12 @@ def _predict(
                 width = int(logits.shape[1])
                 preds.append(logits.argmax(dim=1).cpu())
                 labels.append(ex.y.cpu())
+                if keep_probs:
+                    probs.append(logits.float().softmax(dim=1).cpu())
     finally:
         model.train(was_training)
     y_pred = torch.cat(preds).long()
-    return y_pred, torch.cat(labels).long(), width
+    return y_pred, torch.cat(labels).long(), width, torch.cat(probs) if keep_probs else None
 
 
 def _as_label_array(values: Any, what: str) -> np.ndarray:
@@ -269,7 +290,7 @@ def evaluate(
     head = _head_size(model)
     if head is not None:  # refuse before running the model when the head's size is known
         _check_head(data, head)
-    y_pred, y_true, width = _predict(model, data, batch_size, device)
+    y_pred, y_true, width, _ = _predict(model, data, batch_size, device)
     _check_head(data, width)
     k = data.num_classes
     full = classification_metrics(y_true, y_pred, max(width, k))

@@ -55,6 +55,8 @@ class ModelInfo:
             pads with (``"pad_token_id"``) and the pooling (``"pooling"``); ``None`` otherwise.
         tasks: For a multi-head model (``head`` is a :class:`~transferkit.models.heads.TaskHeads`): task
             name -> number of classes, in order; ``None`` for a single head.
+        class_names: The name of each class the head predicts, in order (the data it was trained
+            on); ``None`` when unknown. ``transferkit predict`` writes them.
     """
 
     arch: str
@@ -72,6 +74,7 @@ class ModelInfo:
     growth: list[dict[str, Any]] = field(default_factory=list)
     text: dict[str, Any] | None = None
     tasks: dict[str, int] | None = None
+    class_names: list[str] | None = None
 
     @property
     def preprocessing(self) -> dict[str, Any]:
@@ -145,6 +148,11 @@ class ModelInfo:
         d["growth"] = [dict(step) for step in d.get("growth") or []]
         d["text"] = dict(d["text"]) if d.get("text") is not None else None
         d["tasks"] = {str(k): int(v) for k, v in d["tasks"].items()} if d.get("tasks") else None
+        names = d.get("class_names")
+        if names is not None and len(names) != d["num_classes"]:
+            what = f"null or {d['num_classes']} names (num_classes)"
+            raise _field_error(origin, "class_names", what, names)
+        d["class_names"] = list(names) if names is not None else None
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         return cls(**known)
 
@@ -200,6 +208,10 @@ _FIELD_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
         lambda v: v is None or (isinstance(v, Mapping) and isinstance(v.get("tokenizer"), str)
                                 and _is_int(v.get("pad_token_id", 0), 0)),
         "null or an object with a 'tokenizer' string and a 'pad_token_id' integer",
+    ),
+    "class_names": (
+        lambda v: v is None or (isinstance(v, list) and all(isinstance(s, str) for s in v)),
+        "null or a list of class names (strings)",
     ),
     "tasks": (
         lambda v: v is None or (isinstance(v, Mapping) and all(
