@@ -329,6 +329,24 @@ def test_workflow_saves_adapters_beside_the_base_by_choice(tmp_path, digits_sour
     x = torch.rand(4, 64)
     merged = load_adapted_model(folder, merge=True)
     torch.testing.assert_close(adapted.eval()(x), merged.eval()(x), atol=1e-5, rtol=0)
+    # evaluate and predict read the adapters too: the model as trained, not its base
+    import json
+
+    from cli_helpers import run
+    from transferkit.data import load_dataset
+    from transferkit.evaluation import evaluate
+
+    test = load_dataset("digits").test
+    expected = evaluate(merged, test).accuracy
+    assert expected != evaluate(load_model(folder), test).accuracy  # the base alone differs
+    scores = run("evaluate", folder, "--data", "digits", "--json")
+    assert scores.exit_code == 0, scores.output
+    assert json.loads(scores.stdout)["accuracy"] == pytest.approx(expected)
+    done = run("predict", folder, "--data", "digits", "--out", tmp_path / "p.csv")
+    assert done.exit_code == 0, done.output
+    rows = (tmp_path / "p.csv").read_text().splitlines()[1:]
+    hits = [r.split(",")[1] == r.split(",")[3] for r in rows]
+    assert sum(hits) / len(hits) == pytest.approx(expected)
 
 
 def test_a_missing_peft_is_named_with_its_install_command(digits, monkeypatch):

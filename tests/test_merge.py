@@ -43,6 +43,11 @@ def test_weighted_average_by_hand():
     assert torch.allclose(_w(result.model), torch.full((5, 4), (3 * 1 + 4) / 4))
     assert result.heads == "merged" and torch.allclose(result.model.head.weight, torch.full((3, 5), 1.75))
     assert torch.equal(_w(a), torch.ones(5, 4))  # inputs unchanged
+    # a merged head keeps the class names its inputs share, and has none when they differ
+    a.info.class_names, b.info.class_names = ["x", "y", "z"], ["x", "y", "z"]
+    assert merge([a, b]).model.info.class_names == ["x", "y", "z"]
+    b.info.class_names = ["z", "y", "x"]
+    assert merge([a, b]).model.info.class_names is None
 
 
 def test_task_arithmetic_by_hand_keeps_each_head():
@@ -51,6 +56,7 @@ def test_task_arithmetic_by_hand_keeps_each_head():
     # 1 + 0.5 * (1 * (2 - 1) + 2 * (4 - 1)) = 4.5
     assert torch.allclose(_w(result.model), torch.full((5, 4), 4.5))
     assert result.heads == "kept" and result.model.info.tasks == {"a": 3, "b": 3}
+    assert result.model.info.class_names is None  # kept heads: one per task, no single list of names
     assert torch.equal(task_model(result.model, "b").head.weight, b.head.weight)
     one = merge([a], "task_arithmetic", base=base, scale=1.0).model  # one task vector at scale 1: the model
     assert torch.equal(_w(one), _w(a))

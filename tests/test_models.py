@@ -551,3 +551,25 @@ def test_efficientnet_cut_after_an_earlier_stage_gives_its_pooled_features_and_r
     assert back.info.kwargs["features"] == "stage6" and back.info.feature_dim == 192
     with pytest.raises(ConfigError, match="features must be one of head, stage1"):
         create_model("efficientnet_lite0", num_classes=10, features="stage9")
+
+
+def test_class_names_follow_the_head(tmp_path, caplog):
+    """A new head drops the old class names; a saved config whose names don't fit its head loads
+    without them (a warning), so no folder becomes unreadable."""
+    import json
+    import logging
+
+    from transferkit.models import load_model, save_model
+    from transferkit.models.surgery import replace_head
+
+    model = create_model("mlp", num_classes=3, in_features=4, hidden=(8,))
+    model.info.class_names = ["a", "b", "c"]
+    folder = save_model(model, tmp_path / "m")
+    assert load_model(folder).info.class_names == ["a", "b", "c"]
+    assert replace_head(model, 3).info.class_names is None
+    config = json.loads((folder / "config.json").read_text())
+    config["class_names"] = ["a", "b"]
+    (folder / "config.json").write_text(json.dumps(config))
+    with caplog.at_level(logging.WARNING, logger="transferkit"):
+        assert load_model(folder).info.class_names is None
+    assert "names 2 classes but its head predicts 3; the names are ignored" in caplog.text

@@ -383,6 +383,12 @@ def test_named_columns_of_a_jsonl_file_work_in_finetune_and_evaluate(tiny_bert, 
     assert list(rows[0]) == ["row", "text", "prediction", "probability"]
     assert_one_line_error(run("predict", tmp_path / "out" / "model", "--data", new, "--out",
                               tmp_path / "new.csv"), "already exists; pass --overwrite")
+    three = tmp_path / "three.jsonl"  # labelled data with a class the model never learned: refused
+    three.write_text("".join(json.dumps({"review": f"text {i}", "stars": "one five three".split()[i % 3]})
+                             + "\n" for i in range(30)))
+    assert_one_line_error(run("predict", tmp_path / "out" / "model", "--data", three, "--text-column",
+                              "review", "--label-column", "stars", "--split", "test", "--out",
+                              tmp_path / "three.csv"), "has 3 classes but the model's head predicts 2")
 
 
 def test_adapt_between_two_text_domains_without_target_labels(tiny_bert, tmp_path):

@@ -165,6 +165,20 @@ def augment_option() -> Any:
     )
 
 
+def load_for_inference(model: str, arch: str | None = None, trust_remote_code: bool = False) -> Any:
+    """The model in folder or file ``model``, with the LoRA adapters saved beside it (``lora.save:
+    adapters``) merged in: what it was trained as, ready to predict."""
+    from pathlib import Path
+
+    from transferkit.engine.parameter_efficient import ADAPTERS_CONFIG, load_adapters, merge_adapters
+    from transferkit.models import load_model
+
+    net = load_model(model, arch=arch, trust_remote_code=trust_remote_code)
+    if (Path(model) / ADAPTERS_CONFIG).is_file():
+        net = merge_adapters(load_adapters(net, model))
+    return net
+
+
 def text_column_option(where: str = "the --data file") -> Any:
     """The ``--text-column NAME`` flag: the text column of ``where`` (a .csv / .tsv / .jsonl file)."""
     return typer.Option(None, "--text-column", help=f"Text column of {where} (.csv / .tsv / .jsonl; "

@@ -13,6 +13,7 @@ from transferkit.cli._common import (
     file_kwargs,
     handle_errors,
     label_column_option,
+    load_for_inference,
     ordered_split_option,
     setup_logging,
     text_column_option,
@@ -41,13 +42,12 @@ def evaluate(
     from transferkit.data import load_dataset
     from transferkit.errors import ConfigError
     from transferkit.evaluation import evaluate as run_evaluate
-    from transferkit.models import load_model
 
     setup_logging(verbose)
     if split not in ("train", "val", "test"):
         raise ConfigError(f"--split must be train, val or test, got {split!r}")
     with allowed_code(arch):
-        net = load_model(model, arch=arch, trust_remote_code=trust_remote_code)
+        net = load_for_inference(model, arch, trust_remote_code)
     splits = load_dataset(data, root=root, **file_kwargs(text_column, label_column, ordered_split))
     metrics = run_evaluate(net, getattr(splits, split))
     if as_json:

@@ -12,6 +12,7 @@ from transferkit.cli._common import (
     file_kwargs,
     handle_errors,
     label_column_option,
+    load_for_inference,
     ordered_split_option,
     setup_logging,
     text_column_option,
@@ -49,7 +50,6 @@ def predict(
     from transferkit.data.text import read_text_file
     from transferkit.errors import ConfigError
     from transferkit.evaluation import prediction_rows, write_predictions
-    from transferkit.models import load_model
 
     setup_logging(verbose)
     if split is not None and split not in ("train", "val", "test"):
@@ -60,7 +60,7 @@ def predict(
         what = "is a folder;" if out.is_dir() else "already exists; pass --overwrite to replace it, or"
         raise ConfigError(f"--out {str(out)!r} {what} choose another .csv file")
     with allowed_code(arch):
-        net = load_model(model, arch=arch, trust_remote_code=trust_remote_code)
+        net = load_for_inference(model, arch, trust_remote_code)
     path = Path(data).expanduser()
     whole_text_file = (split is None and net.info.text is not None and path.is_file()
                        and path.suffix.lower() in _TEXT_FILES)
@@ -72,6 +72,10 @@ def predict(
     rows = prediction_rows(net, examples, labelled=not whole_text_file, batch_size=batch_size)
     write_predictions(rows, out)
     named = net.info.class_names
-    what = (f"classes {', '.join(named)}" if named else
-            "class indices (the model records no class names: it was saved by an older transferkit)")
-    console.print(f"wrote {len(rows):,} predictions ({what}) to {out}")
+    if named:
+        what = f"classes {', '.join(named)}"
+    elif rows and isinstance(rows[0]["prediction"], str):
+        what = f"classes {', '.join(examples.classes)}, named as the data names them (the model records none)"
+    else:
+        what = "class indices: the model records no class names"
+    console.print(f"wrote {len(rows):,} prediction{'s' * (len(rows) != 1)} ({what}) to {out}")

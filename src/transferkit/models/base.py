@@ -14,6 +14,7 @@ arguments) so a saved folder can be rebuilt.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -24,6 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from transferkit.errors import CheckpointError, ShapeError
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -149,9 +152,10 @@ class ModelInfo:
         d["text"] = dict(d["text"]) if d.get("text") is not None else None
         d["tasks"] = {str(k): int(v) for k, v in d["tasks"].items()} if d.get("tasks") else None
         names = d.get("class_names")
-        if names is not None and len(names) != d["num_classes"]:
-            what = f"null or {d['num_classes']} names (num_classes)"
-            raise _field_error(origin, "class_names", what, names)
+        if names is not None and len(names) != d["num_classes"]:  # names of an earlier head: not these
+            logger.warning("%s names %d classes but its head predicts %d; the names are ignored",
+                           origin, len(names), d["num_classes"])
+            names = None
         d["class_names"] = list(names) if names is not None else None
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         return cls(**known)

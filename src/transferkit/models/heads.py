@@ -83,6 +83,7 @@ def set_task_heads(model: TransferNet, tasks: Mapping[str, int | nn.Module], *,
         heads[name], sizes[name] = head, out
     model.head = TaskHeads(heads, active)
     model.info.tasks = sizes
+    model.info.class_names = None
     model.info.num_classes = sizes[model.head.active]
     return model
 

@@ -37,6 +37,7 @@ def replace_head(model: TransferNet, num_classes: int) -> TransferNet:
         head = head.to(device=ref.device, dtype=ref.dtype)
     model.head = head
     model.info.num_classes = num_classes
+    model.info.class_names = None  # a new head: its classes are not the old ones
     return model
 
 

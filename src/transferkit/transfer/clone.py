@@ -64,6 +64,7 @@ def clone_structure(
         clone = clone.to(device=ref.device, dtype=ref.dtype)
     new_info = copy.deepcopy(info)
     new_info.num_classes = n
+    new_info.class_names = None
     new_info.source = f"clone_structure({info.source or info.arch}, weights={weights!r})"
     clone.info = new_info
     clone.input_adapter = copy.deepcopy(model.input_adapter)

@@ -358,7 +358,7 @@ def run_arms(
     summary = summarize(runs, baseline, gain_metric)
     best, export_rule = choose_export(runs, arms)
     best_model = first_models[best]
-    classes = list(getattr(splits.train, "classes", []) or [])
+    classes = list(getattr(splits.test, "classes", []) or [])  # the target's (adapt trains on the source)
     if len(classes) == best_model.info.num_classes and best_model.info.tasks is None:
         best_model.info.class_names = classes  # `transferkit predict` names its predictions
     if adapted_layers(best_model):  # lora with save: adapters: the base folder + the adapter files

@@ -203,6 +203,9 @@ def merge(
     state = _combine(spec, use, keys, base, use_w, opts, generator,
                      {k: v[chosen] for k, v in extras.items()} if extras else None)
     out = copy_model(base if base is not None else models[0])
+    class_names = [m.info.class_names for m in models]
+    same = all(n == class_names[0] for n in class_names)
+    out.info.class_names = class_names[0] if merged_heads and same else None
     if not merged_heads:
         set_task_heads(out, _kept_heads(models, names))
     own = out.state_dict()
