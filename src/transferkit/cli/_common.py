@@ -165,6 +165,12 @@ def augment_option() -> Any:
     )
 
 
+def model_class_option() -> Any:
+    """The ``--arch`` flag of commands that load a saved model built from the user's own code."""
+    return typer.Option(None, "--arch", "--source-arch", help="The class of a model built from your own "
+                        "code (path/to/file.py:ClassName; imports and runs that file).")
+
+
 def load_for_inference(model: str, arch: str | None = None, trust_remote_code: bool = False) -> Any:
     """The model in folder or file ``model``, with the LoRA adapters saved beside it (``lora.save:
     adapters``) merged in: what it was trained as, ready to predict."""

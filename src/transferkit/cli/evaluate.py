@@ -14,6 +14,7 @@ from transferkit.cli._common import (
     handle_errors,
     label_column_option,
     load_for_inference,
+    model_class_option,
     ordered_split_option,
     setup_logging,
     text_column_option,
@@ -31,10 +32,7 @@ def evaluate(
     label_column: str | None = label_column_option(),
     ordered_split: bool = ordered_split_option(),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
-    arch: str | None = typer.Option(
-        None, "--arch", "--source-arch", help="The class of a model built from your own code "
-        "(path/to/file.py:ClassName; imports and runs that file)."
-    ),
+    arch: str | None = model_class_option(),
     trust_remote_code: bool = trust_remote_code_option(),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:

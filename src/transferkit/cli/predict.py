@@ -13,6 +13,7 @@ from transferkit.cli._common import (
     handle_errors,
     label_column_option,
     load_for_inference,
+    model_class_option,
     ordered_split_option,
     setup_logging,
     text_column_option,
@@ -38,10 +39,7 @@ def predict(
     ordered_split: bool = ordered_split_option(),
     batch_size: int = typer.Option(256, "--batch-size", min=1, help="Examples per forward pass."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file."),
-    arch: str | None = typer.Option(
-        None, "--arch", "--source-arch", help="The class of a model built from your own code "
-        "(path/to/file.py:ClassName; imports and runs that file)."
-    ),
+    arch: str | None = model_class_option(),
     trust_remote_code: bool = trust_remote_code_option(),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
