@@ -165,6 +165,18 @@ def augment_option() -> Any:
     )
 
 
+def check_split(split: str) -> None:
+    """Refuse a ``--split`` that names no dataset split (train, val, test).
+
+    Raises:
+        ConfigError: any other value (one line naming the three).
+    """
+    from transferkit.errors import ConfigError
+
+    if split not in ("train", "val", "test"):
+        raise ConfigError(f"--split must be train, val or test, got {split!r}")
+
+
 def model_class_option() -> Any:
     """The ``--arch`` flag of commands that load a saved model built from the user's own code."""
     return typer.Option(None, "--arch", "--source-arch", help="The class of a model built from your own "

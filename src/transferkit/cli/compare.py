@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from transferkit.cli._common import (
+    check_split,
     console,
     file_kwargs,
     handle_errors,
@@ -35,13 +36,11 @@ def compare(
     """Linear CKA between MODEL_A's and MODEL_B's representations at every backbone block they share, on
     --data's inputs, and each block's relative weight change from A to B."""
     from transferkit.data import load_dataset
-    from transferkit.errors import ConfigError
     from transferkit.evaluation.similarity import compare_models
     from transferkit.models import load_model
 
     setup_logging(verbose)
-    if split not in ("train", "val", "test"):
-        raise ConfigError(f"--split must be train, val or test, got {split!r}")
+    check_split(split)
     a, b = load_model(model_a), load_model(model_b)
     splits = load_dataset(data, **file_kwargs(text_column, label_column, ordered_split))
     result = compare_models(a, b, getattr(splits, split), examples=examples)

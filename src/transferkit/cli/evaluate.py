@@ -9,6 +9,7 @@ import typer
 
 from transferkit.cli._common import (
     allowed_code,
+    check_split,
     console,
     file_kwargs,
     handle_errors,
@@ -38,12 +39,10 @@ def evaluate(
 ) -> None:
     """Evaluate a model on a dataset split."""
     from transferkit.data import load_dataset
-    from transferkit.errors import ConfigError
     from transferkit.evaluation import evaluate as run_evaluate
 
     setup_logging(verbose)
-    if split not in ("train", "val", "test"):
-        raise ConfigError(f"--split must be train, val or test, got {split!r}")
+    check_split(split)
     with allowed_code(arch):
         net = load_for_inference(model, arch, trust_remote_code)
     splits = load_dataset(data, root=root, **file_kwargs(text_column, label_column, ordered_split))

@@ -8,6 +8,7 @@ import typer
 
 from transferkit.cli._common import (
     allowed_code,
+    check_split,
     console,
     file_kwargs,
     handle_errors,
@@ -50,8 +51,8 @@ def predict(
     from transferkit.evaluation import prediction_rows, write_predictions
 
     setup_logging(verbose)
-    if split is not None and split not in ("train", "val", "test"):
-        raise ConfigError(f"--split must be train, val or test, got {split!r}")
+    if split is not None:
+        check_split(split)
     if out.suffix.lower() != ".csv":
         raise ConfigError(f"--out {str(out)!r} must end in .csv")
     if out.is_dir() or (out.exists() and not overwrite):

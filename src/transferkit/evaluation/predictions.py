@@ -10,7 +10,7 @@ from typing import Any
 
 from torch import nn
 
-from transferkit.evaluation.metrics import predict_proba
+from transferkit.evaluation.metrics import _check_head, _head_size, predict_proba
 
 
 def prediction_rows(
@@ -27,18 +27,16 @@ def prediction_rows(
         labelled: Whether ``data`` holds true labels to put beside the predictions.
         batch_size: Examples per forward pass.
     """
-    from transferkit.evaluation.metrics import _check_head, _head_size
-
     head = _head_size(model)
     if labelled and head is not None:
         _check_head(data, head)  # the data's classes must be the model's: refused otherwise
     probs = predict_proba(model, data, batch_size=batch_size)
+    data_classes = list(getattr(data, "classes", []) or [])
     names = getattr(getattr(model, "info", None), "class_names", None)
-    if not names and labelled and len(getattr(data, "classes", []) or []) == probs.shape[1]:
-        names = list(data.classes)  # as evaluate compares them: class k of the model is the data's k
+    if not names and labelled and len(data_classes) == probs.shape[1]:
+        names = data_classes  # as evaluate compares them: class k of the model is the data's k
     best_p, best = probs.max(dim=1)
     texts = getattr(data, "texts", None)
-    data_classes = list(getattr(data, "classes", []) or [])
     rows = []
     for i, (k, p) in enumerate(zip(best.tolist(), best_p.tolist(), strict=True)):
         row: dict[str, Any] = {"row": i}
